@@ -1,0 +1,147 @@
+"""The kit's Python-based Triton backend `onnxruntime`: serves `<version>/model.onnx` with ONNX Runtime on CPU.
+
+On the official image the native C++ ONNX Runtime backend answers to the same name, so one repository serves on
+both. This backend therefore reads the native backend's config parameters with the same meaning:
+`intra_op_thread_count`, `inter_op_thread_count`, `execution_mode`, `enable_mem_arena`, `enable_mem_pattern` and
+`optimization { graph { level } }` (-1 basic, 1 extended, 2 none; unset or 0: all). Anything it cannot honour
+(GPU instances, execution accelerators, other parameters) is logged once at load as a warning; it runs on CPU.
+
+Dynamic batching hands `execute()` several requests: those whose inputs have the same non-batch shape are
+concatenated into one ONNX Runtime run and the outputs split back; requests of another shape (text of another
+length) run as their own group. If a group's run fails, its requests are retried one by one so that one bad
+request gets an error and the others still get answers.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
+                        "enable_mem_arena", "enable_mem_pattern"}
+GRAPH_LEVELS = {  # the native backend's meaning of optimization.graph.level
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+NUMPY_DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
+                "TYPE_INT8": np.int8, "TYPE_UINT8": np.uint8, "TYPE_BOOL": np.bool_}
+
+
+def session_options(config: dict) -> tuple:
+    """ONNX Runtime session options from a Triton model config, and warnings for what is not honoured."""
+    options = ort.SessionOptions()
+    warnings = []
+    parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    for key in sorted(set(parameters) - SUPPORTED_PARAMETERS):
+        warnings.append(f"parameter `{key}` is not supported by the embedded onnxruntime backend and is ignored")
+    try:
+        if "intra_op_thread_count" in parameters:
+            options.intra_op_num_threads = int(parameters["intra_op_thread_count"])
+        if "inter_op_thread_count" in parameters:
+            options.inter_op_num_threads = int(parameters["inter_op_thread_count"])
+        if "execution_mode" in parameters:
+            options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if int(parameters["execution_mode"]) == 1
+                                      else ort.ExecutionMode.ORT_SEQUENTIAL)
+        if "enable_mem_arena" in parameters:
+            options.enable_cpu_mem_arena = parameters["enable_mem_arena"].lower() in ("1", "true")
+        if "enable_mem_pattern" in parameters:
+            options.enable_mem_pattern = parameters["enable_mem_pattern"].lower() in ("1", "true")
+    except ValueError as e:
+        raise pb_utils.TritonModelException(f"{config['name']}: bad value in config parameters: {e}")
+    optimization = config.get("optimization", {})
+    level = int(optimization.get("graph", {}).get("level", 0))
+    if level not in GRAPH_LEVELS:
+        warnings.append(f"optimization.graph.level {level} is unknown (use -1, 0, 1 or 2); using all optimizations")
+    options.graph_optimization_level = GRAPH_LEVELS.get(level, GRAPH_LEVELS[0])
+    accelerators = optimization.get("execution_accelerators", {})
+    for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator"):
+        for accelerator in accelerators.get(kind, []):
+            warnings.append(f"{kind} `{accelerator.get('name')}` is not available in the embedded backend; "
+                            "running on the ONNX Runtime CPU provider")
+    for group in config.get("instance_group", []):
+        if group.get("kind") not in (None, "KIND_CPU", "KIND_AUTO"):
+            warnings.append(f"instance_group kind {group.get('kind')} is not available in the embedded backend; "
+                            "FALLING BACK TO CPU")
+    return options, warnings
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        name = config["name"]
+        path = os.path.join(args["model_repository"], args["model_version"],
+                            config.get("default_model_filename") or "model.onnx")
+        options, warnings = session_options(config)
+        logger = pb_utils.Logger
+        for warning in warnings:
+            logger.log_warn(f"{name}: {warning}")
+        if not os.path.isfile(path):
+            raise pb_utils.TritonModelException(f"{name}: model file {path} is missing; rebuild it with `builder build`")
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime raises its own Fail/InvalidGraph/... types
+            raise pb_utils.TritonModelException(
+                f"{name}: ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}; rebuild it with `builder build`")
+        declared = [i["name"] for i in config["input"]]
+        in_file = [i.name for i in self.session.get_inputs()]
+        if sorted(declared) != sorted(in_file):
+            raise pb_utils.TritonModelException(
+                f"{name}: config.pbtxt declares inputs {declared} but model.onnx has {in_file}; rebuild the model")
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing = [o["name"] for o in config["output"] if o["name"] not in outputs]
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{name}: config.pbtxt declares outputs {missing} that model.onnx does not have (it has {outputs})")
+        self.input_names = declared
+        self.output_names = [o["name"] for o in config["output"]]
+        self.output_dtypes = [NUMPY_DTYPES.get(o["data_type"]) for o in config["output"]]
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}  # non-batch shapes of all inputs -> [(request index, arrays)]
+        for index, request in enumerate(requests):
+            arrays = [pb_utils.get_input_tensor_by_name(request, name) for name in self.input_names]
+            if any(a is None for a in arrays):
+                missing = [n for n, a in zip(self.input_names, arrays) if a is None]
+                responses[index] = error_response(f"missing input(s) {missing}; the model takes {self.input_names}")
+                continue
+            arrays = [a.as_numpy() for a in arrays]
+            groups.setdefault(tuple(a.shape[1:] for a in arrays), []).append((index, arrays))
+        for members in groups.values():
+            self.run_group(members, responses)
+        return responses
+
+    def run_group(self, members, responses):
+        if len(members) == 1:
+            feeds = dict(zip(self.input_names, members[0][1]))
+        else:
+            feeds = {name: np.concatenate([arrays[k] for _, arrays in members])
+                     for k, name in enumerate(self.input_names)}
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as e:
+            if len(members) > 1:  # find the culprit: every other request still gets its answer
+                for member in members:
+                    self.run_group([member], responses)
+            else:
+                responses[members[0][0]] = error_response(f"ONNX Runtime failed on this request: {str(e).splitlines()[0]}")
+            return
+        start = 0
+        for index, arrays in members:
+            stop = start + len(arrays[0])
+            tensors = [pb_utils.Tensor(name, out[start:stop] if dtype is None or out.dtype == dtype
+                                       else out[start:stop].astype(dtype))
+                       for name, out, dtype in zip(self.output_names, outputs, self.output_dtypes)]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start = stop
+
+    def finalize(self):
+        self.session = None
+
+
+def error_response(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))

@@ -1,0 +1,172 @@
+"""`builder`: build optimized variants of a model into a Triton repository, and serve them.
+
+  builder build --model minilm --variant fp32        (a demo model)
+  builder build --config my_model.yaml --variant fp32 (your model: see builder/spec.py)
+  builder serve [--repository model_repository]
+  builder demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shlex
+import signal
+import sys
+
+from .errors import BuilderError
+
+DEFAULT_REPOSITORY = pathlib.Path("model_repository")
+DEFAULT_ARTIFACTS = pathlib.Path("artifacts")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="builder", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build variants into the model repository")
+    build.add_argument("--model", help="a demo model: digits or minilm")
+    build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
+    build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")
+    build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
+    build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
+                       help="caches, data splits and build records (outside the Triton repository)")
+    build.add_argument("--instances", type=int, default=1, help="Triton instances per model (KIND_CPU)")
+    build.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
+    build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
+
+    serve = commands.add_parser("serve", help="serve the repository on the embedded Triton server until Ctrl-C")
+    serve.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--model-control", choices=("explicit", "none", "poll"), default="explicit",
+                       help="explicit (default): load all now, load/unload later through the API")
+    serve.add_argument("--log-file", type=pathlib.Path, help="server log (default: a temporary file, printed)")
+
+    demo = commands.add_parser("demo", help="build, serve and check both demo models end to end")
+    demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
+    demo.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS)
+    demo.add_argument("--examples", type=int, default=1000, help="examples per split sent through the server")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild models already in the repository")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
+    except BuilderError as e:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_build(args) -> int:
+    from .build import build_variant
+    from .errors import ConfigError
+    from .models import resolve_spec
+    from .tritonconfig import ServingConfig
+    from .variants import VARIANTS, steps
+
+    spec = resolve_spec(args.model, args.config)
+    variants = list(VARIANTS) if args.variant == "all" else [v.strip() for v in args.variant.split(",") if v.strip()]
+    for variant in variants:
+        steps(variant)  # unknown names fail before any work starts
+    if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
+        raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
+    serving = ServingConfig(instances=args.instances, intra_op_threads=args.threads,
+                            max_queue_delay_us=args.max_queue_delay_us)
+    source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
+    rows, failed = [], []
+    for variant in variants:
+        command = (f"builder build {source} --variant {variant} --repository {shlex.quote(str(args.repository))} "
+                   f"--artifacts {shlex.quote(str(args.artifacts))} --instances {args.instances}"
+                   + (f" --threads {args.threads}" if args.threads else "")
+                   + f" --max-queue-delay-us {args.max_queue_delay_us}")
+        try:
+            entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command)
+            rows.append((variant, entry))
+        except BuilderError as e:
+            if len(variants) == 1:
+                raise
+            print(f"error: {variant}: {e}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+            failed.append((variant, command))
+    print_build_summary(spec.name, rows, failed)
+    return 1 if failed else 0
+
+
+def print_build_summary(model: str, rows: list, failed: list) -> None:
+    if rows:
+        splits = list(rows[0][1]["accuracy"])
+        header = f"{'model':24} " + " ".join(f"{'acc ' + s:>18}" for s in splits) + f" {'params':>11} {'MB':>7} {'s':>6}"
+        print("\n" + header)
+        for variant, e in rows:
+            print(f"{e['triton_model']:24} " + " ".join(f"{e['accuracy'][s]:18.4f}" for s in splits)
+                  + f" {e['params']:11,} {e['onnx_bytes'] / 1e6:7.1f} {e['build_seconds']:6.1f}")
+    for variant, command in failed:
+        print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
+
+
+def cmd_serve(args) -> int:
+    from .repository import list_models
+    from .server import EmbeddedServer
+
+    models = list_models(args.repository)
+    if args.repository.is_dir() and not models:
+        print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)
+    server = EmbeddedServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
+                            model_control=args.model_control, log_file=args.log_file)
+    # SIGTERM ends the wait like Ctrl-C does, so the server and its stubs are stopped in order
+    signal.signal(signal.SIGTERM, _interrupt)
+    server.start()
+    try:
+        print(f"Triton {args.repository.resolve()}")
+        print(f"  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}")
+        print(f"  log     {server.log_path}")
+        failed = 0
+        for m in server.models():
+            line = f"  {m.name:32} {m.state}"
+            if m.state != "READY":
+                failed += 1
+                line += f": {m.reason}"
+            print(line)
+        if failed:
+            print(f"{failed} model(s) failed to load; the others are served", file=sys.stderr)
+        print("serving; Ctrl-C to stop", flush=True)
+        code = server.process.wait()
+        print(f"error: tritonserver exited with code {code}: {server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        server.stop()
+        print("stopped", flush=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    rows = run_demo(args.repository, args.artifacts, args.examples, args.rebuild)
+    print(f"\n{'model':16} {'split':16} {'examples':>8} {'protocol':>8} {'served':>8} {'in-process':>10} {'same':>5}")
+    for r in rows:
+        same = "yes" if r["served"] == r["in_process"] else "NO"
+        print(f"{r['model']:16} {r['split']:16} {r['examples']:8} {r['protocol']:>8} {r['served']:8.4f} "
+              f"{r['in_process']:10.4f} {same:>5}")
+    return 0 if all(r["served"] == r["in_process"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

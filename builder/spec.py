@@ -1,0 +1,173 @@
+"""A model spec: what the kit needs to know about a model, read from YAML into frozen dataclasses.
+
+The demo models are described by the same YAML files a user writes (builder/sources/*.yaml). Example::
+
+    name: digits
+    factory: builder.sources.digits:load_model   # (workdir: Path) -> torch.nn.Module
+    data: builder.sources.digits:load_data       # (workdir: Path) -> dict[str, builder.data.Split]
+    inputs:
+      - {name: image, dtype: float32, shape: [batch, 1, 28, 28]}
+    outputs:
+      - {name: logits, dtype: float32, shape: [batch, 10]}
+    metric: {name: accuracy, output: logits}
+    evaluate: [test, sklearn_digits]
+
+Shapes: the first dimension is always `batch`; other named dimensions are dynamic (their size for export examples
+and warm-up comes from `example_sizes`), integers are fixed. The module's forward takes the inputs as keyword
+arguments and returns one tensor or a tuple in the order of `outputs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+import sys
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, unknown_name
+
+DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+METRICS = ("accuracy",)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # of int | str; shape[0] == "batch"
+
+    @property
+    def dynamic_dims(self) -> dict[int, str]:
+        """Axis index -> name for every dynamic axis, batch included."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    output: str
+    name: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: str
+    data: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    metric: MetricSpec
+    evaluate: tuple[str, ...] = ("test",)
+    train_split: str = "train"
+    validation_split: str = "validation"
+    calibration_split: str = "train"
+    example_sizes: dict = field(default_factory=dict)  # dynamic dim name -> size used for examples and warm-up
+    max_batch_size: int = 64
+    # An input whose zeros mark right padding along axis 1 (an attention mask): evaluation and training trim each
+    # batch to its longest example instead of computing on padding.
+    sequence_mask: str | None = None
+    class_names: tuple[str, ...] = ()  # names of the metric output's classes, for people; index order
+    source: str = ""  # the YAML file it came from
+
+    def example_shape(self, tensor: TensorSpec, batch: int = 1) -> list[int]:
+        return [batch if d == "batch" else self.example_sizes[d] if isinstance(d, str) else d for d in tensor.shape]
+
+
+def load_spec(path: str | pathlib.Path) -> ModelSpec:
+    """Read and strictly validate a model spec. Raises ConfigError naming the file, the field and the bad value."""
+    import yaml
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model spec {path} does not exist", hint="pass the path of a YAML file to --config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
+    return parse_spec(raw, where=str(path))
+
+
+def parse_spec(raw: dict, where: str) -> ModelSpec:
+    values = _check_fields(ModelSpec, raw, where, skip={"source"})
+    values["inputs"] = _tensors(values.get("inputs"), f"{where}: inputs")
+    values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs")
+    metric = values.get("metric")
+    if not isinstance(metric, dict):
+        raise ConfigError(f"{where}: metric must be a mapping like {{name: accuracy, output: logits}}, got {metric!r}")
+    values["metric"] = MetricSpec(**_check_fields(MetricSpec, metric, f"{where}: metric"))
+    if values["metric"].name not in METRICS:
+        raise unknown_name("metric", values["metric"].name, METRICS)
+    if values["metric"].output not in {t.name for t in values["outputs"]}:
+        raise ConfigError(f"{where}: metric.output `{values['metric'].output}` is not one of the outputs")
+    if isinstance(values.get("evaluate"), str):
+        values["evaluate"] = [values["evaluate"]]
+    values["evaluate"] = tuple(values.get("evaluate", ("test",)))
+    values["class_names"] = tuple(str(c) for c in values.get("class_names", ()))
+    for key in ("factory", "data"):
+        if not isinstance(values.get(key), str) or values[key].count(":") != 1:
+            raise ConfigError(f"{where}: {key} must be `package.module:function`, got {values.get(key)!r}")
+    sizes = values.get("example_sizes", {}) or {}
+    for t in values["inputs"]:
+        for d in t.shape[1:]:
+            if isinstance(d, str) and d not in sizes:
+                raise ConfigError(f"{where}: input `{t.name}` has dynamic dimension `{d}` but example_sizes has no `{d}`",
+                                  hint=f"add `example_sizes: {{{d}: 32}}`")
+    mask = values.get("sequence_mask")
+    if mask is not None and mask not in {t.name for t in values["inputs"]}:
+        raise ConfigError(f"{where}: sequence_mask `{mask}` is not one of the inputs")
+    mbs = values.get("max_batch_size", 64)
+    if not isinstance(mbs, int) or mbs < 1:
+        raise ConfigError(f"{where}: max_batch_size must be a positive integer, got {mbs!r}")
+    return ModelSpec(**values, source=where)
+
+
+def _tensors(raw, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty list of {{name, dtype, shape}}, got {raw!r}")
+    tensors = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}[{i}]: expected a mapping {{name, dtype, shape}}, got {item!r}")
+        values = _check_fields(TensorSpec, item, f"{where}[{i}]")
+        if values["dtype"] not in DTYPES:
+            raise unknown_name("dtype", str(values["dtype"]), DTYPES)
+        shape = values["shape"]
+        if not isinstance(shape, list) or not shape or shape[0] != "batch":
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: shape must be a list starting with `batch`, got {shape!r}")
+        if any(not isinstance(d, (int, str)) or (isinstance(d, int) and d < 1) for d in shape):
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: dimensions are positive integers or names, got {shape!r}")
+        tensors.append(TensorSpec(name=values["name"], dtype=values["dtype"], shape=tuple(shape)))
+    return tuple(tensors)
+
+
+def _check_fields(cls, raw: dict, where: str, skip=frozenset()) -> dict:
+    known = {f.name for f in dataclasses.fields(cls)} - set(skip)
+    for key in raw:
+        if key not in known:
+            err = unknown_name("field", str(key), known)
+            raise ConfigError(f"{where}: {err}", hint=err.hint)
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} - set(skip)
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{where}: missing required field(s): {', '.join(missing)}")
+    return dict(raw)
+
+
+def resolve_callable(reference: str, where: str = "model spec"):
+    """Import `package.module:function`. The spec's own folder is importable, so a factory can sit beside its YAML."""
+    module_name, _, attr = reference.partition(":")
+    if where.endswith((".yaml", ".yml")):
+        folder = str(pathlib.Path(where).resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{where}: cannot import module `{module_name}` for `{reference}`: {e}",
+                          hint="the module must be importable (installed, or next to the YAML file)") from e
+    if not hasattr(module, attr):
+        raise ConfigError(f"{where}: module `{module_name}` has no function `{attr}`")
+    return getattr(module, attr)

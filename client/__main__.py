@@ -1,0 +1,87 @@
+"""`python -m client`: talk to the kit's Triton server from the command line.
+
+  python -m client infer --model minilm_fp32 --text "a gripping, beautifully shot film" [--protocol http]
+  python -m client infer --model digits_fp32 --index 3 [--split sklearn_digits]
+  python -m client models
+  python -m client metadata --model digits_fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from .errors import ClientError
+from .triton import DEFAULT_PORTS, TritonClient
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    common.add_argument("--url", help="server URL, e.g. grpc://127.0.0.1:8001 (default: localhost, the protocol's port)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    infer = commands.add_parser("infer", parents=[common], help="classify one text or one example of a data split")
+    infer.add_argument("--model", required=True, help="served model name, e.g. minilm_fp32")
+    source = infer.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="text to classify (tokenized here with the model's own tokenizer)")
+    source.add_argument("--index", type=int, help="index of an example in a cached data split")
+    infer.add_argument("--split", default="test", help="split for --index (default: test)")
+    infer.add_argument("--artifacts", default="artifacts", type=pathlib.Path, help="the builder's artifacts folder")
+    commands.add_parser("models", parents=[common], help="list the server's models and their state")
+    metadata = commands.add_parser("metadata", parents=[common], help="show a model's inputs and outputs")
+    metadata.add_argument("--model", required=True)
+    args = parser.parse_args(argv)
+    url = args.url or f"{args.protocol}://127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
+    try:
+        with TritonClient(url) as client:
+            if args.command == "models":
+                for m in client.models():
+                    print(f"{m['name']:32} {m['version'] or '-':>3} {m['state']:12} {m['reason']}")
+            elif args.command == "metadata":
+                print(json.dumps(client.metadata(args.model), indent=2))
+            else:
+                return run_infer(client, args)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_infer(client: TritonClient, args) -> int:
+    from .examples import find_record, split_example, text_inputs
+
+    folder, entry = find_record(args.artifacts, args.model)
+    class_names = entry.get("spec", {}).get("class_names") or []
+    metric_output = entry.get("spec", {}).get("metric", {}).get("output", "logits")
+    label = None
+    if args.text is not None:
+        inputs = text_inputs(folder, args.text)
+    else:
+        inputs, label = split_example(folder, args.split, args.index)
+    outputs = client.infer(args.model, inputs)
+    print(f"model {args.model} via {client.url}")
+    for name, value in outputs.items():
+        if name == metric_output:
+            logits = value[0].astype(np.float64)
+            probabilities = np.exp(logits - logits.max())
+            probabilities /= probabilities.sum()
+            best = int(np.argmax(probabilities))
+            named = class_names[best] if best < len(class_names) else str(best)
+            print(f"  prediction: {named} (p={probabilities[best]:.3f})")
+            if label is not None:
+                truth = class_names[label] if label < len(class_names) else str(label)
+                print(f"  label:      {truth} ({'correct' if label == best else 'wrong'})")
+        else:
+            print(f"  {name}: shape {list(value.shape)}, first values {np.round(value.ravel()[:4], 4).tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""One Triton client for both protocols: the URL's scheme picks gRPC (`grpc://host:8001`) or HTTP
+(`http://host:8000`). Built on tritonclient; numpy in, numpy out; failures become client.errors types."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ClientError, InferenceError, InvalidInputError, ModelNotFoundError, ServerUnavailableError
+
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """`grpc://h:p` / `http://h:p` / `h:p` (gRPC) -> (protocol, "h:p")."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "grpc", url
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ClientError(f"unsupported URL scheme `{scheme}` in {url}", hint="use grpc://host:8001 or http://host:8000")
+    rest = rest.rstrip("/")
+    if ":" not in rest:
+        rest = f"{rest}:{DEFAULT_PORTS[scheme]}"
+    return scheme, rest
+
+
+def _protocol_module(protocol: str, aio: bool = False):
+    if protocol == "grpc":
+        if aio:
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.grpc as module
+    else:
+        if aio:
+            import tritonclient.http.aio as module
+        else:
+            import tritonclient.http as module
+    return module
+
+
+def make_inputs(module, inputs: dict) -> list:
+    from tritonclient.utils import np_to_triton_dtype
+
+    made = []
+    for name, array in inputs.items():
+        array = np.asarray(array)
+        datatype = np_to_triton_dtype(array.dtype)
+        if datatype is None:
+            raise InvalidInputError(f"input `{name}` has dtype {array.dtype}, which Triton cannot carry",
+                                    hint="send float32, int64, ... as the model's metadata says")
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        made.append(tensor)
+    return made
+
+
+def translate(error: Exception, model: str | None = None) -> ClientError:
+    """A tritonclient / connection exception as a typed ClientError with a hint."""
+    message = error.message() if hasattr(error, "message") and callable(error.message) else str(error)
+    message = (message or str(error)).strip()
+    status = str(error.status()) if hasattr(error, "status") and callable(error.status) else ""
+    lowered = message.lower()
+    if isinstance(error, OSError) or "unavailable" in status.lower() or "failed to connect" in lowered \
+            or "connection refused" in lowered:
+        return ServerUnavailableError(f"Triton server not reachable: {message}",
+                                      hint="start it with `builder serve`, or check --url")
+    if "unknown model" in lowered or "not found" in lowered or "no available versions" in lowered \
+            or "is not ready" in lowered:
+        return ModelNotFoundError(f"model `{model}` is not available: {message}",
+                                  hint="`python -m client models` lists the models the server has")
+    if status in ("400", "StatusCode.INVALID_ARGUMENT") or "unexpected" in lowered or "expected" in lowered \
+            or "batch-size" in lowered or "datatype" in lowered:
+        return InvalidInputError(message, hint=f"`python -m client metadata --model {model}` shows the expected inputs")
+    return InferenceError(message)
+
+
+def _shape(dims) -> list[int]:
+    return [int(d) for d in dims]
+
+
+def normalise_metadata(raw: dict) -> dict:
+    """Model metadata with integer shapes (gRPC's JSON gives int64 as strings)."""
+    def tensors(items):
+        return [{"name": t["name"], "datatype": t["datatype"], "shape": _shape(t.get("shape", []))} for t in items]
+
+    return {"name": raw.get("name"), "versions": raw.get("versions", []), "platform": raw.get("platform"),
+            "inputs": tensors(raw.get("inputs", [])), "outputs": tensors(raw.get("outputs", []))}
+
+
+class TritonClient:
+    """Synchronous client. `infer(model, {name: array}) -> {name: array}`; errors are client.errors types."""
+
+    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0):
+        self.protocol, self.address = parse_url(url)
+        self.url = f"{self.protocol}://{self.address}"
+        self._module = _protocol_module(self.protocol)
+        self._timeout = timeout
+        if self.protocol == "grpc":
+            self._client = self._module.InferenceServerClient(self.address)
+        else:
+            self._client = self._module.InferenceServerClient(self.address, connection_timeout=timeout,
+                                                              network_timeout=timeout)
+        self._output_names: dict[str, list[str]] = {}
+
+    def __enter__(self) -> "TritonClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, *args, model: str | None = None, **kwargs):
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except Exception as e:  # tritonclient, grpc and socket errors alike
+            raise translate(e, model) from e
+
+    def _json(self, method: str, *args, model: str | None = None) -> dict:
+        if self.protocol == "grpc":
+            return self._call(method, *args, model=model, as_json=True)
+        return self._call(method, *args, model=model)
+
+    def is_live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live())
+        except Exception:
+            return False
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:
+            return False
+
+    def is_model_ready(self, model: str) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model))
+        except Exception:
+            return False
+
+    def models(self) -> list[dict]:
+        """Every model in the server's repository: name, version, state and (if failed) reason."""
+        index = self._json("get_model_repository_index")
+        items = index.get("models", []) if isinstance(index, dict) else index
+        return [{"name": m.get("name"), "version": m.get("version", ""), "state": m.get("state", ""),
+                 "reason": m.get("reason", "")} for m in items]
+
+    def metadata(self, model: str) -> dict:
+        return normalise_metadata(self._json("get_model_metadata", model, model=model))
+
+    def config(self, model: str) -> dict:
+        raw = self._json("get_model_config", model, model=model)
+        return raw.get("config", raw)
+
+    def statistics(self, model: str = "") -> dict:
+        return self._json("get_inference_statistics", model, model=model or None)
+
+    def load_model(self, model: str) -> None:
+        self._call("load_model", model, model=model)
+
+    def unload_model(self, model: str) -> None:
+        self._call("unload_model", model, model=model)
+
+    def output_names(self, model: str) -> list[str]:
+        if model not in self._output_names:
+            self._output_names[model] = [o["name"] for o in self.metadata(model)["outputs"]]
+        return self._output_names[model]
+
+    def infer(self, model: str, inputs: dict, outputs: list[str] | None = None) -> dict:
+        """Run one request (the batch is axis 0 of every input). Returns every output, or those in `outputs`."""
+        names = outputs or self.output_names(model)
+        module = self._module
+        requested = [module.InferRequestedOutput(n) for n in names]
+        result = self._call("infer", model, make_inputs(module, inputs), outputs=requested, model=model)
+        return {n: result.as_numpy(n) for n in names}
+
+
+class AsyncTritonClient:
+    """asyncio client over gRPC (tritonclient.grpc.aio), with the same methods as TritonClient, awaited."""
+
+    def __init__(self, url: str = "grpc://127.0.0.1:8001"):
+        self.protocol, self.address = parse_url(url)
+        if self.protocol != "grpc":
+            raise ClientError("the asyncio client speaks gRPC only", hint="use a grpc:// URL")
+        self._module = _protocol_module("grpc", aio=True)
+        self._client = self._module.InferenceServerClient(self.address)
+        self._output_names: dict[str, list[str]] = {}
+
+    async def __aenter__(self) -> "AsyncTritonClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _call(self, method: str, *args, model: str | None = None, **kwargs):
+        try:
+            return await getattr(self._client, method)(*args, **kwargs)
+        except Exception as e:
+            raise translate(e, model) from e
+
+    async def is_live(self) -> bool:
+        try:
+            return bool(await self._client.is_server_live())
+        except Exception:
+            return False
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready())
+        except Exception:
+            return False
+
+    async def metadata(self, model: str) -> dict:
+        return normalise_metadata(await self._call("get_model_metadata", model, model=model, as_json=True))
+
+    async def output_names(self, model: str) -> list[str]:
+        if model not in self._output_names:
+            self._output_names[model] = [o["name"] for o in (await self.metadata(model))["outputs"]]
+        return self._output_names[model]
+
+    async def infer(self, model: str, inputs: dict, outputs: list[str] | None = None) -> dict:
+        names = outputs or await self.output_names(model)
+        module = self._module
+        requested = [module.InferRequestedOutput(n) for n in names]
+        result = await self._call("infer", model, make_inputs(module, inputs), outputs=requested, model=model)
+        return {n: result.as_numpy(n) for n in names}
