@@ -20,9 +20,14 @@ def export(model, spec, example: dict, path: pathlib.Path) -> None:
     `example` maps input names to numpy arrays; its non-batch dynamic axes must be > 1 so the exporter does not
     specialise them. Raises ExportError when export fails or the file breaks the ONNX Runtime 1.19 limits.
     """
+    import logging
+    import warnings
+
     import onnx
     import torch
 
+    # The exporter warns about torchvision ops it cannot register (torchvision is not installed) on every call.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     inputs = {t.name: torch.from_numpy(example[t.name]) for t in spec.inputs}
     batch = torch.export.Dim("batch", min=1, max=max(spec.max_batch_size, 2) * 1024)
     dims = {}
@@ -33,7 +38,9 @@ def export(model, spec, example: dict, path: pathlib.Path) -> None:
             axes[axis] = batch if name == "batch" else dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
         dynamic_shapes[t.name] = axes
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations, nothing the user can act on
+            warnings.filterwarnings("ignore", message="# The axis name")  # our Dim names are reused on purpose
             program = torch.onnx.export(model.eval(), args=(), kwargs=inputs, dynamic_shapes=dynamic_shapes,
                                         input_names=[t.name for t in spec.inputs],
                                         opset_version=OPSET, dynamo=True, external_data=False, verbose=False)

