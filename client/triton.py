@@ -157,8 +157,14 @@ class TritonClient:
     def statistics(self, model: str = "") -> dict:
         return self._json("get_inference_statistics", model, model=model or None)
 
-    def load_model(self, model: str) -> None:
-        self._call("load_model", model, model=model)
+    def load_model(self, model: str, config: dict | None = None) -> None:
+        """(Re)load `model` (explicit model control); `config` overrides its config.pbtxt for this load."""
+        import json
+
+        if config is None:
+            self._call("load_model", model, model=model)
+        else:
+            self._call("load_model", model, config=json.dumps(config), model=model)
 
     def unload_model(self, model: str) -> None:
         self._call("unload_model", model, model=model)
