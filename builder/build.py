@@ -1,7 +1,8 @@
-"""Build one variant of a model: load -> transform -> export -> verify -> measure -> write to the Triton repository.
+"""Build one variant of a model: load -> torch steps -> export -> verify -> ONNX steps -> measure -> gate -> write.
 
 The build record (`<artifacts>/<model>/record.json`) lives outside the Triton repository so it never disturbs
-loading; it holds, per variant, what was measured and the command and resolved config that reproduce it.
+loading; it holds, per variant, what was measured and the command and resolved config that reproduce it. Every
+variant is compared with fp32 measured in the same run (latency) and on the same examples (accuracy, agreement).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime
 import json
 import pathlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,15 +25,27 @@ from .tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
+MAX_ACCURACY_DROP = 1.0  # points
 
 
-@dataclass(frozen=True)
+@dataclass
 class BuildContext:
-    """What a variant step may use: the spec, the model's work folder (caches) and its cached data splits."""
+    """What a variant step may use: the spec, the model's work folder (caches), its cached data splits, the
+    variant's own output folder, the fp32 model (a teacher) and a dict of notes that goes into the record."""
 
     spec: ModelSpec
     workdir: pathlib.Path
     splits: dict
+    out: pathlib.Path
+    teacher: object = None
+    progress: Callable[[str], None] = print
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points on the first evaluation split
+    force: bool = False  # write to the repository even when a gate fails
 
 
 def model_name(spec: ModelSpec, variant: str) -> str:
@@ -40,12 +53,17 @@ def model_name(spec: ModelSpec, variant: str) -> str:
 
 
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
-                  serving: ServingConfig = ServingConfig(), command: str = "",
+                  serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
                   progress: Callable[[str], None] = print) -> dict:
-    """Build `variant` of `spec` into `repository`; return its entry of the build record (also written to disk)."""
-    modules = steps(variant)
+    """Build `variant` of `spec`; write it to `repository` unless it fails a gate (and not forced).
+
+    Returns its entry of the build record (also written to disk). Raises BuilderError subclasses for errors.
+    """
+    plan = steps(variant)
+    configs = [s.config(spec.variants) for s in plan]
     workdir = artifacts / spec.name
-    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / variant
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     def step(message: str) -> None:
@@ -53,54 +71,94 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
 
     step("loading data splits")
     splits = load_splits(spec, workdir)
-    context = BuildContext(spec, workdir, splits)
     step("loading model")
     model = resolve_callable(spec.factory, spec.source)(workdir)
-    for module in modules:
-        if module.STAGE == "torch":
-            model = module.apply(model, context)
+    context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step)
+    if variant != "fp32" and not (workdir / "fp32" / "model.onnx").is_file():
+        raise_missing_baseline(spec)
+    for s, config in zip(plan, configs):
+        if s.stage == "torch" and s.name != "fp32":
+            step(f"{s.name}: transforming the PyTorch model")
+            model = s.module.apply(model, context, config)
 
-    out = workdir / variant
-    out.mkdir(parents=True, exist_ok=True)
+    from .measure import count_macs, fixed_batch
+    from .torch2onnx import check_limits, export, verify
+
     onnx_path = out / "model.onnx"
-    from .torch2onnx import export, verify
-
-    verify_batch = splits[spec.validation_split].spread(VERIFY_EXAMPLES).inputs
-    if spec.sequence_mask:
-        verify_batch = trim_padding(verify_batch, spec.sequence_mask)
     step("exporting to ONNX")
     export(model, spec, example_batch(spec), onnx_path)
     step("checking ONNX Runtime against PyTorch")
+    verify_batch = splits[spec.validation_split].spread(VERIFY_EXAMPLES).inputs
+    if spec.sequence_mask:
+        verify_batch = trim_padding(verify_batch, spec.sequence_mask)
     max_diff = verify(model, spec, onnx_path, verify_batch)
-    for module in modules:
-        if module.STAGE == "onnx":
-            onnx_path = module.apply(onnx_path, context)
+    for s, config in zip(plan, configs):
+        if s.stage == "onnx":
+            step(f"{s.name}: transforming the ONNX model")
+            onnx_path = s.module.apply(onnx_path, context, config)
+            check_limits(onnx_path)
 
-    step("measuring accuracy in ONNX Runtime")
-    predict = onnx_predictor(onnx_session(onnx_path))
-    accuracy = {name: score(spec.metric, run_split(predict, splits[name], spec.sequence_mask), splits[name].labels)
-                for name in spec.evaluate}
-    name = model_name(spec, variant)
-    config = build_config(name, spec, serving)
-    version_dir = repo.write_model(repository, name, to_text(config), onnx_path)
-    step(f"wrote {version_dir}")
+    step("measuring accuracy and agreement with fp32")
+    outputs = {name: run_split(onnx_predictor(onnx_session(onnx_path)), splits[name], spec.sequence_mask)
+               for name in spec.evaluate}
+    accuracy = {name: score(spec.metric, outputs[name], splits[name].labels) for name in spec.evaluate}
+    first = spec.evaluate[0]
+    if variant == "fp32":
+        np.savez(out / "outputs.npz", **outputs[first])
+    reference = dict(np.load(workdir / "fp32" / "outputs.npz"))
+    baseline = read_record(artifacts, spec.name)["variants"].get("fp32") if variant != "fp32" else None
+    step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
+    from .measure import agreement, latency_table
+
+    latency = latency_table(onnx_path, spec, splits[first])
+    fp32_latency = latency if variant == "fp32" else latency_table(workdir / "fp32" / "model.onnx", spec, splits[first])
+    speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
+    drop = 0.0 if baseline is None else round((baseline["accuracy"][first] - accuracy[first]) * 100, 2)
+    failed_gates = []
+    if drop > gates.max_accuracy_drop:
+        failed_gates.append(f"accuracy drop {drop:.2f} points > {gates.max_accuracy_drop}")
+    if variant != "fp32" and float(np.exp(np.mean(np.log(list(speedup.values()))))) < 1.0:
+        failed_gates.append("slower than fp32 (geometric mean speedup < 1.0)")
 
     entry = {
-        "triton_model": name,
-        "version_dir": str(version_dir),
+        "triton_model": model_name(spec, variant),
         "accuracy": accuracy,
+        "accuracy_drop_points": drop,
+        "agreement_with_fp32": agreement(spec, outputs[first], reference),
         "params": int(sum(p.numel() for p in model.parameters())),
         "onnx_bytes": onnx_path.stat().st_size,
+        "macs": count_macs(model, fixed_batch(spec, splits[first], 1)),
+        "latency_p50_ms": latency,
+        "fp32_latency_p50_ms": fp32_latency,
+        "speedup_vs_fp32": speedup,
+        "gates_failed": failed_gates,
         "export_max_abs_diff": max_diff,
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "notes": context.notes,
         "command": command,
         "spec": spec_dict(spec),
+        "variant_configs": {s.name: dataclasses.asdict(c) for s, c in zip(plan, configs)},
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    if failed_gates and not gates.force:
+        step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
+        entry["version_dir"] = None
+    else:
+        name = model_name(spec, variant)
+        version_dir = repo.write_model(repository, name, to_text(build_config(name, spec, serving)), onnx_path)
+        entry["version_dir"] = str(version_dir)
+        step(f"wrote {version_dir}")
+    entry["build_seconds"] = round(time.perf_counter() - started, 1)
+    entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     update_record(workdir, spec.name, variant, entry)
     return entry
+
+
+def raise_missing_baseline(spec: ModelSpec):
+    from .errors import VariantError
+
+    raise VariantError(f"{spec.name}: the fp32 baseline is not built yet; every variant is measured against it",
+                       hint=f"build it first: builder build --model {spec.name} --variant fp32 (or --variant all)")
 
 
 def example_batch(spec: ModelSpec, batch: int = 2) -> dict:

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--instances", type=int, default=1, help="Triton instances per model (KIND_CPU)")
     build.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
     build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
+    build.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                       help="gate: points of accuracy a variant may lose vs fp32 (default: 1.0)")
+    build.add_argument("--force", action="store_true", help="write variants to the repository even if a gate fails")
 
     serve = commands.add_parser("serve", help="serve the repository on the embedded Triton server until Ctrl-C")
     serve.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
@@ -70,16 +73,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import build_variant
+    from .build import Gates, build_variant
     from .errors import ConfigError
     from .models import resolve_spec
     from .tritonconfig import ServingConfig
-    from .variants import VARIANTS, steps
+    from .variants import steps
 
     spec = resolve_spec(args.model, args.config)
-    variants = list(VARIANTS) if args.variant == "all" else [v.strip() for v in args.variant.split(",") if v.strip()]
+    variants = list(spec.standard_variants) if args.variant == "all" else [
+        v.strip() for v in args.variant.split(",") if v.strip()]
     for variant in variants:
-        steps(variant)  # unknown names fail before any work starts
+        steps(variant)  # unknown names and impossible orders fail before any work starts
+        for s in steps(variant):
+            s.config(spec.variants)  # so do unknown options
+    if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "model.onnx").is_file():
+        print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
+        variants.insert(0, "fp32")
     if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
     serving = ServingConfig(instances=args.instances, intra_op_threads=args.threads,
@@ -92,7 +101,8 @@ def cmd_build(args) -> int:
                    + (f" --threads {args.threads}" if args.threads else "")
                    + f" --max-queue-delay-us {args.max_queue_delay_us}")
         try:
-            entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command)
+            entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
+                                  Gates(args.max_accuracy_drop, args.force))
             rows.append((variant, entry))
         except BuilderError as e:
             if len(variants) == 1:
@@ -106,11 +116,18 @@ def cmd_build(args) -> int:
 def print_build_summary(model: str, rows: list, failed: list) -> None:
     if rows:
         splits = list(rows[0][1]["accuracy"])
-        header = f"{'model':24} " + " ".join(f"{'acc ' + s:>18}" for s in splits) + f" {'params':>11} {'MB':>7} {'s':>6}"
-        print("\n" + header)
+        print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
+              + f" {'drop':>6} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
+              f" {'s':>5}  gate")
         for variant, e in rows:
-            print(f"{e['triton_model']:24} " + " ".join(f"{e['accuracy'][s]:18.4f}" for s in splits)
-                  + f" {e['params']:11,} {e['onnx_bytes'] / 1e6:7.1f} {e['build_seconds']:6.1f}")
+            print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
+                  + f" {e['accuracy_drop_points']:6.2f} {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
+                  f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"
+                  f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
+                  f" {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
+                  + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
+        print("(drop: accuracy points vs fp32 on the first split; agree: top-1 agreement with fp32; b1 ms: p50 at "
+              "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread)")
     for variant, command in failed:
         print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
 

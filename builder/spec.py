@@ -67,6 +67,10 @@ class ModelSpec:
     # batch to its longest example instead of computing on padding.
     sequence_mask: str | None = None
     class_names: tuple[str, ...] = ()  # names of the metric output's classes, for people; index order
+    # options per variant module, e.g. {pruned: {ratio: 0.5}}; checked against the module's Config when built
+    variants: dict = field(default_factory=dict)
+    standard_variants: tuple[str, ...] = ("fp32", "fp16", "int8")  # what `--variant all` builds
+    training: dict = field(default_factory=dict)  # builder.train.TrainConfig fields for every trained variant
     source: str = ""  # the YAML file it came from
 
     def example_shape(self, tensor: TensorSpec, batch: int = 1) -> list[int]:
@@ -105,6 +109,11 @@ def parse_spec(raw: dict, where: str) -> ModelSpec:
         values["evaluate"] = [values["evaluate"]]
     values["evaluate"] = tuple(values.get("evaluate", ("test",)))
     values["class_names"] = tuple(str(c) for c in values.get("class_names", ()))
+    if "standard_variants" in values:
+        values["standard_variants"] = tuple(values["standard_variants"])
+    if not isinstance(values.get("variants", {}), dict) or not all(
+            isinstance(v, dict) for v in values.get("variants", {}).values()):
+        raise ConfigError(f"{where}: variants must map a variant module to its options, e.g. {{pruned: {{ratio: 0.5}}}}")
     for key in ("factory", "data"):
         if not isinstance(values.get(key), str) or values[key].count(":") != 1:
             raise ConfigError(f"{where}: {key} must be `package.module:function`, got {values.get(key)!r}")

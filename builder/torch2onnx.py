@@ -52,14 +52,31 @@ def export(model, spec, example: dict, path: pathlib.Path) -> None:
         raise ExportError(f"{spec.name}: the model returns {len(proto.graph.output)} outputs, the spec declares {len(spec.outputs)}",
                           hint="forward must return one tensor or a tuple in the order of `outputs`")
     name_outputs(proto.graph, [t.name for t in spec.outputs])
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset > MAX_OPSET:
-        raise ExportError(f"{spec.name}: exported opset {opset} is above {MAX_OPSET}, which ONNX Runtime 1.19 cannot run")
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION  # IR 10 covers every opset up to 21: nothing in the graph needs IR 11
+    enforce_limits(proto, spec.name)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def enforce_limits(proto, what: str) -> None:
+    """Opset <= 21 and IR <= 10, what ONNX Runtime 1.19 (Triton 24.10) reads. Lowers the IR version in place when
+    the opset allows it; raises ExportError when the opset is too new."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset > MAX_OPSET:
+        raise ExportError(f"{what}: opset {opset} is above {MAX_OPSET}, which ONNX Runtime 1.19 (Triton 24.10) cannot run")
+    if proto.ir_version > MAX_IR_VERSION:
+        proto.ir_version = MAX_IR_VERSION  # IR 10 covers every opset up to 21: nothing in the graph needs IR 11
+
+
+def check_limits(path: pathlib.Path) -> None:
+    """enforce_limits on a file written by another tool (ONNX Runtime's quantizer, the float16 converter)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    before = proto.ir_version
+    enforce_limits(proto, path.name)
+    if proto.ir_version != before:
+        onnx.save_model(proto, str(path))
 
 
 def verify(model, spec, onnx_path: pathlib.Path, batch: dict, rtol: float = RTOL, atol: float = ATOL) -> float:

@@ -1,22 +1,82 @@
-"""The registry of variants: one module per technique, one name used in the CLI, YAML, module and Triton model name.
+"""The registry of variants: one module per technique, one name used in the CLI, the YAML, the module and the
+Triton model name (`minilm_int8`).
 
-Each module has `STAGE` ("torch": transforms the nn.Module before export, or "onnx": transforms the exported file)
-and `apply(...)`. Combinations are written `a+b` and run torch-level steps first, in the order written.
+Each module has `STAGE` ("torch": transforms the nn.Module before export; "onnx": transforms the exported file),
+a frozen `Config` dataclass (its parameters; a model spec sets them under `variants: {module: {...}}`) and
+`apply(target, context, config)`. A registry entry is the list of steps a name stands for. Combinations are
+written `a+b` and run in the order written; torch-level steps must come before ONNX-level ones.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import ModuleType
+
 from ..errors import VariantError, unknown_name
-from . import fp32
+from . import distilled, fp16, fp32, int8, pruned, qat, svd
+
+
+@dataclass(frozen=True)
+class Step:
+    module: ModuleType
+    fixed: dict = field(default_factory=dict)  # options the variant name itself decides (int8-dynamic: method)
+
+    @property
+    def name(self) -> str:
+        return self.module.__name__.rsplit(".", 1)[-1]
+
+    @property
+    def stage(self) -> str:
+        return self.module.STAGE
+
+    def config(self, spec_options: dict):
+        """The module's Config from the model spec's options for it, then this variant's fixed options."""
+        options = {**spec_options.get(self.name, {}), **self.fixed}
+        known = {f.name for f in dataclasses.fields(self.module.Config)}
+        for key in options:
+            if key not in known:
+                err = unknown_name(f"{self.name} option", key, known, error=VariantError)
+                raise VariantError(f"variants.{self.name}: {err}", hint=err.hint)
+        typed = {}
+        for f in dataclasses.fields(self.module.Config):
+            if f.name in options:
+                value = options[f.name]
+                typed[f.name] = tuple(value) if isinstance(value, list) else value
+        return self.module.Config(**typed)
+
 
 VARIANTS = {
-    "fp32": fp32,
+    "fp32": [Step(fp32)],
+    "fp16": [Step(fp16)],
+    "int8": [Step(int8)],
+    "int8-dynamic": [Step(int8, {"method": "dynamic"})],
+    "int8-static": [Step(int8, {"method": "static"})],
+    "svd": [Step(svd)],
+    "pruned": [Step(pruned)],
+    "distilled": [Step(distilled)],
+    "qat": [Step(qat), Step(int8, {"method": "static"})],
 }
 
 
-def steps(variant: str) -> list:
-    """The modules of a (possibly combined) variant name, in order. Raises VariantError for unknown names."""
-    modules = []
-    for part in variant.split("+"):
+def steps(variant: str) -> list[Step]:
+    """The steps of a (possibly combined) variant name, in order. Raises VariantError for unknown names and for
+    impossible orders."""
+    parts = variant.split("+")
+    found: list[Step] = []
+    for part in parts:
         if part not in VARIANTS:
             raise unknown_name("variant", part, VARIANTS, error=VariantError)
-        modules.append(VARIANTS[part])
-    return modules
+        found.extend(VARIANTS[part])
+    stages = [s.stage for s in found]
+    if "onnx" in stages and "torch" in stages[stages.index("onnx"):]:
+        first_onnx = next(p for p in parts if any(s.stage == "onnx" for s in VARIANTS[p]))
+        later_torch = next(p for p in parts[parts.index(first_onnx):] if any(s.stage == "torch" for s in VARIANTS[p]))
+        raise VariantError(f"impossible order in `{variant}`: `{later_torch}` changes the PyTorch model, but "
+                           f"`{first_onnx}` already works on the exported ONNX file",
+                           hint=f"write torch-level steps first, e.g. `{later_torch}+{first_onnx}`")
+    if stages.count("onnx") > 1:
+        raise VariantError(f"`{variant}` combines {stages.count('onnx')} ONNX-level precisions; choose one")
+    if len(parts) > 1 and "fp32" in parts:
+        raise VariantError(f"`fp32` is the baseline and does not combine: build `{variant.replace('fp32+', '').replace('+fp32', '')}`")
+    return found

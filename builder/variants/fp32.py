@@ -1,7 +1,14 @@
 """`fp32`: the model as trained, exported unchanged. The baseline every other variant is compared with."""
 
+from dataclasses import dataclass
+
 STAGE = "torch"
 
 
-def apply(model, context):
+@dataclass(frozen=True)
+class Config:
+    pass
+
+
+def apply(model, context, config: Config):
     return model

@@ -4,13 +4,47 @@ from builder.errors import VariantError
 from builder.variants import VARIANTS, steps
 
 
-def test_registry_names_match_modules():
-    for name, module in VARIANTS.items():
-        assert module.__name__.rsplit(".", 1)[-1] == name
-        assert module.STAGE in ("torch", "onnx")
+def test_registry_steps_are_well_formed():
+    for name, plan in VARIANTS.items():
+        assert plan, name
+        for step in plan:
+            assert step.stage in ("torch", "onnx")
+            step.config({})  # every Config builds from defaults
+
+
+def test_int8_names_fix_the_method():
+    assert steps("int8-dynamic")[0].config({}).method == "dynamic"
+    assert steps("int8-static")[0].config({"int8": {"method": "dynamic"}}).method == "static"
+    assert steps("int8")[0].config({"int8": {"calibration": "entropy"}}).calibration == "entropy"
+
+
+def test_qat_ends_with_static_quantization():
+    assert [(s.name, s.stage) for s in steps("qat")] == [("qat", "torch"), ("int8", "onnx")]
+
+
+def test_combinations_run_in_the_order_written():
+    assert [s.name for s in steps("distilled+int8")] == ["distilled", "int8"]
+    assert [s.name for s in steps("pruned+svd+fp16")] == ["pruned", "svd", "fp16"]
 
 
 def test_unknown_variant_lists_known_and_suggests():
     with pytest.raises(VariantError) as info:
-        steps("fp23")
-    assert "did you mean `fp32`" in info.value.hint and "fp32" in info.value.hint
+        steps("prunned")
+    assert "did you mean `pruned`" in info.value.hint and "fp32" in info.value.hint
+
+
+def test_onnx_level_before_torch_level_is_impossible():
+    with pytest.raises(VariantError, match="impossible order") as info:
+        steps("int8+pruned")
+    assert "pruned+int8" in info.value.hint
+
+
+def test_two_precisions_do_not_combine():
+    with pytest.raises(VariantError, match="choose one"):
+        steps("fp16+int8")
+
+
+def test_unknown_option_suggests():
+    with pytest.raises(VariantError) as info:
+        steps("pruned")[0].config({"pruned": {"ratoi": 0.3}})
+    assert "did you mean `ratio`" in info.value.hint

@@ -1,0 +1,92 @@
+"""What every variant is measured on: accuracy, agreement with fp32, parameters, file size, MACs, latency.
+
+MACs are counted once per torch model with torch's FlopCounterMode on one example (batch 1, dynamic axes at their
+example size), as FLOPs / 2. It counts matrix multiplies and convolutions (Linear, attention's QK^T and AV, Conv);
+it does not count element-wise ops, normalisation, softmax, pooling or embedding lookups. Quantized and fp16
+variants perform the same multiply-accumulates in lower precision, so they inherit their torch model's count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+LATENCY_BATCHES = (1, 32)
+LATENCY_THREADS = (1, 2)
+MIN_RUNS, MIN_SECONDS = 5, 0.5
+
+
+def count_macs(model, example: dict) -> int:
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = {k: torch.from_numpy(v) for k, v in example.items()}
+    # grad enabled and the MATH attention kernel: fused no-grad fast paths and CPU SDPA are counted as 0 otherwise
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    return int(counter.get_total_flops() // 2)
+
+
+def fixed_batch(spec, split, batch: int) -> dict:
+    """`batch` real examples with every dynamic non-batch axis cut (or zero-padded) to its example size."""
+    picked = split.spread(batch)
+    out = {}
+    for t in spec.inputs:
+        array = picked.inputs[t.name]
+        while len(array) < batch:  # a split smaller than the batch: repeat it
+            array = np.concatenate([array, array])[:batch]
+        for axis, name in t.dynamic_dims.items():
+            if axis == 0:
+                continue
+            size = spec.example_sizes[name]
+            if array.shape[axis] >= size:
+                array = np.take(array, range(size), axis=axis)
+            else:
+                pad = [(0, 0)] * array.ndim
+                pad[axis] = (0, size - array.shape[axis])
+                array = np.pad(array, pad)
+        out[t.name] = np.ascontiguousarray(array)
+    return out
+
+
+def latency_p50_ms(onnx_file, inputs: dict, threads: int) -> float:
+    """Median ms of one run in a fresh, warmed-up session with `threads` intra-op threads."""
+    from .evaluate import onnx_session
+
+    session = onnx_session(onnx_file, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    for _ in range(3):
+        session.run(names, inputs)
+    times = []
+    started = time.perf_counter()
+    while len(times) < MIN_RUNS or time.perf_counter() - started < MIN_SECONDS:
+        t = time.perf_counter()
+        session.run(names, inputs)
+        times.append(time.perf_counter() - t)
+    del session
+    return round(float(np.median(times)) * 1000, 3)
+
+
+def latency_table(onnx_file, spec, split) -> dict:
+    """{"b1_t1": ms, "b1_t2": ms, "b32_t1": ms, "b32_t2": ms}: p50 at batch 1 and 32 with 1 and 2 threads."""
+    table = {}
+    for batch in LATENCY_BATCHES:
+        inputs = fixed_batch(spec, split, batch)
+        for threads in LATENCY_THREADS:
+            table[f"b{batch}_t{threads}"] = latency_p50_ms(onnx_file, inputs, threads)
+    return table
+
+
+def agreement(spec, outputs: dict, reference: dict) -> dict:
+    """Top-1 agreement on the metric output; mean cosine similarity of every other float output."""
+    metric = spec.metric.output
+    result = {"top1": float(np.mean(np.argmax(outputs[metric], 1) == np.argmax(reference[metric], 1)))}
+    for t in spec.outputs:
+        if t.name != metric and t.name in reference and t.dtype.startswith("float"):
+            a = outputs[t.name].reshape(len(outputs[t.name]), -1).astype(np.float64)
+            b = reference[t.name].reshape(len(reference[t.name]), -1).astype(np.float64)
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+            result[f"cosine_{t.name}"] = float(np.mean(cos))
+    return result

@@ -1,0 +1,198 @@
+"""The one trainer: fine-tuning, distillation and QAT all run through DeepSpeed's engine.
+
+Here DeepSpeed runs on its CPU accelerator in one process; the same code runs on GPUs, and on several machines
+under DeepSpeed's launcher (which sets RANK/WORLD_SIZE/...). Known traps handled: without the launcher DeepSpeed
+looks for MPI unless the rendezvous variables are set (set here when absent); the optimizer is a torch AdamW handed
+to the engine, because `"AdamW"` in DeepSpeed's config triggers a long FusedAdam JIT build; its shm communication
+op is JIT-built once per machine (`make install` builds it ahead: `python -m builder.train --prebuild`).
+Seeds are fixed; progress is printed every few seconds; a time budget ends training early; a NaN/inf loss stops
+the variant with a clear error. Optional stochastic weight averaging of the end-of-epoch weights of the last
+`swa_epochs` epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .data import trim_padding
+from .errors import ConfigError, VariantError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    max_seconds: float = 120.0  # the per-variant budget; training stops at the first step past it
+    max_examples: int | None = None  # per epoch; None: the whole split
+    swa_epochs: int = 0
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_seconds <= 0:
+            raise ConfigError(f"training: epochs, batch_size, lr and max_seconds must be positive, got {self}")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ConfigError(f"training: swa_epochs must be between 0 and epochs ({self.epochs}), got {self.swa_epochs}")
+
+
+def train_config(spec, overrides: dict | None = None) -> TrainConfig:
+    """The spec's `training` section, then a variant's own overrides (e.g. its time budget)."""
+    options = {**getattr(spec, "training", {}), **(overrides or {})}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        from .errors import unknown_name
+
+        raise unknown_name("training option", unknown[0], known)
+    config = TrainConfig(**options)
+    config.check()
+    return config
+
+
+def _rendezvous() -> None:
+    """Single-process defaults for what DeepSpeed's launcher would set."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        from .server import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
+          what: str = "training"):
+    """Train `model` in place on `split`; `loss_fn(model, inputs: dict of tensors, labels: tensor) -> scalar`.
+
+    Returns the trained model in eval mode. Raises VariantError when the loss becomes NaN or infinite.
+    """
+    import logging
+
+    import torch
+
+    _rendezvous()
+    torch.manual_seed(config.seed)
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
+        "train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": 1,
+        "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0,
+        "wall_clock_breakdown": False})
+    rng = np.random.default_rng(config.seed)
+    count = len(split) if config.max_examples is None else min(config.max_examples, len(split))
+    started = last_report = time.perf_counter()
+    averaged, averaged_epochs, step, losses = None, 0, 0, []
+    out_of_time = False
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(split))[:count]
+        for start in range(0, count, config.batch_size):
+            index = order[start:start + config.batch_size]
+            batch = {k: v[index] for k, v in split.inputs.items()}
+            if spec.sequence_mask:
+                batch = trim_padding(batch, spec.sequence_mask)
+            inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
+            loss = loss_fn(engine, inputs, torch.from_numpy(split.labels[index]))
+            if not torch.isfinite(loss):
+                raise VariantError(f"{what}: the loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
+                                   "training diverged", hint="lower the learning rate (training: {lr: ...})")
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            losses.append(loss.item())
+            now = time.perf_counter()
+            if now - last_report > 10:
+                progress(f"{what}: epoch {epoch + 1}/{config.epochs} step {step} loss {np.mean(losses[-20:]):.4f} "
+                         f"({now - started:.0f}/{config.max_seconds:.0f} s)")
+                last_report = now
+            if now - started > config.max_seconds:
+                out_of_time = True
+                break
+        if epoch >= config.epochs - config.swa_epochs:
+            state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+            if averaged is None:
+                averaged = state
+            else:
+                for k in averaged:
+                    averaged[k] += (state[k] - averaged[k]) / (averaged_epochs + 1)
+            averaged_epochs += 1
+        if out_of_time:
+            break
+    if averaged is not None and averaged_epochs > 1:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in averaged.items()})
+    progress(f"{what}: {step} steps in {time.perf_counter() - started:.0f} s, final loss {np.mean(losses[-20:]):.4f}"
+             + (" (time budget reached)" if out_of_time else "")
+             + (f", weights averaged over {averaged_epochs} epochs" if averaged_epochs > 1 else ""))
+    return model.eval()
+
+
+def cross_entropy_loss(output_index: int = 0) -> Callable:
+    """Plain supervised fine-tuning on the metric output."""
+    import torch
+
+    def loss(model, inputs, labels):
+        out = model(**inputs)
+        logits = out if isinstance(out, torch.Tensor) else out[output_index]
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    return loss
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
+        import torch
+
+        from .data import Split
+        from .spec import parse_spec
+
+        spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
+                           "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
+                           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
+                           "metric": {"output": "y"}}, where="prebuild")
+        split = Split({"input": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
+        train(torch.nn.Linear(2, 2), cross_entropy_loss(), split, spec, TrainConfig(batch_size=4))
+
+
+def distillation_loss(teacher, metric_index: int, temperature: float = 2.0, alpha: float = 0.5,
+                      feature_index: int | None = None, feature_weight: float = 0.0, projection=None) -> Callable:
+    """Response-based + feature-based knowledge distillation.
+
+    loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)
+           + feature_weight * MSE(projection(student feature), teacher feature)
+    The feature is output `feature_index` of both models (an embedding); `projection` (a trained Linear) maps the
+    student's width to the teacher's where they differ. The teacher runs without gradients.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def as_tuple(out):
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+    def loss(model, inputs, labels):
+        with torch.no_grad():
+            teacher_out = as_tuple(teacher(**inputs))
+        student_out = as_tuple(model(**inputs))
+        s, t = student_out[metric_index], teacher_out[metric_index]
+        soft = F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
+        total = alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(s, labels)
+        if feature_index is not None and feature_weight > 0:
+            feature = student_out[feature_index]
+            if projection is not None:
+                feature = projection(feature)
+            total = total + feature_weight * F.mse_loss(feature, teacher_out[feature_index])
+        return total
+
+    return loss

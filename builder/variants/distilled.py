@@ -1,0 +1,136 @@
+"""`distilled`: a smaller student trained from the fp32 model (the teacher).
+
+Students: for a model built of repeated blocks (a transformer's layers), the student keeps `keep_layers` of them,
+evenly spaced and initialised from the teacher's own layers; for a CNN, every convolution with more than one input
+channel becomes depthwise-separable (a k x k depthwise conv + a 1 x 1 pointwise conv; about k^2 x fewer MACs for
+wide layers), freshly initialised. Loss: response-based (KL on temperature-softened logits, weighted `alpha`
+against the hard-label cross-entropy) plus feature-based (MSE between the student's and the teacher's
+`feature_output`, e.g. the sentence embedding, through a learned projection when widths differ).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import VariantError
+
+STAGE = "torch"
+
+
+@dataclass(frozen=True)
+class Config:
+    keep_layers: int | None = None  # blocks the student keeps; default: half
+    temperature: float = 2.0
+    alpha: float = 0.5
+    feature_weight: float = 1.0
+    feature_output: str | None = None  # default: the first float output that is not the metric's
+    train_seconds: float | None = None
+
+    def check(self) -> None:
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
+            raise VariantError(f"distilled: need temperature > 0, 0 <= alpha <= 1, feature_weight >= 0; got {self}")
+
+
+def repeated_blocks(model):
+    """(parent module, attribute name, ModuleList) of the longest ModuleList of identical block types."""
+    import torch
+
+    best = None
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) >= 2 and len({type(b) for b in child}) == 1:
+                if best is None or len(child) > len(best[2]):
+                    best = (module, name, child)
+    return best
+
+
+def layer_student(model, keep: int | None):
+    import torch
+
+    student = copy.deepcopy(model)
+    parent, name, blocks = repeated_blocks(student)
+    keep = keep or max(1, len(blocks) // 2)
+    if not 1 <= keep < len(blocks):
+        raise VariantError(f"distilled: keep_layers must be between 1 and {len(blocks) - 1} for this model's "
+                           f"{len(blocks)} blocks, got {keep}")
+    chosen = sorted(set(np.linspace(0, len(blocks) - 1, keep).round().astype(int).tolist()))
+    setattr(parent, name, torch.nn.ModuleList([blocks[i] for i in chosen]))
+    for module in student.modules():  # HF models read their layer count from their config
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            config.num_hidden_layers = len(chosen)
+    return student, {"student": "layers", "kept_layers": chosen, "teacher_layers": len(blocks)}
+
+
+def separable_student(model):
+    import torch
+
+    student = copy.deepcopy(model)
+    replaced = []
+    for parent_name, parent in list(student.named_modules()):
+        for name, conv in list(parent.named_children()):
+            if isinstance(conv, torch.nn.Conv2d) and conv.in_channels > 1 and conv.groups == 1 and conv.kernel_size != (1, 1):
+                separable = torch.nn.Sequential(
+                    torch.nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, conv.stride, conv.padding,
+                                    conv.dilation, groups=conv.in_channels, bias=False),
+                    torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None))
+                setattr(parent, name, separable)
+                replaced.append(f"{parent_name}.{name}" if parent_name else name)
+    if not replaced:
+        return None, {}
+    return student, {"student": "depthwise-separable", "separable_convs": replaced}
+
+
+def make_student(model, config: Config):
+    if repeated_blocks(model) is not None:
+        return layer_student(model, config.keep_layers)
+    student, info = separable_student(model)
+    if student is None:
+        raise VariantError("distilled: no student recipe fits this model: it has neither repeated blocks "
+                           "(transformer layers) nor convolutions to make depthwise-separable")
+    return student, info
+
+
+def apply(model, context, config: Config):
+    import torch
+
+    from ..evaluate import run_split, score
+    from ..train import distillation_loss, train, train_config
+
+    config.check()
+    spec = context.spec
+    teacher = context.teacher.eval()
+    student, info = make_student(model, config)
+    names = [t.name for t in spec.outputs]
+    metric_index = names.index(spec.metric.output)
+    feature = config.feature_output or next(
+        (t.name for t in spec.outputs if t.name != spec.metric.output and t.dtype.startswith("float")), None)
+    if feature is not None and feature not in names:
+        raise VariantError(f"distilled: feature_output `{feature}` is not an output of the model ({names})")
+    feature_index = names.index(feature) if feature else None
+
+    validation = context.splits[spec.validation_split].spread(256)
+
+    def accuracy(m) -> float:
+        def predict(batch):
+            with torch.no_grad():
+                out = m(**{k: torch.from_numpy(v) for k, v in batch.items()})
+            out = (out,) if isinstance(out, torch.Tensor) else out
+            return dict(zip(names, (o.numpy() for o in out)))
+        return score(spec.metric, run_split(predict, validation, spec.sequence_mask), validation.labels)
+
+    info["student_untrained_validation_accuracy"] = accuracy(student.eval())
+    info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None
+    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
+    loss = distillation_loss(teacher, metric_index, config.temperature, config.alpha, feature_index,
+                             config.feature_weight)
+    student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
+                    context.progress, "distillation")
+    info["student_validation_accuracy"] = accuracy(student)
+    context.notes["distilled"] = info
+    context.progress(f"distilled: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f}"
+                     f" untrained -> {info['student_validation_accuracy']:.4f} distilled")
+    return student

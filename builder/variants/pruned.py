@@ -1,0 +1,99 @@
+"""`pruned`: structured pruning with Torch-Pruning, which really removes channels, attention heads and FFN neurons
+(the exported graph has smaller tensors), then fine-tuning with distillation from the unpruned model to recover.
+
+`ratio` is the fraction removed per layer: conv channels and hidden Linear neurons; for transformers, attention
+heads (whole heads, via Torch-Pruning's head grouping; the attention modules' head counts are patched afterwards)
+and FFN neurons. Widths that the model's outputs or its residual stream depend on are kept: embeddings, every
+Linear that writes the embedding width, and the last Linear (the classifier). Importance: L2 magnitude.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from ..errors import VariantError
+
+STAGE = "torch"
+
+
+@dataclass(frozen=True)
+class Config:
+    ratio: float = 0.5
+    importance: str = "l2"  # l2 | l1 weight magnitude
+    temperature: float = 2.0
+    alpha: float = 0.5
+    train_seconds: float | None = None
+
+    def check(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise VariantError(f"pruned: ratio must be in (0, 1), got {self.ratio}")
+        if self.importance not in ("l1", "l2"):
+            raise VariantError(f"pruned: importance must be l1 or l2, got {self.importance!r}")
+
+
+def attention_modules(model):
+    """HF-style self-attention modules: `num_attention_heads` with query/key/value Linears."""
+    found = []
+    for name, module in model.named_modules():
+        if hasattr(module, "num_attention_heads"):
+            if not all(hasattr(module, p) for p in ("query", "key", "value")):
+                raise VariantError(f"pruned: attention layer `{name}` ({type(module).__name__}) has no separate "
+                                   "query/key/value projections, so its heads cannot be pruned safely",
+                                   hint="build the other variants; head pruning supports BERT-style attention")
+            found.append(module)
+    return found
+
+
+def channel_summary(model) -> dict:
+    import torch
+
+    return {name: [m.in_channels, m.out_channels] if isinstance(m, torch.nn.Conv2d) else [m.in_features, m.out_features]
+            for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+
+
+def apply(model, context, config: Config):
+    import torch
+    import torch_pruning as tp
+
+    from ..measure import fixed_batch
+    from ..train import distillation_loss, train, train_config
+
+    config.check()
+    spec = context.spec
+    student = copy.deepcopy(model).eval()
+    example = {k: torch.from_numpy(v) for k, v in fixed_batch(spec, context.splits[spec.train_split], 2).items()}
+    linears = [m for m in student.modules() if isinstance(m, torch.nn.Linear)]
+    embeddings = [m for m in student.modules() if isinstance(m, torch.nn.Embedding)]
+    widths = {e.embedding_dim for e in embeddings}
+    ignored = embeddings + linears[-1:] + [m for m in linears if m.out_features in widths]
+    heads = {}
+    for attention in attention_modules(student):
+        for projection in (attention.query, attention.key, attention.value):
+            heads[projection] = attention.num_attention_heads
+    before = channel_summary(student)
+    pruner = tp.pruner.MetaPruner(
+        student, example, importance=tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2),
+        pruning_ratio=config.ratio, ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads),
+        prune_head_dims=False, head_pruning_ratio=config.ratio,
+        output_transform=lambda out: out.sum() if isinstance(out, torch.Tensor) else sum(o.sum() for o in out))
+    try:
+        pruner.step()
+    except Exception as e:
+        raise VariantError(f"pruned: Torch-Pruning could not prune this model: {e}") from e
+    for attention in attention_modules(student):
+        attention.num_attention_heads = pruner.num_heads[attention.query]
+        attention.all_head_size = attention.query.out_features
+    after = channel_summary(student)
+    changed = {k: f"{before[k]} -> {after[k]}" for k in before if before[k] != after.get(k)}
+    if not changed:
+        raise VariantError("pruned: nothing could be pruned (every layer is protected or too small)")
+    context.notes["pruned_layers"] = changed
+    context.notes["pruned_heads"] = {f"layer {i}": a.num_attention_heads for i, a in enumerate(attention_modules(student))}
+    context.progress(f"pruned: {len(changed)} layers narrowed, params "
+                     f"{sum(p.numel() for p in model.parameters()):,} -> {sum(p.numel() for p in student.parameters()):,}")
+    names = [t.name for t in spec.outputs]
+    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
+    loss = distillation_loss(context.teacher.eval(), names.index(spec.metric.output), config.temperature, config.alpha)
+    return train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
+                 context.progress, "pruned fine-tune")

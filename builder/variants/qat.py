@@ -1,0 +1,89 @@
+"""`qat`: quantization-aware training, then the same static QDQ quantization as `int8-static`.
+
+During a short fine-tune every Conv/Linear sees its weights fake-quantized to the int8 grid ONNX Runtime will use
+(symmetric, per output channel, scale = max|w| / 127) and its input activations fake-quantized per tensor (8-bit
+affine, range tracked by an exponential moving average), with straight-through gradients. The weights learn to
+sit well on that grid; they are then baked onto it, exported in float, and quantized with calibration by the
+`int8` step (static, QDQ), which ONNX Runtime runs with integer kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+STAGE = "torch"
+
+
+@dataclass(frozen=True)
+class Config:
+    ema: float = 0.9  # activation range tracking
+    train_seconds: float | None = None
+
+
+def fake_quant_weight(weight):
+    import torch
+
+    dims = tuple(range(1, weight.dim()))
+    scale = weight.detach().abs().amax(dim=dims, keepdim=True).clamp(min=1e-8) / 127.0
+    quantized = torch.clamp(torch.round(weight / scale), -127, 127) * scale
+    return weight + (quantized - weight).detach()  # straight-through estimator
+
+
+def weight_fake_quant():
+    """A parametrization: the layer always computes with its weight on the int8 grid."""
+    import torch
+
+    class WeightFakeQuant(torch.nn.Module):
+        def forward(self, weight):
+            return fake_quant_weight(weight)
+
+    return WeightFakeQuant()
+
+
+def activation_hook(ema: float):
+    import torch
+
+    state = {}
+
+    def hook(module, args):
+        (x, *rest) = args
+        if not x.is_floating_point():
+            return None
+        low, high = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+        if module.training:
+            state["low"] = low if "low" not in state else ema * state["low"] + (1 - ema) * low
+            state["high"] = high if "high" not in state else ema * state["high"] + (1 - ema) * high
+        lo, hi = state.get("low", low), state.get("high", high)
+        scale = ((hi - lo) / 255.0).clamp(min=1e-8)
+        zero = torch.round(-lo / scale)
+        quantized = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+        return (x + (quantized - x).detach(), *rest)
+
+    return hook
+
+
+def apply(model, context, config: Config):
+    import torch
+    from torch.nn.utils import parametrize
+
+    from ..train import distillation_loss, train, train_config
+
+    spec = context.spec
+    student = copy.deepcopy(model)
+    layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = []
+    for layer in layers:
+        parametrize.register_parametrization(layer, "weight", weight_fake_quant())
+        hooks.append(layer.register_forward_pre_hook(activation_hook(config.ema)))
+    names = [t.name for t in spec.outputs]
+    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
+    loss = distillation_loss(context.teacher.eval(), names.index(spec.metric.output))
+    student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
+                    context.progress, "quantization-aware training")
+    for hook in hooks:
+        hook.remove()
+    for layer in layers:  # keep the weights exactly on the int8 grid they were trained on
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    context.notes["qat_layers"] = len(layers)
+    return student
