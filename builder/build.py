@@ -54,8 +54,11 @@ def model_name(spec: ModelSpec, variant: str) -> str:
 
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
                   serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
-                  progress: Callable[[str], None] = print) -> dict:
+                  progress: Callable[[str], None] = print, eval_limit: int | None = None) -> dict:
     """Build `variant` of `spec`; write it to `repository` unless it fails a gate (and not forced).
+
+    `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests); the record
+    says so. Default: every example.
 
     Returns its entry of the build record (also written to disk). Raises BuilderError subclasses for errors.
     """
@@ -76,22 +79,25 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step)
     if variant != "fp32" and not (workdir / "fp32" / "model.onnx").is_file():
         raise_missing_baseline(spec)
-    for s, config in zip(plan, configs):
-        if s.stage == "torch" and s.name != "fp32":
+    torch_steps = [(s, c) for s, c in zip(plan, configs) if s.stage == "torch" and s.name != "fp32"]
+    torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
+    fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
+                             sort_keys=True, default=str)
+    exported = reuse_export(workdir / torch_part, fingerprint) if torch_part != variant else None
+    if exported is not None:  # e.g. distilled+int8 after distilled: same student, no second training
+        step(f"reusing the {torch_part} export built with the same settings")
+        onnx_path, torch_facts = exported
+        context.notes.update(torch_facts.pop("notes"))
+    else:
+        for s, config in torch_steps:
             step(f"{s.name}: transforming the PyTorch model")
             model = s.module.apply(model, context, config)
+        onnx_path, torch_facts = export_checked(model, spec, splits, out, step)
+        torch_facts["notes"] = dict(context.notes)
+        (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
+        torch_facts.pop("notes")
+    from .torch2onnx import check_limits
 
-    from .measure import count_macs, fixed_batch
-    from .torch2onnx import check_limits, export, verify
-
-    onnx_path = out / "model.onnx"
-    step("exporting to ONNX")
-    export(model, spec, example_batch(spec), onnx_path)
-    step("checking ONNX Runtime against PyTorch")
-    verify_batch = splits[spec.validation_split].spread(VERIFY_EXAMPLES).inputs
-    if spec.sequence_mask:
-        verify_batch = trim_padding(verify_batch, spec.sequence_mask)
-    max_diff = verify(model, spec, onnx_path, verify_batch)
     for s, config in zip(plan, configs):
         if s.stage == "onnx":
             step(f"{s.name}: transforming the ONNX model")
@@ -99,21 +105,24 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
             check_limits(onnx_path)
 
     step("measuring accuracy and agreement with fp32")
-    outputs = {name: run_split(onnx_predictor(onnx_session(onnx_path)), splits[name], spec.sequence_mask)
-               for name in spec.evaluate}
-    accuracy = {name: score(spec.metric, outputs[name], splits[name].labels) for name in spec.evaluate}
+    if variant == "fp32":
+        eval_limit = None  # the baseline's outputs on every example are the reference of every variant
+    predict = onnx_predictor(onnx_session(onnx_path))
+    outputs = {name: run_split(predict, splits[name].spread(eval_limit), spec.sequence_mask) for name in spec.evaluate}
+    accuracy = {name: score(spec.metric, outputs[name], splits[name].spread(eval_limit).labels) for name in spec.evaluate}
     first = spec.evaluate[0]
     if variant == "fp32":
         np.savez(out / "outputs.npz", **outputs[first])
-    reference = dict(np.load(workdir / "fp32" / "outputs.npz"))
-    baseline = read_record(artifacts, spec.name)["variants"].get("fp32") if variant != "fp32" else None
+    index = splits[first].spread_index(eval_limit)
+    reference = {k: v[index] for k, v in np.load(workdir / "fp32" / "outputs.npz").items()}
     step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
     from .measure import agreement, latency_table
 
     latency = latency_table(onnx_path, spec, splits[first])
     fp32_latency = latency if variant == "fp32" else latency_table(workdir / "fp32" / "model.onnx", spec, splits[first])
     speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
-    drop = 0.0 if baseline is None else round((baseline["accuracy"][first] - accuracy[first]) * 100, 2)
+    # fp32's accuracy on exactly the examples this variant was measured on
+    drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
     failed_gates = []
     if drop > gates.max_accuracy_drop:
         failed_gates.append(f"accuracy drop {drop:.2f} points > {gates.max_accuracy_drop}")
@@ -124,15 +133,14 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "triton_model": model_name(spec, variant),
         "accuracy": accuracy,
         "accuracy_drop_points": drop,
+        "eval_examples": {name: len(splits[name].spread(eval_limit)) for name in spec.evaluate},
         "agreement_with_fp32": agreement(spec, outputs[first], reference),
-        "params": int(sum(p.numel() for p in model.parameters())),
+        **torch_facts,
         "onnx_bytes": onnx_path.stat().st_size,
-        "macs": count_macs(model, fixed_batch(spec, splits[first], 1)),
         "latency_p50_ms": latency,
         "fp32_latency_p50_ms": fp32_latency,
         "speedup_vs_fp32": speedup,
         "gates_failed": failed_gates,
-        "export_max_abs_diff": max_diff,
         "notes": context.notes,
         "command": command,
         "spec": spec_dict(spec),
@@ -152,6 +160,34 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     update_record(workdir, spec.name, variant, entry)
     return entry
+
+
+def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:
+    """Export, check against PyTorch, count what only the torch model knows (parameters, MACs)."""
+    from .measure import count_macs, fixed_batch
+    from .torch2onnx import export, verify
+
+    onnx_path = out / "model.onnx"
+    step("exporting to ONNX")
+    export(model, spec, example_batch(spec), onnx_path)
+    step("checking ONNX Runtime against PyTorch")
+    verify_batch = splits[spec.validation_split].spread(VERIFY_EXAMPLES).inputs
+    if spec.sequence_mask:
+        verify_batch = trim_padding(verify_batch, spec.sequence_mask)
+    return onnx_path, {"export_max_abs_diff": verify(model, spec, onnx_path, verify_batch),
+                       "params": int(sum(p.numel() for p in model.parameters())),
+                       "macs": count_macs(model, fixed_batch(spec, splits[spec.evaluate[0]], 1))}
+
+
+def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, dict] | None:
+    """The ONNX file and torch-level facts of an earlier build of the same torch steps with the same settings."""
+    meta = folder / "export.json"
+    if not (meta.is_file() and (folder / "model.onnx").is_file()):
+        return None
+    facts = json.loads(meta.read_text())
+    if facts.pop("fingerprint") != fingerprint:
+        return None
+    return folder / "model.onnx", facts
 
 
 def raise_missing_baseline(spec: ModelSpec):

@@ -26,11 +26,16 @@ class Split:
             return self
         return Split({k: v[:count] for k, v in self.inputs.items()}, self.labels[:count])
 
+    def spread_index(self, count: int | None) -> np.ndarray:
+        """Indices of `count` examples evenly spread over the split (splits may be ordered, e.g. by length)."""
+        if count is None or count >= len(self):
+            return np.arange(len(self))
+        return np.linspace(0, len(self) - 1, count).round().astype(int)
+
     def spread(self, count: int | None) -> "Split":
-        """`count` examples evenly spread over the split (splits may be ordered, e.g. by text length)."""
         if count is None or count >= len(self):
             return self
-        index = np.linspace(0, len(self) - 1, count).round().astype(int)
+        index = self.spread_index(count)
         return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
     def batches(self, size: int, sequence_mask: str | None = None):

@@ -56,6 +56,16 @@ def train_config(spec, overrides: dict | None = None) -> TrainConfig:
     return config
 
 
+def training_overrides(config) -> dict:
+    """A variant's own `train_seconds` / `train_lr` as overrides of the spec's training section."""
+    overrides = {}
+    if getattr(config, "train_seconds", None):
+        overrides["max_seconds"] = config.train_seconds
+    if getattr(config, "train_lr", None):
+        overrides["lr"] = config.train_lr
+    return overrides
+
+
 def _rendezvous() -> None:
     """Single-process defaults for what DeepSpeed's launcher would set."""
     os.environ.setdefault("RANK", "0")
@@ -171,7 +181,9 @@ def distillation_loss(teacher, metric_index: int, temperature: float = 2.0, alph
     """Response-based + feature-based knowledge distillation.
 
     loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)
-           + feature_weight * MSE(projection(student feature), teacher feature)
+           + feature_weight * ||projection(student feature) - teacher feature||^2   (mean over the batch)
+    The squared error is summed over the feature's width, not averaged: for a unit-norm embedding it is 2 - 2 cos,
+    on the scale of the other terms, where a per-element mean would be ~1/width of it.
     The feature is output `feature_index` of both models (an embedding); `projection` (a trained Linear) maps the
     student's width to the teacher's where they differ. The teacher runs without gradients.
     """
@@ -192,7 +204,29 @@ def distillation_loss(teacher, metric_index: int, temperature: float = 2.0, alph
             feature = student_out[feature_index]
             if projection is not None:
                 feature = projection(feature)
-            total = total + feature_weight * F.mse_loss(feature, teacher_out[feature_index])
+            error = (feature - teacher_out[feature_index]).pow(2).flatten(1).sum(1).mean()
+            total = total + feature_weight * error
         return total
 
     return loss
+
+
+def feature_output_index(spec, name: str | None = None) -> int | None:
+    """Index of the output matched by the feature loss: `name`, or the first float output that is not the metric's."""
+    names = [t.name for t in spec.outputs]
+    if name is not None:
+        if name not in names:
+            raise VariantError(f"feature_output `{name}` is not an output of the model ({names})")
+        return names.index(name)
+    return next((i for i, t in enumerate(spec.outputs)
+                 if t.name != spec.metric.output and t.dtype.startswith("float")), None)
+
+
+def recovery_loss(context, temperature: float = 2.0, alpha: float = 0.5) -> Callable:
+    """What pruned, svd and qat fine-tune with: distillation from the unchanged model, logits and features, so the
+    changed model keeps computing what the original did (not only the labels)."""
+    spec = context.spec
+    metric_index = [t.name for t in spec.outputs].index(spec.metric.output)
+    feature_index = feature_output_index(spec)
+    return distillation_loss(context.teacher.eval(), metric_index, temperature, alpha, feature_index,
+                             1.0 if feature_index is not None else 0.0)

@@ -27,7 +27,8 @@ class Config:
     alpha: float = 0.5
     feature_weight: float = 1.0
     feature_output: str | None = None  # default: the first float output that is not the metric's
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
+    train_lr: float | None = None  # overrides training.lr
 
     def check(self) -> None:
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
@@ -98,7 +99,7 @@ def apply(model, context, config: Config):
     import torch
 
     from ..evaluate import run_split, score
-    from ..train import distillation_loss, train, train_config
+    from ..train import distillation_loss, feature_output_index, train, train_config, training_overrides
 
     config.check()
     spec = context.spec
@@ -106,11 +107,8 @@ def apply(model, context, config: Config):
     student, info = make_student(model, config)
     names = [t.name for t in spec.outputs]
     metric_index = names.index(spec.metric.output)
-    feature = config.feature_output or next(
-        (t.name for t in spec.outputs if t.name != spec.metric.output and t.dtype.startswith("float")), None)
-    if feature is not None and feature not in names:
-        raise VariantError(f"distilled: feature_output `{feature}` is not an output of the model ({names})")
-    feature_index = names.index(feature) if feature else None
+    feature_index = feature_output_index(spec, config.feature_output)
+    feature = names[feature_index] if feature_index is not None else None
 
     validation = context.splits[spec.validation_split].spread(256)
 
@@ -124,7 +122,7 @@ def apply(model, context, config: Config):
 
     info["student_untrained_validation_accuracy"] = accuracy(student.eval())
     info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None
-    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
+    overrides = training_overrides(config)
     loss = distillation_loss(teacher, metric_index, config.temperature, config.alpha, feature_index,
                              config.feature_weight)
     student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),

@@ -23,7 +23,8 @@ class Config:
     importance: str = "l2"  # l2 | l1 weight magnitude
     temperature: float = 2.0
     alpha: float = 0.5
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
+    train_lr: float | None = None  # overrides training.lr
 
     def check(self) -> None:
         if not 0 < self.ratio < 1:
@@ -57,7 +58,7 @@ def apply(model, context, config: Config):
     import torch_pruning as tp
 
     from ..measure import fixed_batch
-    from ..train import distillation_loss, train, train_config
+    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     spec = context.spec
@@ -65,12 +66,13 @@ def apply(model, context, config: Config):
     example = {k: torch.from_numpy(v) for k, v in fixed_batch(spec, context.splits[spec.train_split], 2).items()}
     linears = [m for m in student.modules() if isinstance(m, torch.nn.Linear)]
     embeddings = [m for m in student.modules() if isinstance(m, torch.nn.Embedding)]
-    widths = {e.embedding_dim for e in embeddings}
-    ignored = embeddings + linears[-1:] + [m for m in linears if m.out_features in widths]
     heads = {}
     for attention in attention_modules(student):
         for projection in (attention.query, attention.key, attention.value):
             heads[projection] = attention.num_attention_heads
+    # the residual stream keeps its width: no Linear that writes it (other than q/k/v, pruned by whole heads)
+    widths = {e.embedding_dim for e in embeddings}
+    ignored = embeddings + linears[-1:] + [m for m in linears if m.out_features in widths and m not in heads]
     before = channel_summary(student)
     pruner = tp.pruner.MetaPruner(
         student, example, importance=tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2),
@@ -92,8 +94,5 @@ def apply(model, context, config: Config):
     context.notes["pruned_heads"] = {f"layer {i}": a.num_attention_heads for i, a in enumerate(attention_modules(student))}
     context.progress(f"pruned: {len(changed)} layers narrowed, params "
                      f"{sum(p.numel() for p in model.parameters()):,} -> {sum(p.numel() for p in student.parameters()):,}")
-    names = [t.name for t in spec.outputs]
-    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
-    loss = distillation_loss(context.teacher.eval(), names.index(spec.metric.output), config.temperature, config.alpha)
-    return train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
-                 context.progress, "pruned fine-tune")
+    return train(student, recovery_loss(context, config.temperature, config.alpha), context.splits[spec.train_split],
+                 spec, train_config(spec, training_overrides(config)), context.progress, "pruned fine-tune")

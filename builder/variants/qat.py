@@ -18,7 +18,8 @@ STAGE = "torch"
 @dataclass(frozen=True)
 class Config:
     ema: float = 0.9  # activation range tracking
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
+    train_lr: float | None = 1e-4  # a gentle fine-tune of trained weights, whatever the spec's training lr
 
 
 def fake_quant_weight(weight):
@@ -67,7 +68,7 @@ def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
 
-    from ..train import distillation_loss, train, train_config
+    from ..train import recovery_loss, train, train_config, training_overrides
 
     spec = context.spec
     student = copy.deepcopy(model)
@@ -76,11 +77,8 @@ def apply(model, context, config: Config):
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", weight_fake_quant())
         hooks.append(layer.register_forward_pre_hook(activation_hook(config.ema)))
-    names = [t.name for t in spec.outputs]
-    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
-    loss = distillation_loss(context.teacher.eval(), names.index(spec.metric.output))
-    student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
-                    context.progress, "quantization-aware training")
+    student = train(student, recovery_loss(context), context.splits[spec.train_split], spec,
+                    train_config(spec, training_overrides(config)), context.progress, "quantization-aware training")
     for hook in hooks:
         hook.remove()
     for layer in layers:  # keep the weights exactly on the int8 grid they were trained on

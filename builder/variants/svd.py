@@ -4,7 +4,8 @@ short fine-tune.
 A layer is factored only when rank k reduces its MACs, k < n*m / (n + m) (the break-even rank); otherwise it stays
 dense and the record says why. The rank comes from retained energy (the smallest k whose squared singular values
 sum to `energy` of the total) or, by default, as `rank_ratio` x the break-even rank. Layers with fewer than
-`min_features` inputs or outputs (classifier heads) are left alone.
+`min_features` inputs or outputs (classifier heads) are left alone. The fine-tune distils from the unfactored
+model (logits and features).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class Config:
     rank_ratio: float = 0.5
     energy: float | None = None
     min_features: int = 64
-    train_seconds: float | None = None  # overrides training.max_seconds for this variant
+    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
+    train_lr: float | None = None  # overrides training.lr  # overrides training.max_seconds for this variant
 
     def check(self) -> None:
         if self.energy is None and not 0 < self.rank_ratio < 1:
@@ -61,7 +63,7 @@ def apply(model, context, config: Config):
 
     import torch
 
-    from ..train import cross_entropy_loss, train, train_config
+    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     model = copy.deepcopy(model)
@@ -87,7 +89,5 @@ def apply(model, context, config: Config):
     context.notes["svd_factored"] = factored
     context.notes["svd_skipped"] = skipped
     context.progress(f"svd: factored {len(factored)} Linear layers, left {len(skipped)} dense")
-    metric_index = [t.name for t in context.spec.outputs].index(context.spec.metric.output)
-    overrides = {"max_seconds": config.train_seconds} if config.train_seconds else {}
-    return train(model, cross_entropy_loss(metric_index), context.splits[context.spec.train_split], context.spec,
-                 train_config(context.spec, overrides), context.progress, "svd fine-tune")
+    return train(model, recovery_loss(context), context.splits[context.spec.train_split], context.spec,
+                 train_config(context.spec, training_overrides(config)), context.progress, "svd fine-tune")
