@@ -72,13 +72,13 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     def step(message: str) -> None:
         progress(f"[{spec.name}_{variant} {time.perf_counter() - started:6.1f}s] {message}")
 
+    if variant != "fp32" and not (workdir / "fp32" / "outputs.npz").is_file():
+        raise_missing_baseline(spec)
     step("loading data splits")
     splits = load_splits(spec, workdir)
     step("loading model")
     model = resolve_callable(spec.factory, spec.source)(workdir)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step)
-    if variant != "fp32" and not (workdir / "fp32" / "model.onnx").is_file():
-        raise_missing_baseline(spec)
     torch_steps = [(s, c) for s, c in zip(plan, configs) if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
     fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
@@ -114,7 +114,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     if variant == "fp32":
         np.savez(out / "outputs.npz", **outputs[first])
     index = splits[first].spread_index(eval_limit)
-    reference = {k: v[index] for k, v in np.load(workdir / "fp32" / "outputs.npz").items()}
+    with np.load(workdir / "fp32" / "outputs.npz") as saved:
+        reference = {k: saved[k][index] for k in saved.files}
     step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
     from .measure import agreement, latency_table
 

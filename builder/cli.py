@@ -86,7 +86,7 @@ def cmd_build(args) -> int:
         steps(variant)  # unknown names and impossible orders fail before any work starts
         for s in steps(variant):
             s.config(spec.variants)  # so do unknown options
-    if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "model.onnx").is_file():
+    if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file():
         print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
         variants.insert(0, "fp32")
     if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:

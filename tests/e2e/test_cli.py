@@ -73,3 +73,20 @@ def test_build_user_model_from_yaml(tmp_path):
     assert (tmp_path / "r" / "tiny_fp32" / "config.pbtxt").is_file()
     assert (tmp_path / "r" / "tiny_fp32" / "1" / "model.onnx").is_file()
     assert "tiny_fp32" in result.stdout  # the summary table
+
+
+def test_a_variant_that_cannot_handle_the_model_does_not_stop_the_others(tmp_path):
+    result = run_cli("builder", "build", "--config", FIXTURES / "tiny" / "tiny.yaml", "--variant", "distilled,fp16",
+                     "--repository", tmp_path / "r", "--artifacts", tmp_path / "a", "--force")
+    assert result.returncode == 1
+    assert "no student recipe fits this model" in result.stderr
+    assert "FAILED tiny_distilled; rebuild just it with:" in result.stdout
+    assert "--variant distilled" in result.stdout
+    assert (tmp_path / "r" / "tiny_fp16" / "1" / "model.onnx").is_file()  # the other variant was built
+    assert not (tmp_path / "r" / "tiny_distilled").exists()
+
+
+def test_impossible_order_is_refused_before_any_work(tmp_path):
+    result = run_cli("builder", "build", "--model", "digits", "--variant", "int8+pruned", "--repository", tmp_path / "r")
+    assert result.returncode == 2
+    assert "impossible order" in result.stderr and "pruned+int8" in result.stderr

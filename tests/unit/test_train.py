@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from builder.data import Split
+from builder.errors import ConfigError, VariantError
+from builder.spec import parse_spec
+from builder.train import TrainConfig, cross_entropy_loss, train, train_config
+from builder.variants import distilled, pruned, svd
+
+SPEC = parse_spec({"name": "t", "factory": "a:b", "data": "a:b",
+                   "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
+                   "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+                   "metric": {"output": "logits"}, "training": {"max_seconds": 30}}, where="test")
+SPLIT = Split({"input": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)},
+              np.random.default_rng(1).integers(0, 2, 64))
+
+
+def test_training_learns_with_the_deepspeed_engine():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    labels = (SPLIT.inputs["input"][:, 0] > 0).astype(np.int64)
+    split = Split(SPLIT.inputs, labels)
+    before = (model(torch.from_numpy(split.inputs["input"])).argmax(1).numpy() == labels).mean()
+    trained = train(model, cross_entropy_loss(), split, SPEC, TrainConfig(epochs=20, batch_size=16, lr=0.05),
+                    progress=lambda _: None)
+    after = (trained(torch.from_numpy(split.inputs["input"])).argmax(1).numpy() == labels).mean()
+    assert after > max(before, 0.9)
+
+
+def test_a_nan_loss_stops_training_with_a_clear_error():
+    def nan_loss(model, inputs, labels):
+        return model(**inputs).sum() * float("nan")
+
+    with pytest.raises(VariantError, match="training diverged") as info:
+        train(torch.nn.Linear(4, 2), nan_loss, SPLIT, SPEC, TrainConfig(), progress=lambda _: None, what="fine-tune")
+    assert "learning rate" in info.value.hint
+
+
+def test_swa_averages_the_last_epochs():
+    model = torch.nn.Linear(4, 2)
+    train(model, cross_entropy_loss(), SPLIT, SPEC, TrainConfig(epochs=3, swa_epochs=2, lr=0.01),
+          progress=lambda _: None)  # runs the averaging path; the weights stay finite
+    assert torch.isfinite(model.weight).all()
+
+
+def test_training_options_are_checked():
+    assert train_config(SPEC, {"lr": 0.5}).lr == 0.5 and train_config(SPEC).max_seconds == 30
+    with pytest.raises(ConfigError):
+        train_config(SPEC, {"lr": -1.0})
+    with pytest.raises(ConfigError, match="did you mean|unknown"):
+        train_config(SPEC, {"epoch": 2})
+
+
+@pytest.mark.parametrize("config", [pruned.Config(ratio=1.5), pruned.Config(ratio=0.0), svd.Config(rank_ratio=1.2),
+                                    svd.Config(energy=0.0), distilled.Config(temperature=0)])
+def test_out_of_range_settings_are_rejected(config):
+    with pytest.raises(VariantError):
+        config.check()
+
+
+def test_svd_factorisation_keeps_the_best_rank_k_approximation():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 80)
+    factored = svd.factor(linear, 16)
+    assert factored[0].weight.shape == (16, 96) and factored[1].weight.shape == (80, 16)
+    product = factored[1].weight @ factored[0].weight
+    u, s, vh = torch.linalg.svd(linear.weight.data)
+    best = (u[:, :16] * s[:16]) @ vh[:16]
+    assert torch.allclose(product, best, atol=1e-5)
+    assert svd.choose_rank(s, 80, 96, svd.Config(rank_ratio=0.5)) == int(0.5 * 80 * 96 / 176)
