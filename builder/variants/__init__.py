@@ -55,7 +55,8 @@ VARIANTS = {
     "svd": [Step(svd)],
     "pruned": [Step(pruned)],
     "distilled": [Step(distilled)],
-    "qat": [Step(qat), Step(int8, {"method": "static"})],
+    # min-max calibration: the activation ranges QAT trained with are min-max ranges too
+    "qat": [Step(qat), Step(int8, {"method": "static", "calibration": "minmax"})],
 }
 
 

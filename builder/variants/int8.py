@@ -60,11 +60,18 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
     model = onnx.load(str(onnx_file))
     op_types = {n.op_type for n in model.graph.node}
     method = config.method if config.method != "auto" else ("static" if "Conv" in op_types else "dynamic")
-    prepared = context.out / "int8_prepared.onnx"
-    try:
-        quant_pre_process(str(onnx_file), str(prepared), skip_symbolic_shape=False)
-    except Exception:  # symbolic shape inference cannot follow every exporter graph; ONNX shape inference can
-        quant_pre_process(str(onnx_file), str(prepared), skip_symbolic_shape=True)
+    import contextlib
+
+    prepared = (context.out / "int8_prepared.onnx").resolve()
+    source = onnx_file.resolve()
+    # quant_pre_process writes scratch files into the working directory: keep them in the variant's folder
+    with contextlib.chdir(context.out):
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference cannot follow every exporter graph; ONNX shape inference can
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    for scratch in [*context.out.glob("*.data"), context.out / "sym_shape_infer_temp.onnx"]:
+        scratch.unlink(missing_ok=True)
     nodes = onnx.load(str(prepared)).graph.node
     excluded = [n.name for n in nodes if n.name in config.exclude_nodes or n.op_type in config.exclude_op_types]
     if config.exclude_last:
