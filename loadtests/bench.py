@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import platform
-import threading
 import time
 
 import numpy as np

@@ -5,7 +5,6 @@ this within CI time; the full-size numbers come from `builder build --variant al
 import dataclasses
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 
