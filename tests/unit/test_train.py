@@ -38,10 +38,17 @@ def test_a_nan_loss_stops_training_with_a_clear_error():
 
 
 def test_swa_averages_the_last_epochs():
-    model = torch.nn.Linear(4, 2)
-    train(model, cross_entropy_loss(), SPLIT, SPEC, TrainConfig(epochs=3, swa_epochs=2, lr=0.01),
-          progress=lambda _: None)  # runs the averaging path; the weights stay finite
-    assert torch.isfinite(model.weight).all()
+    torch.manual_seed(0)
+    plain = train(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(epochs=3, lr=0.05),
+                  progress=lambda _: None)
+    messages = []
+    torch.manual_seed(0)
+    averaged = train(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                     TrainConfig(epochs=3, swa_epochs=2, lr=0.05), progress=messages.append)
+    assert "weights averaged over 2 epochs" in messages[-1]
+    # same seed, same steps: only the averaging of epochs 2 and 3 makes the weights differ
+    assert not torch.allclose(plain.weight, averaged.weight)
+    assert torch.isfinite(averaged.weight).all()
 
 
 def test_training_options_are_checked():
