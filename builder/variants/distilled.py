@@ -4,8 +4,9 @@ Students: for a model built of repeated blocks (a transformer's layers), the stu
 evenly spaced and initialised from the teacher's own layers; for a CNN, every convolution with more than one input
 channel becomes depthwise-separable (a k x k depthwise conv + a 1 x 1 pointwise conv; about k^2 x fewer MACs for
 wide layers), freshly initialised. Loss: response-based (KL on temperature-softened logits, weighted `alpha`
-against the hard-label cross-entropy) plus feature-based (MSE between the student's and the teacher's
-`feature_output`, e.g. the sentence embedding, through a learned projection when widths differ).
+against the hard-label cross-entropy) plus feature-based (squared error between the student's and the teacher's
+`feature_output`, e.g. the sentence embedding). Both students keep the teacher's feature width; a student that
+changed it would need the learned projection that builder.train.distillation_loss accepts.
 """
 
 from __future__ import annotations
