@@ -103,7 +103,7 @@ def cmd_build(args) -> int:
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
                                   Gates(args.max_accuracy_drop, args.force))
-            rows.append((variant, entry))
+            rows.append(entry)
         except BuilderError as e:
             if len(variants) == 1:
                 raise
@@ -115,11 +115,11 @@ def cmd_build(args) -> int:
 
 def print_build_summary(model: str, rows: list, failed: list) -> None:
     if rows:
-        splits = list(rows[0][1]["accuracy"])
+        splits = list(rows[0]["accuracy"])
         print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
               + f" {'drop':>6} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
               f" {'s':>5}  gate")
-        for variant, e in rows:
+        for e in rows:
             print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
                   + f" {e['accuracy_drop_points']:6.2f} {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
                   f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"

@@ -33,9 +33,9 @@ class Split:
         return np.linspace(0, len(self) - 1, count).round().astype(int)
 
     def spread(self, count: int | None) -> "Split":
-        if count is None or count >= len(self):
-            return self
         index = self.spread_index(count)
+        if len(index) == len(self):
+            return self
         return Split({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
     def batches(self, size: int, sequence_mask: str | None = None):

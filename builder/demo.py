@@ -46,8 +46,7 @@ def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, examples: int | 
     rows = []
     progress("starting the embedded Triton server ...")
     with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:
-        states = {m.name: m for m in server.models()}
-        progress("models: " + ", ".join(f"{m.name} {m.state}" for m in states.values()))
+        progress("models: " + ", ".join(f"{m.name} {m.state}" for m in server.models()))
         for spec in specs:
             name = model_name(spec, "fp32")
             onnx_file = repo.latest_model_file(repository, name)
