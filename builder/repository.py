@@ -28,6 +28,8 @@ def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file
     target = repository / name
     version = max(versions(target), default=0) + 1
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=repository.parent))
+    # mkdtemp makes it 0700; a server running as another user (the Triton image's uid 1000) must read the model
+    staging.chmod(0o755)
     try:
         (staging / str(version)).mkdir()
         shutil.copyfile(onnx_file, staging / str(version) / "model.onnx")
