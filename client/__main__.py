@@ -1,6 +1,7 @@
 """`python -m client`: talk to the kit's Triton server from the command line.
 
   python -m client infer --model minilm_fp32 --text "a gripping, beautifully shot film" [--protocol http]
+  python -m client infer --model minilm_fp32_text --text "..."   (raw-text endpoint: the server tokenizes)
   python -m client infer --model digits_fp32 --index 3 [--split sklearn_digits]
   python -m client models
   python -m client metadata --model digits_fp32
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     infer = commands.add_parser("infer", parents=[common], help="classify one text or one example of a data split")
     infer.add_argument("--model", required=True, help="served model name, e.g. minilm_fp32")
     source = infer.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", help="text to classify (tokenized here with the model's own tokenizer)")
+    source.add_argument("--text", help="text to classify (tokenized here with the model's own tokenizer, or sent "
+                                       "as is to a raw-text endpoint such as minilm_fp32_text)")
     source.add_argument("--index", type=int, help="index of an example in a cached data split")
     infer.add_argument("--split", default="test", help="split for --index (default: test)")
     infer.add_argument("--artifacts", default="artifacts", type=pathlib.Path, help="the builder's artifacts folder")
@@ -57,16 +59,29 @@ def main(argv: list[str] | None = None) -> int:
 def run_infer(client: TritonClient, args) -> int:
     from .examples import find_record, split_example, text_inputs
 
-    folder, entry = find_record(args.artifacts, args.model)
+    text_input = raw_text_input(client, args.model) if args.text is not None else None
+    try:
+        folder, entry = find_record(args.artifacts, args.model)
+    except ClientError:
+        if text_input is None:
+            raise
+        folder, entry = None, {}  # a raw-text endpoint needs nothing local; the record only adds class names
     class_names = entry.get("spec", {}).get("class_names") or []
     metric_output = entry.get("spec", {}).get("metric", {}).get("output", "logits")
     label = None
-    if args.text is not None:
+    if text_input is not None:
+        # surrogateescape: bytes that are not UTF-8 in the command line reach the server as they were typed
+        inputs = {text_input: np.array([[args.text.encode("utf-8", "surrogateescape")]], dtype=np.object_)}
+    elif args.text is not None:
         inputs = text_inputs(folder, args.text)
     else:
         inputs, label = split_example(folder, args.split, args.index)
     outputs = client.infer(args.model, inputs)
     print(f"model {args.model} via {client.url}")
+    if text_input is not None and {"label", "probabilities"} <= set(outputs):
+        best = int(outputs.pop("label")[0, 0])
+        named = class_names[best] if best < len(class_names) else str(best)
+        print(f"  prediction: {named} (p={outputs.pop('probabilities')[0, best]:.3f})")
     for name, value in outputs.items():
         if name == metric_output:
             logits = value[0].astype(np.float64)
@@ -81,6 +96,15 @@ def run_infer(client: TritonClient, args) -> int:
         else:
             print(f"  {name}: shape {list(value.shape)}, first values {np.round(value.ravel()[:4], 4).tolist()}")
     return 0
+
+
+def raw_text_input(client: TritonClient, model: str) -> str | None:
+    """The input name if `model` takes one BYTES tensor (a raw-text endpoint), else None (also if unknown)."""
+    try:
+        inputs = client.metadata(model)["inputs"]
+    except ClientError:
+        return None
+    return inputs[0]["name"] if [t["datatype"] for t in inputs] == ["BYTES"] else None
 
 
 if __name__ == "__main__":

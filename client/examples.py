@@ -16,11 +16,12 @@ MAX_TOKENS = 256
 
 
 def find_record(artifacts: pathlib.Path, triton_model: str) -> tuple[pathlib.Path, dict]:
-    """(the model's artifacts folder, its build-record entry) for a served model name such as `minilm_fp32`."""
+    """(the model's artifacts folder, its build-record entry) for a served model name such as `minilm_fp32`, or
+    its raw-text endpoint `minilm_fp32_text`."""
     for path in sorted(artifacts.glob("*/record.json")):
         record = json.loads(path.read_text())
         for entry in record.get("variants", {}).values():
-            if entry.get("triton_model") == triton_model:
+            if triton_model in (entry.get("triton_model"), (entry.get("text_endpoint") or {}).get("model")):
                 return path.parent, entry
     raise ClientError(f"no build record for model `{triton_model}` under {artifacts}/",
                       hint="build it with `builder build`, or pass --artifacts where it was built")
@@ -57,3 +58,41 @@ def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, i
         length = int(mask.sum())
         inputs = {k: v[:, :length] for k, v in inputs.items()}
     return inputs, label
+
+
+def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int = 1, count: int = 256,
+                    tokens: int = 0) -> list[dict]:
+    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests.
+
+    Text requests keep only the tokens their longest example needs (cached splits are padded to the split's
+    longest text), so traffic has the split's own mix of lengths. With `tokens`, only texts at least that long
+    are used, cut to exactly `tokens`: every request has the same shape, which Triton's dynamic batcher needs
+    to group requests (it never batches different sequence lengths together).
+    """
+    if batch_size < 1:
+        raise ClientError(f"batch size must be at least 1, got {batch_size}")
+    path = folder / "data" / f"{split}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in (folder / "data").glob("*.npz"))
+        raise ClientError(f"no split `{split}` for this model", hint=f"splits: {', '.join(known) or 'none cached'}")
+    with np.load(path) as data:
+        inputs = {k[len("input."):]: data[k] for k in data.files if k.startswith("input.")}
+    total = len(next(iter(inputs.values())))
+    if total < batch_size:
+        raise ClientError(f"split `{split}` has {total} examples, fewer than the batch size {batch_size}")
+    mask = inputs.get("attention_mask")
+    if tokens and mask is not None:
+        long_enough = np.flatnonzero(mask.sum(axis=1) >= tokens)
+        if len(long_enough) < batch_size:
+            raise ClientError(f"split `{split}` has {len(long_enough)} texts of {tokens} tokens or more",
+                              hint="ask for fewer tokens")
+        inputs = {k: v[long_enough, :tokens] for k, v in inputs.items()}
+        mask, total = inputs["attention_mask"], len(long_enough)
+    batches = []
+    for start in range(0, min(count * batch_size, total - batch_size + 1), batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        if mask is not None:
+            length = max(int(mask[start:start + batch_size].sum(axis=1).max()), 1)
+            batch = {k: np.ascontiguousarray(v[:, :length]) for k, v in batch.items()}
+        batches.append(batch)
+    return batches

@@ -44,6 +44,8 @@ def make_inputs(module, inputs: dict) -> list:
     made = []
     for name, array in inputs.items():
         array = np.asarray(array)
+        if array.dtype.kind == "U":  # str: Triton's BYTES (TYPE_STRING) carries UTF-8 bytes
+            array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[np.object_])(array)
         datatype = np_to_triton_dtype(array.dtype)
         if datatype is None:
             raise InvalidInputError(f"input `{name}` has dtype {array.dtype}, which Triton cannot carry",
@@ -90,7 +92,8 @@ def normalise_metadata(raw: dict) -> dict:
 class TritonClient:
     """Synchronous client. `infer(model, {name: array}) -> {name: array}`; errors are client.errors types."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0):
+    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0, concurrency: int = 1):
+        """`concurrency`: HTTP connections kept for requests in flight at once (gRPC multiplexes one channel)."""
         self.protocol, self.address = parse_url(url)
         self.url = f"{self.protocol}://{self.address}"
         self._module = _protocol_module(self.protocol)
@@ -99,7 +102,7 @@ class TritonClient:
             self._client = self._module.InferenceServerClient(self.address)
         else:
             self._client = self._module.InferenceServerClient(self.address, connection_timeout=timeout,
-                                                              network_timeout=timeout)
+                                                              network_timeout=timeout, concurrency=concurrency)
         self._output_names: dict[str, list[str]] = {}
 
     def __enter__(self) -> "TritonClient":

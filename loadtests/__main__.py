@@ -1,19 +1,99 @@
-"""`python -m loadtests`: measure served models.
+"""`python -m loadtests`: load-test served models and report which variant to ship.
 
-  python -m loadtests bench [--models minilm_fp32,digits_fp32] [--seconds 5] [--out reports/bench.json]
+  python -m loadtests run --models minilm_fp32,minilm_int8 --users 1,4,16 --duration 30s --protocol grpc
+  python -m loadtests run --models all --slo-p99-ms 50 --max-accuracy-drop 1.0 [--url grpc://host:8001]
+  python -m loadtests report reports/<run>          (rebuild the report from results.json)
+  python -m loadtests tune --model minilm_int8 --slo-p99-ms 50
+  python -m loadtests bench [--models minilm_fp32,digits_fp32]
+
+Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
+import time
+
+
+def duration(text: str) -> float:
+    """`30s`, `2m` or `45` (seconds)."""
+    text = text.strip().lower()
+    scale = 60.0 if text.endswith("m") else 1.0
+    try:
+        value = float(text.rstrip("sm")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 30s, 2m or 45)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
+def users_list(text: str) -> tuple[int, ...]:
+    try:
+        users = tuple(int(u) for u in text.split(",") if u.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--users takes comma-separated integers, got {text!r}") from None
+    if not users or min(users) < 1:
+        raise argparse.ArgumentTypeError("--users needs at least one step of 1 or more users")
+    return users
+
+
+def add_target_arguments(parser) -> None:
+    parser.add_argument("--url", help="a running server (grpc://host:8001 or http://host:8000); default: start the "
+                                      "embedded server on --repository")
+    parser.add_argument("--http-url", help="with --url: the server's HTTP URL (default: host:8000)")
+    parser.add_argument("--metrics-url", help="with --url: Triton's metrics (default: http://host:8002/metrics)")
+    parser.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
+    parser.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"),
+                        help="the builder's artifacts: test splits and build records")
+
+
+def add_budget_arguments(parser) -> None:
+    parser.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget: p99 in ms (default 50)")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="accuracy budget: points below fp32 (default 1.0)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="Locust load test of served models, then the report")
+    run.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
+    run.add_argument("--users", type=users_list, default=(1, 4, 16), help="load steps: users (default 1,4,16)")
+    run.add_argument("--duration", type=duration, default=30.0, help="per step (default 30s)")
+    run.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    run.add_argument("--batch-size", type=int, default=1, help="examples per request (default 1)")
+    run.add_argument("--arrival-rate", type=float, default=0.0,
+                     help="open loop: requests/s per user on a fixed schedule (default 0: closed loop)")
+    run.add_argument("--workers", type=int, default=0, help="run Locust distributed: a master and N workers")
+    run.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True,
+                     help="cross-check each model with NVIDIA perf_analyzer at the highest users step (default on)")
+    run.add_argument("--out", type=pathlib.Path, help="output folder (default reports/<date-time>)")
+    add_target_arguments(run)
+    add_budget_arguments(run)
+
+    report = commands.add_parser("report", help="rebuild report.html/.md from a run's results.json")
+    report.add_argument("run_dir", type=pathlib.Path)
+    report.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
+    add_budget_arguments(report)
+
+    tune = commands.add_parser("tune", help="sweep Triton settings of one model under an SLO")
+    tune.add_argument("--model", required=True)
+    tune.add_argument("--users", type=int, default=8, help="closed-loop users per point (default 8)")
+    tune.add_argument("--duration", type=duration, default=10.0, help="per point (default 10s)")
+    tune.add_argument("--budget", type=duration, default=600.0, help="stop sweeping after this long (default 10m)")
+    tune.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    tune.add_argument("--slo-p99-ms", type=float, default=50.0)
+    tune.add_argument("--write", action="store_true", help="write the best setting to the model's config.pbtxt")
+    tune.add_argument("--out", type=pathlib.Path, help="output folder (default reports/tune-<model>-<date-time>)")
+    add_target_arguments(tune)
+
     bench = commands.add_parser("bench", help="in-process ONNX Runtime vs served over HTTP and gRPC")
     bench.add_argument("--models", default="minilm_fp32,digits_fp32", help="served model names, comma-separated")
     bench.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
@@ -22,21 +102,119 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/bench.json"))
     args = parser.parse_args(argv)
 
-    from builder.errors import BuilderError, unknown_name
+    from builder.errors import BuilderError
+
+    try:
+        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench}[args.command](args)
+    except BuilderError as e:
+        print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: Locust and any server this command started are stopped", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def target_for(args):
+    """The Target given by --url, or one of an embedded server started (and stopped) here."""
+    from .run import Target
+
+    if args.url:
+        from client.triton import parse_url
+
+        protocol, address = parse_url(args.url)
+        host = address.rsplit(":", 1)[0]
+        grpc_url = args.url if protocol == "grpc" else f"grpc://{host}:8001"
+        http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
+        yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
+        return
+    from builder.server import EmbeddedServer, free_port
+
+    print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
+    with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
+        yield Target(server.http_url, server.grpc_url, server.metrics_url)
+
+
+def cmd_run(args) -> int:
+    from .report import build_report, read_records, write_report
+    from .run import LoadSettings, LoadTestError, run_load
+
+    if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
+        raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
+    out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
+    settings = LoadSettings(users=args.users, duration_s=args.duration, protocol=args.protocol,
+                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = None
+    try:
+        with target_for(args) as target:
+            results = run_load(models, target, settings, args.artifacts, out, perf_analyzer=args.perf_analyzer,
+                               progress=lambda line: print(line, flush=True))
+    finally:  # partial results still get a report (Ctrl-C, a failed step)
+        if (out / "results.json").is_file():
+            results = json.loads((out / "results.json").read_text())
+            if results["steps"]:
+                report = build_report(results, read_records(args.artifacts), args.slo_p99_ms, args.max_accuracy_drop)
+                md, html = write_report(report, out)
+                print_summary(report)
+                print(f"\nreport: {html}\n        {md}\nraw data: {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
+
+
+def print_summary(report: dict) -> None:
+    from .report import summary_table
+
+    for source in report["sources"]:
+        header, body = summary_table(report, source)
+        keep = [0, 1, 2, 6, 8, 9, 10, 12]
+        print(f"\n{source}")
+        print("  ".join(f"{header[i]:>14}" for i in keep))
+        for row in body:
+            print("  ".join(f"{row[i]:>14}" for i in keep))
+        print(report["recommendations"][source]["text"])
+
+
+def cmd_report(args) -> int:
+    from .report import build_report, read_records, write_report
+    from .run import LoadTestError
+
+    path = args.run_dir / "results.json"
+    if not path.is_file():
+        raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
+    report = build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
+                          args.max_accuracy_drop)
+    md, html = write_report(report, args.run_dir)
+    print_summary(report)
+    print(f"\nreport: {html}\n        {md}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import TuneSettings, print_tune, run_tune
+
+    out = args.out or pathlib.Path("reports") / f"tune-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = TuneSettings(users=args.users, duration_s=args.duration, budget_s=args.budget, protocol=args.protocol,
+                            slo_p99_ms=args.slo_p99_ms)
+    with target_for(args) as target:
+        result = run_tune(args.model, target, settings, args.repository, args.artifacts, out, write=args.write,
+                          progress=lambda line: print(line, flush=True))
+    print_tune(result)
+    print(f"\nresults: {out / 'tune.json'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from builder.errors import unknown_name
     from builder.repository import list_models
 
     from .bench import print_table, run_bench
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    try:
-        known = list_models(args.repository)
-        for model in models:
-            if model not in known:
-                raise unknown_name("model", model, known, hint="build it first with `builder build`")
-        results = run_bench(models, args.repository, args.artifacts, args.seconds)
-    except BuilderError as e:
-        print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 2
+    known = list_models(args.repository)
+    for model in models:
+        if model not in known:
+            raise unknown_name("model", model, known, hint="build it first with `builder build`")
+    results = run_bench(models, args.repository, args.artifacts, args.seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_table(results)

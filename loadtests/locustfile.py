@@ -1,0 +1,152 @@
+"""Locust users that send real test examples to a model served by Triton, over gRPC or HTTP.
+
+  locust -f loadtests/locustfile.py --host grpc://127.0.0.1:8001 --model minilm_fp32            (web UI)
+  locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --model digits_int8 --headless -u 16 -t 30s
+
+The host's scheme picks the user class (GrpcUser or HttpUser). Each user replays batches of the model's test
+split (`--batch-size` examples per request) from the builder's artifacts folder, and checks every response:
+a failed request or an output of the wrong shape is a failure, never a fast success.
+
+Closed loop (default): each user sends its next request when the last one returns. Open loop
+(`--arrival-rate R`): each user sends R requests per second on a fixed schedule whether or not earlier ones have
+returned, so a slow server shows up as queueing latency instead of fewer requests (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import time
+
+import gevent
+import gevent.pool
+# gRPC must be told about gevent before any channel exists, or every user's call blocks the whole process and
+# the users silently run one at a time.
+from grpc.experimental import gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import locust.stats  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
+
+from client import TritonClient  # noqa: E402
+from client.examples import find_record, request_batches  # noqa: E402
+
+# Locust keeps whole milliseconds below 100 ms, too coarse for a 2 ms model. Two significant digits everywhere
+# (0.1 ms resolution below 10 ms) through Locust's documented bucketing hook.
+locust.stats.bucket_response_time = lambda ms: float(f"{ms:.2g}")
+
+MAX_IN_FLIGHT_PER_USER = 64  # open loop: beyond this the generator, not the server, would be measured
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser):
+    parser.add_argument("--model", default="", help="served model name, e.g. minilm_fp32")
+    parser.add_argument("--batch-size", type=int, default=1, help="examples per request")
+    parser.add_argument("--arrival-rate", type=float, default=0.0,
+                        help="open loop: requests per second per user (0: closed loop)")
+    parser.add_argument("--artifacts", default="artifacts", help="the builder's artifacts folder (test splits)")
+    parser.add_argument("--split", default="test", help="which cached split to replay")
+    parser.add_argument("--tokens", type=int, default=0,
+                        help="text models: cut every request to exactly this many tokens (0: each text as long as it is)")
+    parser.add_argument("--errors-json", default="", include_in_web_ui=False,
+                        help="write Locust's error table (message and count) to this JSON file at the end")
+
+
+@events.init.add_listener
+def keep_users_for_host(environment, **_kwargs):
+    """Run only the user class that speaks the host's protocol (both are in this file)."""
+    host = (environment.host or "").lower()
+    if host.startswith(("grpc://", "http://")) and len(environment.user_classes) > 1:
+        environment.user_classes[:] = [u for u in environment.user_classes if host.startswith(u.protocol + "://")]
+
+
+@events.quitting.add_listener
+def write_errors(environment, **_kwargs):
+    options = environment.parsed_options
+    if options and options.errors_json and not options.worker:  # the master (or a local run) has the totals
+        pathlib.Path(options.errors_json).write_text(json.dumps(list(environment.stats.serialize_errors().values())))
+
+
+@events.quit.add_listener
+def exit_now(exit_code, **_kwargs):
+    """Everything is written by now. gRPC's gevent integration can hang the interpreter's shutdown (seen here
+    intermittently; grpc/grpc#20299 family), so leave without it."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+class ShapeError(AssertionError):
+    pass
+
+
+class TritonUser(User):
+    abstract = True
+    protocol = ""
+    wait_time = constant(0)
+
+    def on_start(self):
+        options = self.environment.parsed_options
+        if not options.model:
+            raise ValueError("pass --model (a model name in the server's repository)")
+        self.model = options.model
+        self.open_loop = options.arrival_rate > 0
+        self.interval = 1.0 / options.arrival_rate if self.open_loop else 0.0
+        self.client = TritonClient(self.host, concurrency=MAX_IN_FLIGHT_PER_USER if self.open_loop else 1)
+        folder, _entry = find_record(pathlib.Path(options.artifacts), self.model)
+        self.requests = request_batches(folder, options.split, options.batch_size, tokens=options.tokens)
+        self.next = random.randrange(len(self.requests))  # users start at different examples
+        outputs = self.client.metadata(self.model)["outputs"]
+        self.outputs = [o["name"] for o in outputs]
+        self.expected = {o["name"]: o["shape"][1:] for o in outputs}  # per example; -1 matches any size
+        self.pool = gevent.pool.Pool(MAX_IN_FLIGHT_PER_USER)
+
+    def on_stop(self):
+        self.pool.kill()
+        self.client.close()
+
+    @task
+    def infer(self):
+        if not self.open_loop:
+            self.send()
+            return
+        deadline = time.monotonic()
+        while True:  # one greenlet per arrival, on schedule
+            deadline += self.interval
+            gevent.sleep(max(0.0, deadline - time.monotonic()))
+            if self.pool.full():
+                with self.environment.events.request.measure(self.protocol, self.model):
+                    raise RuntimeError(f"more than {MAX_IN_FLIGHT_PER_USER} requests in flight for one user: "
+                                       "the server cannot keep up with this arrival rate")
+                continue
+            self.pool.spawn(self.send)
+
+    def send(self):
+        batch = self.requests[self.next]
+        self.next = (self.next + 1) % len(self.requests)
+        size = len(next(iter(batch.values())))
+        with self.environment.events.request.measure(self.protocol, self.model) as meta:
+            result = self.client.infer(self.model, batch, self.outputs)
+            meta["response_length"] = sum(a.nbytes for a in result.values())
+            self.check(result, size)
+
+    def check(self, result: dict, size: int) -> None:
+        for name, trailing in self.expected.items():
+            shape = result[name].shape
+            if shape[0] != size or len(shape) != len(trailing) + 1 or any(
+                    want not in (-1, got) for want, got in zip(trailing, shape[1:])):
+                raise ShapeError(f"output {name} has shape {list(shape)}, expected [{size}, "
+                                 f"{', '.join(map(str, trailing))}]")
+
+
+class GrpcUser(TritonUser):
+    protocol = "grpc"
+
+
+class HttpUser(TritonUser):
+    protocol = "http"

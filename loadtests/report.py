@@ -1,0 +1,312 @@
+"""The variant report: for every served variant, accuracy (from the build record) next to served latency and
+throughput (from a load-test run), plots, and which variant to ship under a latency and an accuracy budget.
+
+  report = build_report(results, records, slo_p99_ms=50, max_accuracy_drop=1.0)
+  write_report(report, out_dir)     # report.md (+ plots/*.png) and report.html (plots embedded)
+
+Inputs are the run's results.json and the builder's record.json files; every number in the report is copied from
+them (the steps table names the raw Locust file of each step).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import pathlib
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantRow:
+    """One served variant: build facts and its best load step."""
+    source: str  # the model it was built from, e.g. minilm
+    variant: str  # e.g. int8
+    triton_model: str
+    accuracy: float | None  # on the first evaluation split, 0..1
+    accuracy_drop_points: float | None  # vs fp32 on the same examples
+    params: int | None
+    onnx_bytes: int | None
+    macs: int | None
+    best: dict | None  # the load step with the highest throughput
+    failures: int  # over all steps
+
+
+def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
+    """Build-record entries by served model name (`minilm_int8` -> its entry, plus `source`/`variant`)."""
+    entries = {}
+    for path in sorted(artifacts.glob("*/record.json")):
+        record = json.loads(path.read_text())
+        for variant, entry in record.get("variants", {}).items():
+            if entry.get("triton_model"):
+                entries[entry["triton_model"]] = entry | {"source": record.get("model", path.parent.name),
+                                                          "variant": variant}
+    return entries
+
+
+def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
+    rows = []
+    for model in results["models"]:
+        steps = [s for s in results["steps"] if s["model"] == model]
+        entry = records.get(model, {})
+        first = next(iter(entry.get("accuracy", {})), None)
+        drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
+        rows.append(VariantRow(
+            source=entry.get("source", model.rsplit("_", 1)[0]), variant=entry.get("variant", model.rsplit("_", 1)[-1]),
+            triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
+            params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
+            best=max(steps, key=lambda s: s["throughput"]) if steps else None,
+            failures=sum(s["failures"] for s in steps)))
+    return rows
+
+
+def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float) -> dict:
+    """The highest-throughput (variant, load step) with p99 <= SLO, no failures and accuracy drop <= budget.
+
+    Returns {"model", "variant", "users", "throughput", "p99_ms", "accuracy_drop_points", "text"}; when nothing
+    qualifies, "model" is None and "text" says which constraint binds.
+    """
+    by_model = {r.triton_model: r for r in rows}
+    accurate = {m for m, r in by_model.items()
+                if r.accuracy_drop_points is not None and r.accuracy_drop_points <= max_accuracy_drop}
+    fast = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["failures"] == 0
+            and s["requests"] > 0]
+    both = [s for s in fast if s["model"] in accurate]
+    if both:
+        best = max(both, key=lambda s: s["throughput"])
+        row = by_model[best["model"]]
+        return {"model": best["model"], "variant": row.variant, "users": best["users"],
+                "throughput": best["throughput"], "p99_ms": best["p99_ms"],
+                "accuracy_drop_points": row.accuracy_drop_points,
+                "text": (f"Ship `{best['model']}`: {best['throughput']:.1f} examples/s at {best['users']} users with "
+                         f"p99 {best['p99_ms']:.1f} ms <= {slo_p99_ms:g} ms and an accuracy drop of "
+                         f"{row.accuracy_drop_points:.2f} points <= {max_accuracy_drop:g}.")}
+    if not accurate:
+        text = (f"No variant meets the accuracy budget (drop <= {max_accuracy_drop:g} points): the accuracy "
+                "constraint binds.")
+    elif not fast:
+        served = [s for s in steps if s["p99_ms"] is not None and s["requests"] > 0]
+        quickest = min(served, key=lambda s: s["p99_ms"]) if served else None
+        text = (f"No variant meets p99 <= {slo_p99_ms:g} ms at any load step: the latency constraint binds"
+                + (f" (lowest p99: {quickest['p99_ms']:.1f} ms, `{quickest['model']}` at {quickest['users']} users)."
+                   if quickest else "."))
+    else:
+        text = (f"Variants meet the latency SLO ({', '.join(sorted({s['model'] for s in fast}))}) and others the "
+                f"accuracy budget ({', '.join(sorted(accurate))}), but none meets both: both constraints bind.")
+    return {"model": None, "variant": None, "users": None, "throughput": None, "p99_ms": None,
+            "accuracy_drop_points": None, "text": text}
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (throughput, accuracy) that no other point beats on both."""
+    return [i for i, (t, a) in enumerate(points)
+            if not any(t2 >= t and a2 >= a and (t2, a2) != (t, a) for t2, a2 in points)]
+
+
+def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float) -> dict:
+    rows = variant_rows(results, records)
+    sources = sorted({r.source for r in rows})
+    return {"results": results, "rows": rows, "sources": sources,
+            "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop,
+            # accuracy only compares within one model: one recommendation per source model
+            "recommendations": {src: recommend([r for r in rows if r.source == src],
+                                               [s for s in results["steps"]
+                                                if any(r.triton_model == s["model"] and r.source == src for r in rows)],
+                                               slo_p99_ms, max_accuracy_drop) for src in sources}}
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+def plot_latency_throughput(report: dict, source: str, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in (r for r in report["rows"] if r.source == source):
+        steps = sorted((s for s in report["results"]["steps"] if s["model"] == row.triton_model and s["p99_ms"]),
+                       key=lambda s: s["users"])
+        if steps:
+            ax.plot([s["throughput"] for s in steps], [s["p99_ms"] for s in steps], marker="o", label=row.variant)
+            for s in steps:
+                ax.annotate(f"{s['users']}u", (s["throughput"], s["p99_ms"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.axhline(report["slo_p99_ms"], color="grey", linestyle="--", linewidth=1, label=f"SLO {report['slo_p99_ms']:g} ms")
+    ax.set(xlabel="throughput (examples/s)", ylabel="p99 latency (ms)", title=f"{source}: p99 vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_throughput(report: dict, source: str, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r.source == source and r.best and r.accuracy is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    points = [(r.best["throughput"], r.accuracy * 100) for r in rows]
+    front = set(pareto(points))
+    for i, (row, (t, a)) in enumerate(zip(rows, points)):
+        ax.scatter([t], [a], s=60 if i in front else 30, color="C3" if i in front else "C0", zorder=3)
+        ax.annotate(row.variant, (t, a), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    if front:
+        line = sorted(points[i] for i in front)
+        ax.plot([p[0] for p in line], [p[1] for p in line], color="C3", linewidth=1, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="max served throughput (examples/s)", ylabel="accuracy (%)", title=f"{source}: accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_server_time(report: dict, source: str, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r.source == source and r.best and r.best.get("server")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = [r.variant for r in rows]
+    bottom = [0.0] * len(rows)
+    for key, label in (("queue_ms", "queue"), ("compute_input_ms", "input"), ("compute_infer_ms", "infer"),
+                       ("compute_output_ms", "output")):
+        values = [r.best["server"][key] for r in rows]
+        ax.bar(names, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set(ylabel="ms per request (server side)", title=f"{source}: queue vs compute at max throughput")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PLOTS = (("latency", plot_latency_throughput, "p99 latency vs throughput, one curve per variant across load steps"),
+         ("accuracy", plot_accuracy_throughput, "accuracy vs max throughput; red: the Pareto front"),
+         ("server_time", plot_server_time, "where a request's time goes in the server, at each variant's max throughput"))
+
+
+# ---- text ----------------------------------------------------------------------------------------------------
+
+def _num(value, digits: int = 1, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:,.{digits}f}"
+
+
+def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "accuracy %", "Δ pts", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
+              "max examples/s", "at users", "batch", "failures"]
+    body = []
+    for r in (r for r in report["rows"] if r.source == source):
+        best = r.best or {}
+        server = best.get("server") or {}
+        body.append([r.variant, _num(r.accuracy, 2, 100), _num(0.0 - r.accuracy_drop_points if r.accuracy_drop_points
+                                                               is not None else None, 2),
+                     _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
+                     _num(best.get("p50_ms")), _num(best.get("p95_ms")), _num(best.get("p99_ms")),
+                     _num(best.get("throughput")), str(best.get("users", "-")), _num(server.get("realised_batch"), 2),
+                     str(r.failures)])
+    return header, body
+
+
+def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "queue ms",
+              "infer ms", "batch", "CPU %", "raw data"]
+    body = []
+    for s in report["results"]["steps"]:
+        server = s.get("server") or {}
+        body.append([s["model"], str(s["users"]), str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
+                     _num(s["p50_ms"]), _num(s["p90_ms"]), _num(s["p99_ms"]), _num(server.get("queue_ms"), 2),
+                     _num(server.get("compute_infer_ms"), 2), _num(server.get("realised_batch"), 2),
+                     _num(s.get("cpu_utilization"), 0, 100), f"raw/{s['raw']['locust_stats']}"])
+    return header, body
+
+
+def cross_check_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "concurrency", "tokens", "Locust examples/s", "perf_analyzer infer/s", "ratio",
+              "Locust p99 ms", "perf_analyzer p99 ms", "batch Locust / PA", "note"]
+    body = []
+    for model, check in report["results"].get("perf_analyzer", {}).items():
+        if "skipped" in check:
+            body.append([model] + ["-"] * 8 + [f"not run: {check['skipped']}"])
+            continue
+        locust, pa, ratio = check["locust"], check["perf_analyzer"], check["ratio"]
+        batches = "/".join(_num((x.get("server") or {}).get("realised_batch"), 2) for x in (locust, pa))
+        note = "" if ratio is None else ("within 15 %" if abs(ratio - 1) <= 0.15 else
+                                         "Locust is more than 15 % slower: the load generator is a bottleneck "
+                                         "(try --workers)" if ratio < 1 else "Locust is more than 15 % faster")
+        body.append([model, str(check["concurrency"]), str(check["tokens"] or "-"), _num(locust["throughput"]),
+                     _num(pa["throughput"]), _num(ratio, 2), _num(locust["p99_ms"]), _num(pa["p99_ms"]), batches,
+                     note])
+    return header, body
+
+
+def context_lines(report: dict) -> list[str]:
+    results = report["results"]
+    machine, settings = results["machine"], results["settings"]
+    lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['host']}), Python {machine['python']}.",
+             f"Load: {settings['protocol']}, {settings['mode']} loop"
+             + (f" at {settings['arrival_rate']:g} requests/s per user" if settings["mode"] == "open" else "")
+             + f", users {', '.join(map(str, settings['users']))}, {settings['duration_s']:g} s per step, "
+               f"{settings['batch_size']} example(s) per request from the `{settings['split']}` split.",
+             f"Load generator: {results['load_generator']}; it shares the CPU with the server, so served figures "
+             "here are lower bounds for a dedicated server.",
+             f"Budget: p99 <= {report['slo_p99_ms']:g} ms, accuracy drop <= {report['max_accuracy_drop']:g} points "
+             "(vs fp32 on the same test examples, from the build record).",
+             f"Run {results['started_at']} to {results.get('finished_at', '?')}"
+             + ("" if results.get("complete") else " (interrupted: partial results)") + "."]
+    return lines
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], body: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write plots/*.png, report.md and report.html (plots embedded) into `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    md = ["# Which variant to ship", ""] + [f"- {line}" for line in context_lines(report)] + [""]
+    body = [f"<h1>Which variant to ship</h1><ul>{''.join(f'<li>{html.escape(l)}</li>' for l in context_lines(report))}</ul>"]
+    for source in report["sources"]:
+        advice = report["recommendations"][source]["text"]
+        md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), ""]
+        body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
+                 html_table(*summary_table(report, source))]
+        for name, plot, caption in PLOTS:
+            path = plots / f"{source}_{name}.png"
+            plot(report, source, path)
+            md += [f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
+            data = base64.b64encode(path.read_bytes()).decode()
+            body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    md += ["## Cross-check with perf_analyzer", ""]
+    body.append("<h2>Cross-check with perf_analyzer</h2>")
+    if report["results"].get("perf_analyzer"):
+        md += [markdown_table(*cross_check_table(report)), ""]
+        body.append(html_table(*cross_check_table(report)))
+    else:
+        md += ["Not run (`--perf-analyzer` was off).", ""]
+        body.append("<p>Not run (<code>--perf-analyzer</code> was off).</p>")
+    md += ["## Every load step", "", "Max throughput and its latencies above are the step with the highest "
+           "throughput per variant. Raw Locust stats for each step are in the file named in the last column.", "",
+           markdown_table(*steps_table(report)), ""]
+    body += ["<h2>Every load step</h2>", html_table(*steps_table(report))]
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text("\n".join(md))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             ".advice{font-weight:bold;background:#eef6ee;padding:.6em;border-left:4px solid #3a3}"
+             "figure{display:inline-block;margin:.5em}figcaption{font-size:12px;color:#555}")
+    html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Variant report</title>"
+                         f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return md_path, html_path

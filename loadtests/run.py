@@ -1,0 +1,291 @@
+"""Load-test served models with Locust, headless, one (model, users) step at a time, and record what happened.
+
+Per step: Locust's own JSON stats (requests, failures, latency percentiles; its CSV totals undercount), and from
+Triton's /metrics scraped before and after the step, the server's view (queue vs compute time per request,
+executions vs requests = realised batch size, CPU utilisation). Locust runs as a subprocess (one process, or a
+master and `workers` worker processes), always bounded in time and always stopped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from builder.errors import BuilderError, unknown_name
+
+from . import metrics
+
+LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+class LoadTestError(BuilderError):
+    """A load test could not run: server unreachable, unknown model, Locust failed to start."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSettings:
+    users: tuple[int, ...] = (1, 4, 16)  # one step per entry
+    duration_s: float = 30.0  # per step
+    protocol: str = "grpc"
+    batch_size: int = 1  # examples per request
+    arrival_rate: float = 0.0  # open loop: requests/s per user; 0 = closed loop
+    workers: int = 0  # 0: one Locust process; N: a master and N workers
+    split: str = "test"
+    tokens: int = 0  # text models: 0 = real mix of lengths; N = every request cut to N tokens (batchable)
+
+    @property
+    def mode(self) -> str:
+        return "open" if self.arrival_rate > 0 else "closed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the load goes: Triton's URLs."""
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+
+    def url(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+
+def check_target(target: Target, models: list[str]) -> list[str]:
+    """Before any load: the server answers and every model is READY. `models == ["all"]` means every READY one."""
+    from client import ClientError, TritonClient
+
+    try:
+        with TritonClient(target.http_url, timeout=10) as client:
+            if not client.is_live():
+                raise LoadTestError(f"Triton server at {target.http_url} is not reachable",
+                                    hint="start it with `builder serve`, or pass --url (omit it to let the runner "
+                                         "start the embedded server)")
+            states = {m["name"]: m["state"] for m in client.models()}
+    except ClientError as e:
+        raise LoadTestError(str(e), hint=e.hint) from e
+    ready = sorted(name for name, state in states.items() if state == "READY")
+    if models == ["all"]:
+        if not ready:
+            raise LoadTestError("no model is READY on the server", hint="build one with `builder build`")
+        return ready
+    for model in models:
+        if model not in states:
+            raise unknown_name("model", model, sorted(states), hint="`python -m client models` lists them")
+        if states[model] != "READY":
+            raise LoadTestError(f"model `{model}` is {states[model] or 'not loaded'} on the server",
+                                hint=f"load it, or see the server log; READY: {', '.join(ready) or 'none'}")
+    return models
+
+
+def locust_commands(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
+                    stats: pathlib.Path, errors: pathlib.Path) -> list[list[str]]:
+    """The Locust command lines of one step: [single] or [master, worker, ...]."""
+    common = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", target.url(settings.protocol),
+              "--model", model, "--batch-size", str(settings.batch_size), "--arrival-rate", str(settings.arrival_rate),
+              "--artifacts", str(artifacts.resolve()), "--split", settings.split, "--tokens", str(settings.tokens),
+              "--loglevel", "WARNING"]
+    run = ["--headless", "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "2",
+           "--json-file", str(stats.with_suffix("")), "--errors-json", str(errors), "--only-summary",
+           "--exit-code-on-error", "0"]
+    if settings.workers == 0:
+        return [common + run]
+    from builder.server import free_port
+
+    port = free_port()
+    master = common + run + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                             "--expect-workers", str(settings.workers), "--expect-workers-max-wait", "60"]
+    worker = common + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)]
+    return [master] + [worker] * settings.workers
+
+
+def run_locust(commands: list[list[str]], log: pathlib.Path, timeout: float) -> None:
+    """Run the step's Locust processes to the end; kill them all on timeout or Ctrl-C."""
+    processes = []
+    with open(log, "ab") as out:
+        try:
+            for command in commands:
+                processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+                                                  stdin=subprocess.DEVNULL, start_new_session=True))
+            processes[0].wait(timeout)
+            for worker in processes[1:]:
+                worker.wait(15)
+        except subprocess.TimeoutExpired as e:
+            raise LoadTestError(f"Locust did not finish within {timeout:.0f} s", hint=f"see {log}") from e
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+    if processes[0].returncode not in (0, None):
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+        raise LoadTestError(f"Locust exited with code {processes[0].returncode}: {tail}", hint=f"full log: {log}")
+
+
+def locust_figures(entries: list[dict], model: str, batch_size: int) -> dict:
+    """Requests, failures, throughput and latency percentiles of `model` from Locust's JSON stats (its numbers)."""
+    from locust.stats import calculate_response_time_percentile
+
+    entry = next((e for e in entries if e["name"] == model), None)
+    if entry is None or entry["num_requests"] == 0:
+        return {"requests": 0, "failures": 0, "requests_per_s": 0.0, "throughput": 0.0,
+                **{f"p{round(p * 100)}_ms": None for p in PERCENTILES}}
+    count = entry["num_requests"]
+    times = {float(k): v for k, v in entry["response_times"].items()}
+    elapsed = max(entry["last_request_timestamp"] - entry["start_time"], 1e-9)
+    successes = count - entry["num_failures"]
+    return {"requests": count, "failures": entry["num_failures"], "requests_per_s": round(count / elapsed, 1),
+            # examples served per second: what capacity planning needs
+            "throughput": round(successes * batch_size / elapsed, 1),
+            "mean_ms": round(entry["total_response_time"] / count, 2),
+            **{f"p{round(p * 100)}_ms": calculate_response_time_percentile(times, count, p) for p in PERCENTILES},
+            "elapsed_s": round(elapsed, 2)}
+
+
+def run_step(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
+             raw: pathlib.Path, label: str = "") -> dict:
+    """One load step; its raw Locust files are kept under `raw/`."""
+    stem = f"{model}_u{users}{label}"
+    stats, errors, log = raw / f"{stem}_locust.json", raw / f"{stem}_errors.json", raw / f"{stem}_locust.log"
+    for path in (stats, errors, log):
+        path.unlink(missing_ok=True)
+    commands = locust_commands(target, model, users, settings, artifacts, stats, errors)
+    before = scrape_model(target, model)
+    with metrics.CpuSampler(target.metrics_url) as cpu:
+        run_locust(commands, log, timeout=settings.duration_s + 90)
+    after = scrape_model(target, model)
+    if not stats.is_file():
+        raise LoadTestError(f"Locust wrote no stats for {model} at {users} users", hint=f"see {log}")
+    figures = locust_figures(json.loads(stats.read_text()), model, settings.batch_size)
+    error_rows = json.loads(errors.read_text()) if errors.is_file() else []
+    if figures["requests"] == 0:  # the users never got to send: say why (Locust logs the exception)
+        lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+        error_rows = error_rows or [{"error": "no request was sent: " + " | ".join(lines[-3:]), "occurrences": 1}]
+    step = {"model": model, "users": users, **figures,
+            "errors": [{"message": e["error"], "count": e["occurrences"]} for e in error_rows],
+            "server": metrics.step_figures(before, after) if before and after else None,
+            "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name},
+            "command": " ".join(commands[0][1:]).replace(str(LOCUSTFILE), "loadtests/locustfile.py")}
+    return step
+
+
+def scrape_model(target: Target, model: str) -> dict | None:
+    try:
+        return metrics.model_counters(metrics.scrape(target.metrics_url), model)
+    except OSError:
+        return None  # the step still counts; the report says the server's view is missing
+
+
+def machine() -> dict:
+    import platform
+
+    cpu = next((l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+
+
+def run_load(models: list[str], target: Target, settings: LoadSettings, artifacts: pathlib.Path,
+             out: pathlib.Path, progress=print, perf_analyzer: bool = False) -> dict:
+    """Every model at every users step. Results so far are written after each step, so Ctrl-C keeps them."""
+    models = check_target(target, models)
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(), "settings": dataclasses.asdict(settings) | {"mode": settings.mode},
+               "target": dataclasses.asdict(target), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "load_generator": (f"{settings.workers} Locust worker process(es) and a master"
+                                  if settings.workers else "one Locust process") + " on this machine, beside the server",
+               "models": models, "steps": [], "perf_analyzer": {}, "complete": False}
+    total = len(models) * len(settings.users)
+    try:
+        for model in models:
+            for users in settings.users:
+                progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
+                         f"{settings.protocol}, {settings.duration_s:g} s ...")
+                step = run_step(target, model, users, settings, artifacts, raw)
+                results["steps"].append(step)
+                write_results(results, out)
+                if step["requests"] == 0:
+                    progress(f"    no request was sent: {step['errors'][0]['message'] if step['errors'] else '?'}")
+                progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
+                         f"  failures {step['failures']}"
+                         + (f"  batch {step['server']['realised_batch']}" if step["server"] else ""))
+            if perf_analyzer:
+                results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
+                write_results(results, out)
+        results["complete"] = True
+    finally:
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_results(results, out)
+    return results
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+CROSS_CHECK_TOKENS = 32  # text requests in the cross-check: one shape, so both tools let Triton batch alike
+
+
+def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: pathlib.Path, raw: pathlib.Path,
+                progress) -> dict:
+    """Locust and perf_analyzer, one after the other, on the same server, model, concurrency (the highest users
+    step) and requests. Text requests are cut to one length for both: perf_analyzer's concurrent contexts walk
+    its data in step, so with mixed lengths it would meet batchable same-shape requests far more often than
+    Locust's independent users, and the comparison would measure the data order, not the load generators."""
+    from client.examples import find_record, request_batches
+
+    from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
+
+    concurrency = max(settings.users)
+    if settings.mode == "open":
+        return {"skipped": "perf_analyzer's concurrency mode is closed loop; this run was open loop"}
+    if settings.batch_size != 1:
+        return {"skipped": "the cross-check sends one example per request; this run used --batch-size "
+                           f"{settings.batch_size}"}
+    try:
+        binary = ensure_perf_analyzer()
+        folder, _ = find_record(artifacts, model)
+        text = (folder / "tokenizer.json").is_file()
+        same = dataclasses.replace(settings, tokens=CROSS_CHECK_TOKENS if text else 0)
+        progress(f"    cross-check at concurrency {concurrency}" + (f", {CROSS_CHECK_TOKENS}-token texts" if text else "")
+                 + ": Locust ...")
+        locust = run_step(target, model, concurrency, same, artifacts, raw, label="_crosscheck")
+        data = write_input_data(request_batches(folder, settings.split, 1, tokens=same.tokens),
+                                raw / f"{model}_perf_analyzer_input.json")
+        progress("    ... perf_analyzer ...")
+        before = scrape_model(target, model)
+        result = run_perf_analyzer(target.url(settings.protocol), model, concurrency,
+                                   seconds=max(settings.duration_s / 3, 1.0), input_data=data, binary=binary)
+        after = scrape_model(target, model)
+    except BuilderError as e:  # PerfAnalyzerUnavailable included: the report says why there is no cross-check
+        progress(f"    perf_analyzer cross-check skipped: {e}")
+        return {"skipped": str(e)}
+    result["server"] = metrics.step_figures(before, after) if before and after else None
+    ratio = locust["throughput"] / result["throughput"] if result["throughput"] else None
+    progress(f"    Locust {locust['throughput']:.1f}/s vs perf_analyzer {result['throughput']:.1f}/s"
+             + (f" (ratio {ratio:.2f})" if ratio else ""))
+    return {"concurrency": concurrency, "tokens": same.tokens, "locust": locust, "perf_analyzer": result,
+            "ratio": round(ratio, 3) if ratio else None}
+
+
+CSV_COLUMNS = ("model", "users", "requests", "failures", "requests_per_s", "throughput", "mean_ms", "p50_ms",
+               "p90_ms", "p95_ms", "p99_ms", "realised_batch", "queue_ms", "compute_infer_ms", "request_ms",
+               "cpu_utilization")
+
+
+def write_results(results: dict, out: pathlib.Path) -> None:
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_COLUMNS)
+        writer.writeheader()
+        for step in results["steps"]:
+            server = step["server"] or {}
+            writer.writerow({k: step.get(k, server.get(k)) for k in CSV_COLUMNS})
