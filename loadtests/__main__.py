@@ -148,7 +148,7 @@ def cmd_run(args) -> int:
     results = None
     try:
         with target_for(args) as target:
-            results = run_load(models, target, settings, args.artifacts, out, perf_analyzer=args.perf_analyzer,
+            results = run_load(models, target, settings, args.artifacts, out, perf_analyzer=True if args.perf_analyzer else (),
                                progress=lambda line: print(line, flush=True))
     finally:  # partial results still get a report (Ctrl-C, a failed step)
         if (out / "results.json").is_file():

@@ -66,7 +66,8 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
     Returns {"model", "variant", "users", "throughput", "p99_ms", "accuracy_drop_points", "text"}; when nothing
     qualifies, "model" is None and "text" says which constraint binds.
     """
-    by_model = {r.triton_model: r for r in rows}
+    measured = {s["model"] for s in steps}
+    by_model = {r.triton_model: r for r in rows if r.triton_model in measured}
     accurate = {m for m, r in by_model.items()
                 if r.accuracy_drop_points is not None and r.accuracy_drop_points <= max_accuracy_drop}
     fast = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["failures"] == 0

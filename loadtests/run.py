@@ -76,7 +76,8 @@ def check_target(target: Target, models: list[str]) -> list[str]:
         return ready
     for model in models:
         if model not in states:
-            raise unknown_name("model", model, sorted(states), hint="`python -m client models` lists them")
+            raise unknown_name("model", model, sorted(states), LoadTestError,
+                               hint="`python -m client models` lists them")
         if states[model] != "READY":
             raise LoadTestError(f"model `{model}` is {states[model] or 'not loaded'} on the server",
                                 hint=f"load it, or see the server log; READY: {', '.join(ready) or 'none'}")
@@ -129,8 +130,6 @@ def run_locust(commands: list[list[str]], log: pathlib.Path, timeout: float) -> 
 
 def locust_figures(entries: list[dict], model: str, batch_size: int) -> dict:
     """Requests, failures, throughput and latency percentiles of `model` from Locust's JSON stats (its numbers)."""
-    from locust.stats import calculate_response_time_percentile
-
     entry = next((e for e in entries if e["name"] == model), None)
     if entry is None or entry["num_requests"] == 0:
         return {"requests": 0, "failures": 0, "requests_per_s": 0.0, "throughput": 0.0,
@@ -145,6 +144,18 @@ def locust_figures(entries: list[dict], model: str, batch_size: int) -> dict:
             "mean_ms": round(entry["total_response_time"] / count, 2),
             **{f"p{round(p * 100)}_ms": calculate_response_time_percentile(times, count, p) for p in PERCENTILES},
             "elapsed_s": round(elapsed, 2)}
+
+
+def calculate_response_time_percentile(response_times: dict[float, int], count: int, percent: float) -> float:
+    """Locust's own percentile rule (locust.stats.calculate_response_time_percentile, Locust 2.x), so the numbers
+    match its console. Not imported: importing locust monkey-patches the whole runner process with gevent."""
+    wanted = int(count * percent)
+    seen = 0
+    for response_time in sorted(response_times, reverse=True):
+        seen += response_times[response_time]
+        if count - seen <= wanted:
+            return response_time
+    return 0
 
 
 def run_step(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
@@ -190,9 +201,24 @@ def machine() -> dict:
 
 
 def run_load(models: list[str], target: Target, settings: LoadSettings, artifacts: pathlib.Path,
-             out: pathlib.Path, progress=print, perf_analyzer: bool = False) -> dict:
-    """Every model at every users step. Results so far are written after each step, so Ctrl-C keeps them."""
+             out: pathlib.Path, progress=print, perf_analyzer=()) -> dict:
+    """Every model at every users step; then a perf_analyzer cross-check of the models in `perf_analyzer` (a
+    collection of names, or True for all). Results so far are written after each step, so Ctrl-C keeps them.
+    `models == ["all"]`: every READY model that has a build record (the users replay its test split)."""
+    everything = models == ["all"]
     models = check_target(target, models)
+    if everything:
+        from client import ClientError
+        from client.examples import find_record
+
+        def recorded(model):
+            try:
+                return bool(find_record(artifacts, model))
+            except ClientError:
+                progress(f"skipping {model}: no build record under {artifacts}/ (no test data to replay)")
+                return False
+
+        models = [m for m in models if recorded(m)]
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "settings": dataclasses.asdict(settings) | {"mode": settings.mode},
@@ -214,7 +240,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
                          f"  failures {step['failures']}"
                          + (f"  batch {step['server']['realised_batch']}" if step["server"] else ""))
-            if perf_analyzer:
+            if perf_analyzer is True or model in perf_analyzer:
                 results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
         results["complete"] = True

@@ -108,9 +108,10 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
             (out / "tune.json").write_text(json.dumps(result, indent=2))
         result["complete"] = True
     finally:
-        # back to what is on disk, whatever stopped the sweep
+        # back to what is on disk, whatever stopped the sweep. Explicitly: Triton reloads an unchanged model
+        # directory only when given a config, and would otherwise keep serving the last override.
         try:
-            client.load_model(model)
+            client.load_model(model, config=as_json(original))
         finally:
             client.close()
         result["best"] = best_point(result["points"], settings.slo_p99_ms)
