@@ -19,8 +19,10 @@ from .tritonconfig import parse_text
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file: pathlib.Path) -> pathlib.Path:
-    """Install `onnx_file` and `config_text` as model `name`; return the version directory now served."""
+def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file: pathlib.Path | None = None,
+                files: dict[str, pathlib.Path] | None = None) -> pathlib.Path:
+    """Install `config_text` as model `name` with `onnx_file` as the version's model.onnx, and `files` (name in the
+    version directory -> source; a Python model's model.py, an ensemble's nothing); return the version directory."""
     if not MODEL_NAME.match(name):
         raise RepositoryError(f"`{name}` is not a valid model name (letters, digits, `_ . + -`)")
     parse_text(config_text, where=f"{name}/config.pbtxt")  # never write a config the server would reject
@@ -32,7 +34,8 @@ def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file
     staging.chmod(0o755)
     try:
         (staging / str(version)).mkdir()
-        shutil.copyfile(onnx_file, staging / str(version) / "model.onnx")
+        for target_name, source in (({"model.onnx": onnx_file} if onnx_file else {}) | (files or {})).items():
+            shutil.copyfile(source, staging / str(version) / target_name)
         (staging / "config.pbtxt").write_text(config_text)
         if not target.exists():
             os.rename(staging, target)

@@ -5,6 +5,12 @@ Triton serves models with `backend: "onnxruntime"` through the kit's Python-base
 `python/` (the Python backend library, its utils and the stub for this Python version, all from the wheel) and
 `onnxruntime/model.py`. The stub ignores PYTHONPATH and finds this virtual environment through `python3` on
 PATH, so the interpreter's folder goes first on PATH; the server needs LD_LIBRARY_PATH to the wheel's libs.
+
+Models built with `--device gpu` (KIND_GPU instance groups): Triton refuses them on a machine without GPUs ("has
+kind KIND_GPU but no GPUs are available"). With explicit model control the server then loads each such model again
+with its config.pbtxt's instance groups turned into KIND_CPU ones (the file is not changed) and says so loudly: in
+`cpu_fallbacks`, on `builder serve`'s output and in Triton's log (the backend's warning). Ensembles that failed
+because such a model was missing are loaded again after it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from .errors import ServeError
 
 BACKEND_SOURCE = pathlib.Path(__file__).parent / "backends" / "onnxruntime"
 SHM_DIR = pathlib.Path("/dev/shm")
+NO_GPU = "has kind KIND_GPU but no GPUs are available"  # Triton 2.51's reason for refusing a KIND_GPU model
+FALLBACK_PARAMETER = "embedded_cpu_fallback"  # read by backends/onnxruntime/model.py
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class EmbeddedServer:
         self.log_file = pathlib.Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
         self.workdir: pathlib.Path | None = None
+        self.cpu_fallbacks: dict[str, str] = {}  # model -> what it asked for and got instead (see the module doc)
         self.shm_prefix = f"tritonkit_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     @property
@@ -148,6 +157,8 @@ class EmbeddedServer:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(timeout)
+            if self.model_control == "explicit":
+                self._load_gpu_models_on_cpu()
         except BaseException:
             self.stop()
             raise
@@ -166,6 +177,29 @@ class EmbeddedServer:
                 pass
             time.sleep(0.2)
         raise ServeError(f"tritonserver did not become ready within {timeout:.0f} s", hint=f"see its log: {self.log_path}")
+
+    def _load_gpu_models_on_cpu(self) -> None:
+        refused = [m.name for m in self.models() if m.state == "UNAVAILABLE" and NO_GPU in m.reason]
+        for name in refused:
+            config = cpu_fallback_config(self.repository / name / "config.pbtxt")
+            if self._load(name, config):
+                self.cpu_fallbacks[name] = config["parameters"][FALLBACK_PARAMETER]["string_value"]
+        if refused:  # ensembles over a refused model failed with it; a failed load keeps its reason in models()
+            for m in self.models():
+                if m.state == "UNAVAILABLE" and m.name not in refused and any(r in m.reason for r in refused):
+                    self._load(m.name)
+
+    def _load(self, name: str, config: dict | None = None) -> bool:
+        """Load `name` (explicit model control), with `config` instead of its config.pbtxt if given; whether it
+        loaded. A model that fails to load is left UNAVAILABLE with Triton's reason, as at start."""
+        body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{name}/load",
+                                         data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=300):
+                return True
+        except urllib.error.HTTPError:
+            return False
 
     def _get(self, path: str, timeout: float = 5.0) -> int:
         with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
@@ -209,3 +243,24 @@ class EmbeddedServer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+def cpu_fallback_config(config_file: pathlib.Path) -> dict:
+    """The model's config.pbtxt as Triton's JSON, its KIND_GPU instance groups made KIND_CPU (same count), and the
+    backend told why (FALLBACK_PARAMETER)."""
+    from google.protobuf import json_format
+
+    from .tritonconfig import parse_text
+
+    config = json_format.MessageToDict(parse_text(config_file.read_text(), where=str(config_file)),
+                                       preserving_proto_field_name=True)
+    for group in config.get("instance_group", []):
+        if group.get("kind") == "KIND_GPU":
+            group["kind"] = "KIND_CPU"
+            group.pop("gpus", None)
+    accelerators = [a.get("name") for a in config.get("optimization", {}).get("execution_accelerators", {})
+                    .get("gpu_execution_accelerator", [])]
+    reason = ("config.pbtxt asks for KIND_GPU instances" + (f" with {', '.join(accelerators)}" if accelerators else "")
+              + " and this machine has no GPU (Triton refuses KIND_GPU here)")
+    config.setdefault("parameters", {})[FALLBACK_PARAMETER] = {"string_value": reason}
+    return config

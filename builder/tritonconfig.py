@@ -12,18 +12,26 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from .errors import RepositoryError
+from .errors import ConfigError, RepositoryError
 
 SCHEMA = pathlib.Path(__file__).parent / "schema" / "model_config_2_51.binpb"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                  "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 
 
+DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+# The TensorRT engine cache goes to a directory ONNX Runtime creates (one level only: it calls create_directory) in
+# the server's writable /tmp, named by the model and a digest of its ONNX file: ONNX Runtime keys cached engines by
+# file name and graph structure only, not by weights, so a rebuilt model with the same graph would otherwise load
+# the previous build's engine.
+TENSORRT_CACHE_ROOT = "/tmp"
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """How Triton runs one model on CPU. Each default is explained where it is decided."""
+    """How Triton runs one model. Each default is explained where it is decided. Raises ConfigError when invalid."""
 
-    instances: int = 1
+    instances: int = 1  # per GPU with device "gpu"
     # None: the machine's cores divided by the instances, so instances x threads never oversubscribes the cores.
     intra_op_threads: int | None = None
     inter_op_threads: int = 1  # sequential execution mode uses none; 1 avoids a pool of idle threads
@@ -32,6 +40,19 @@ class ServingConfig:
     # `python -m loadtests bench` reports both).
     max_queue_delay_us: int = 0
     warmup: bool = True
+    # "cpu": KIND_CPU instances. "gpu": KIND_GPU instances (each GPU gets `instances`) for the official image's
+    # native ONNX Runtime backend; the embedded server has no GPU support and serves such a model on CPU, loudly.
+    device: str = "cpu"
+    # GPU only: the TensorRT execution accelerator of the native backend, FP16 precision, engine cache in /tmp.
+    tensorrt: bool = False
+    # Text models: also write the raw-text ensemble `<model>_<variant>_text` (builder/text_endpoint).
+    text_endpoint: bool = False
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device `{self.device}`", hint=f"known: {', '.join(DEVICES)}")
+        if self.tensorrt and self.device != "gpu":
+            raise ConfigError("TensorRT needs --device gpu", hint="add --device gpu, or drop --tensorrt")
 
     def threads(self) -> int:
         if self.intra_op_threads is not None:
@@ -49,8 +70,11 @@ def model_config_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
 
 
-def build_config(name: str, spec, serving: ServingConfig) -> dict:
-    """The config of model `name` (a ModelSpec served with `serving`) as a dict in ModelConfig's field names."""
+def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Path | None = None) -> dict:
+    """The config of model `name` (a ModelSpec served with `serving`) as a dict in ModelConfig's field names.
+
+    `model_file` (the ONNX file to be served) is needed with TensorRT: its digest names the engine cache.
+    """
     def tensor(t):
         return {"name": t.name, "data_type": TRITON_DTYPES[t.dtype], "dims": [-1 if isinstance(d, str) else d for d in t.shape[1:]]}
 
@@ -61,13 +85,16 @@ def build_config(name: str, spec, serving: ServingConfig) -> dict:
         "input": [tensor(t) for t in spec.inputs],
         "output": [tensor(t) for t in spec.outputs],
         "dynamic_batching": {"max_queue_delay_microseconds": serving.max_queue_delay_us},
-        "instance_group": [{"kind": "KIND_CPU", "count": serving.instances}],
+        "instance_group": [{"kind": DEVICES[serving.device], "count": serving.instances}],
         "parameters": {
             "intra_op_thread_count": {"string_value": str(serving.threads())},
             "inter_op_thread_count": {"string_value": str(serving.inter_op_threads)},
             "execution_mode": {"string_value": "0"},
         },
     }
+    if serving.tensorrt:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
+            tensorrt_accelerator(name, model_file)]}}
     if serving.warmup:
         config["model_warmup"] = [{
             "name": "batch_1",
@@ -78,6 +105,21 @@ def build_config(name: str, spec, serving: ServingConfig) -> dict:
                        for t in spec.inputs},
         }]
     return config
+
+
+def tensorrt_accelerator(name: str, model_file: pathlib.Path | None) -> dict:
+    """The native ONNX Runtime backend's TensorRT accelerator: FP16, engines cached per model file (keys as in
+    triton-inference-server/onnxruntime_backend's README, "ONNX Runtime with TensorRT optimization")."""
+    import hashlib
+
+    if model_file is None:
+        raise ValueError("TensorRT configs need the model file: its digest names the engine cache")
+    digest = hashlib.sha256(pathlib.Path(model_file).read_bytes()).hexdigest()[:12]
+    return {"name": "tensorrt", "parameters": {
+        "precision_mode": "FP16",
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": f"{TENSORRT_CACHE_ROOT}/tensorrt-engines-{name}-{digest}",
+    }}
 
 
 def to_text(config: dict) -> str:

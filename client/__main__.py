@@ -57,15 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_infer(client: TritonClient, args) -> int:
-    from .examples import find_record, split_example, text_inputs
+    from .examples import find_record, split_example, text_endpoint_record, text_inputs
 
     text_input = raw_text_input(client, args.model) if args.text is not None else None
-    try:
+    if text_input is not None:  # the server tokenizes: nothing local is needed; a build record adds class names
+        folder, entry = None, text_endpoint_record(args.artifacts, args.model)
+    else:
         folder, entry = find_record(args.artifacts, args.model)
-    except ClientError:
-        if text_input is None:
-            raise
-        folder, entry = None, {}  # a raw-text endpoint needs nothing local; the record only adds class names
     class_names = entry.get("spec", {}).get("class_names") or []
     metric_output = entry.get("spec", {}).get("metric", {}).get("output", "logits")
     label = None

@@ -16,15 +16,23 @@ MAX_TOKENS = 256
 
 
 def find_record(artifacts: pathlib.Path, triton_model: str) -> tuple[pathlib.Path, dict]:
-    """(the model's artifacts folder, its build-record entry) for a served model name such as `minilm_fp32`, or
-    its raw-text endpoint `minilm_fp32_text`."""
+    """(the model's artifacts folder, its build-record entry) for a served model name such as `minilm_fp32`."""
     for path in sorted(artifacts.glob("*/record.json")):
         record = json.loads(path.read_text())
         for entry in record.get("variants", {}).values():
-            if triton_model in (entry.get("triton_model"), (entry.get("text_endpoint") or {}).get("model")):
+            if entry.get("triton_model") == triton_model:
                 return path.parent, entry
     raise ClientError(f"no build record for model `{triton_model}` under {artifacts}/",
                       hint="build it with `builder build`, or pass --artifacts where it was built")
+
+
+def text_endpoint_record(artifacts: pathlib.Path, text_model: str) -> dict:
+    """The build-record entry of the encoder whose raw-text endpoint is `text_model` (`minilm_fp32_text`), or {}."""
+    for path in sorted(artifacts.glob("*/record.json")):
+        for entry in json.loads(path.read_text()).get("variants", {}).values():
+            if (entry.get("text_endpoint") or {}).get("model") == text_model:
+                return entry
+    return {}
 
 
 def text_inputs(folder: pathlib.Path, text: str) -> dict:

@@ -66,7 +66,8 @@ def load_model(workdir: pathlib.Path) -> SentimentModel:
         train_head(model, read_split(workdir / "data" / "train.npz").take(HEAD_TRAIN_EXAMPLES),
                    read_split(workdir / "data" / "validation.npz"))
         torch.save(head.state_dict(), cached)
-    (workdir / "tokenizer.json").write_bytes((model_dir() / "tokenizer.json").read_bytes())
+    # as the kit uses it (truncation at MAX_TOKENS, no padding): the client's --text and the raw-text endpoint read it
+    tokenizer().save(str(workdir / "tokenizer.json"))
     return model
 
 

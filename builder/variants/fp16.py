@@ -11,6 +11,10 @@ import pathlib
 from dataclasses import dataclass
 
 STAGE = "onnx"
+# Clip stays float32: ONNX Runtime 1.19 (the 24.10 image's) clips float16 to 0 when one bound is absent
+# (microsoft/onnxruntime#21957), which turned MiniLM's `clamp(min=1e-9)` pooling divisor into 0 and every output
+# into NaN there (found by tests/e2e/test_portability.py).
+ALWAYS_FLOAT32 = ("Clip",)
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,8 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(onnx_file)), keep_io_types=True,
-                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(config.keep_in_float32))
+                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(ALWAYS_FLOAT32)
+                                     + list(config.keep_in_float32))
     output = context.out / "model.fp16.onnx"
     onnx.save_model(model, str(output))
     return output

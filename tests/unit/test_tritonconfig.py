@@ -1,8 +1,9 @@
 import pytest
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
-from builder.errors import RepositoryError
+from builder.errors import ConfigError, RepositoryError
 from builder.models import resolve_spec
+from builder.server import cpu_fallback_config
 from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
 
 
@@ -44,3 +45,53 @@ def test_unknown_field_in_a_built_dict_is_rejected():
 def test_parse_error_says_line_and_column():
     with pytest.raises(RepositoryError, match=r"3:\d+"):
         parse_text('name: "m"\nmax_batch_size: 4\ninput { nme: "x" }\n')
+
+
+def test_gpu_config_has_gpu_instances_and_no_accelerator_unless_asked():
+    spec = resolve_spec("digits")
+    config = parse_text(to_text(build_config("digits_fp32", spec, ServingConfig(device="gpu", instances=2))))
+    assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_GPU, 2)]
+    assert not config.HasField("optimization")
+    cpu = parse_text(to_text(build_config("digits_fp32", spec, ServingConfig())))
+    assert cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
+
+
+def test_tensorrt_is_fp16_with_an_engine_cache_per_model_file(tmp_path):
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(b"first build")
+    serving = ServingConfig(device="gpu", tensorrt=True)
+
+    def accelerator():
+        config = parse_text(to_text(build_config("minilm_fp16", resolve_spec("minilm"), serving, model_file)))
+        (found,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+        return found.name, dict(found.parameters)
+
+    name, parameters = accelerator()
+    cache = parameters.pop("trt_engine_cache_path")
+    assert name == "tensorrt" and parameters == {"precision_mode": "FP16", "trt_engine_cache_enable": "1"}
+    # ONNX Runtime creates one directory level only, and keys engines by graph structure, not weights
+    assert cache.startswith("/tmp/") and cache.count("/") == 2 and "minilm_fp16" in cache
+    model_file.write_bytes(b"a rebuild with other weights")
+    assert accelerator()[1]["trt_engine_cache_path"] != cache
+
+
+def test_serving_config_refuses_tensorrt_without_gpu_and_unknown_devices():
+    with pytest.raises(ConfigError, match="TensorRT needs --device gpu"):
+        ServingConfig(tensorrt=True)
+    with pytest.raises(ConfigError, match="unknown device `tpu`") as info:
+        ServingConfig(device="tpu")
+    assert "cpu, gpu" in info.value.hint
+
+
+def test_the_embedded_servers_cpu_fallback_keeps_everything_but_the_instance_kind(tmp_path):
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(b"x")
+    text = to_text(build_config("digits_fp32", resolve_spec("digits"),
+                                ServingConfig(device="gpu", tensorrt=True, instances=2), model_file))
+    (tmp_path / "config.pbtxt").write_text(text)
+    fallback = cpu_fallback_config(tmp_path / "config.pbtxt")
+    assert [(g["kind"], g["count"]) for g in fallback["instance_group"]] == [("KIND_CPU", 2)]
+    assert "KIND_GPU instances with tensorrt" in fallback["parameters"]["embedded_cpu_fallback"]["string_value"]
+    # the rest is the file's: the backend still sees (and reports) the accelerator
+    assert fallback["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]["name"] == "tensorrt"
+    assert fallback["input"] == json_format.MessageToDict(parse_text(text), preserving_proto_field_name=True)["input"]

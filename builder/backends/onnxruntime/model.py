@@ -4,7 +4,12 @@ On the official image the native C++ ONNX Runtime backend answers to the same na
 both. This backend therefore reads the native backend's config parameters with the same meaning:
 `intra_op_thread_count`, `inter_op_thread_count`, `execution_mode`, `enable_mem_arena`, `enable_mem_pattern` and
 `optimization { graph { level } }` (-1 basic, 1 extended, 2 none; unset or 0: all). Anything it cannot honour
-(GPU instances, execution accelerators, other parameters) is logged once at load as a warning; it runs on CPU.
+(GPU instances, execution accelerators such as TensorRT, other parameters) is logged at load as one warning, by the
+model's first instance only, to Triton's log; it runs on the ONNX Runtime CPU provider.
+
+Triton itself refuses a KIND_GPU instance group on a machine without GPUs ("has kind KIND_GPU but no GPUs are
+available"). The embedded server (builder/server.py) then loads such a model again with KIND_CPU instances and the
+parameter `embedded_cpu_fallback` (never written to a config.pbtxt), which this backend reports in that warning.
 
 Dynamic batching hands `execute()` several requests: those whose inputs have the same non-batch shape are
 concatenated into one ONNX Runtime run and the outputs split back; requests of another shape (text of another
@@ -21,6 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
                         "enable_mem_arena", "enable_mem_pattern"}
+FALLBACK_PARAMETER = "embedded_cpu_fallback"  # set by builder/server.py only: what was asked for instead of CPU
 GRAPH_LEVELS = {  # the native backend's meaning of optimization.graph.level
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -36,7 +42,9 @@ def session_options(config: dict) -> tuple:
     options = ort.SessionOptions()
     warnings = []
     parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-    for key in sorted(set(parameters) - SUPPORTED_PARAMETERS):
+    if FALLBACK_PARAMETER in parameters:
+        warnings.append(f"{parameters[FALLBACK_PARAMETER]}; the embedded server loaded it with KIND_CPU instances")
+    for key in sorted(set(parameters) - SUPPORTED_PARAMETERS - {FALLBACK_PARAMETER}):
         warnings.append(f"parameter `{key}` is not supported by the embedded onnxruntime backend and is ignored")
     try:
         if "intra_op_thread_count" in parameters:
@@ -60,13 +68,19 @@ def session_options(config: dict) -> tuple:
     accelerators = optimization.get("execution_accelerators", {})
     for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator"):
         for accelerator in accelerators.get(kind, []):
-            warnings.append(f"{kind} `{accelerator.get('name')}` is not available in the embedded backend; "
-                            "running on the ONNX Runtime CPU provider")
+            warnings.append(f"{kind} `{accelerator.get('name')}` is not supported by the embedded backend "
+                            "(CPU only) and is ignored")
     for group in config.get("instance_group", []):
         if group.get("kind") not in (None, "KIND_CPU", "KIND_AUTO"):
-            warnings.append(f"instance_group kind {group.get('kind')} is not available in the embedded backend; "
-                            "FALLING BACK TO CPU")
+            warnings.append(f"instance_group kind {group.get('kind')} is not supported by the embedded backend "
+                            "(CPU only)")
     return options, warnings
+
+
+def first_instance(args, config) -> bool:
+    """Whether this is the model's first instance (Triton names instances `<group name>_<index>`)."""
+    groups = config.get("instance_group") or [{}]
+    return args.get("model_instance_name") == f"{groups[0].get('name', config['name'])}_0"
 
 
 class TritonPythonModel:
@@ -76,9 +90,9 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"],
                             config.get("default_model_filename") or "model.onnx")
         options, warnings = session_options(config)
-        logger = pb_utils.Logger
-        for warning in warnings:
-            logger.log_warn(f"{name}: {warning}")
+        if warnings and first_instance(args, config):  # once per model, not once per instance
+            pb_utils.Logger.log_warn(f"{name}: NOT SERVED AS CONFIGURED - the embedded onnxruntime backend "
+                                     "RUNS ON CPU ONLY: " + "; ".join(warnings))
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{name}: model file {path} is missing; rebuild it with `builder build`")
         try:
