@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-e2e bench clean
+# `make demo-quick`: fp32 and int8 only, short load steps (a first look)
+.PHONY: install demo demo-quick test test-unit test-e2e bench clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/builder demo
+
+demo-quick: install
+	$(BIN)/builder demo --quick
 
 test: install
 	$(BIN)/python -m pytest tests

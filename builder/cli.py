@@ -3,7 +3,7 @@
   builder build --model minilm --variant fp32        (a demo model)
   builder build --config my_model.yaml --variant fp32 (your model: see builder/spec.py)
   builder serve [--repository model_repository]
-  builder demo
+  builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
                        help="caches, data splits and build records (outside the Triton repository)")
-    build.add_argument("--instances", type=int, default=1, help="Triton instances per model (KIND_CPU)")
+    build.add_argument("--instances", type=int, default=1,
+                       help="Triton instances per model (per GPU with --device gpu)")
     build.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
     build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0,
                        help="gate: points of accuracy a variant may lose vs fp32 (default: 1.0)")
     build.add_argument("--force", action="store_true", help="write variants to the repository even if a gate fails")
+    build.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                       help="instance kind in config.pbtxt: KIND_CPU (default), or KIND_GPU for Triton on GPUs")
+    build.add_argument("--tensorrt", action="store_true",
+                       help="with --device gpu: ONNX Runtime's TensorRT accelerator, FP16, engines cached in /tmp")
+    build.add_argument("--text-endpoint", action="store_true",
+                       help="text models: also write the raw-text ensemble <model>_<variant>_text (strings in)")
 
     serve = commands.add_parser("serve", help="serve the repository on the embedded Triton server until Ctrl-C")
     serve.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
@@ -54,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS)
     demo.add_argument("--examples", type=int, default=1000, help="examples per split sent through the server")
     demo.add_argument("--rebuild", action="store_true", help="rebuild models already in the repository")
+    demo.add_argument("--quick", action="store_true", help="a first look: fp32 and int8 only, short load steps")
+    demo.add_argument("--reports", type=pathlib.Path, default=pathlib.Path("reports"), help="where the report goes")
+    demo.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget of the recommendation")
+    demo.add_argument("--max-accuracy-drop", type=float, default=1.0, help="accuracy budget, points below fp32")
 
     args = parser.parse_args(argv)
     try:
@@ -92,14 +103,20 @@ def cmd_build(args) -> int:
     if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
     serving = ServingConfig(instances=args.instances, intra_op_threads=args.threads,
-                            max_queue_delay_us=args.max_queue_delay_us)
+                            max_queue_delay_us=args.max_queue_delay_us, device=args.device, tensorrt=args.tensorrt,
+                            text_endpoint=args.text_endpoint)
+    if args.text_endpoint:
+        from .text_endpoint import text_inputs
+
+        text_inputs(spec)  # not a text model: fail before any work
     source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
     rows, failed = [], []
     for variant in variants:
         command = (f"builder build {source} --variant {variant} --repository {shlex.quote(str(args.repository))} "
                    f"--artifacts {shlex.quote(str(args.artifacts))} --instances {args.instances}"
                    + (f" --threads {args.threads}" if args.threads else "")
-                   + f" --max-queue-delay-us {args.max_queue_delay_us}")
+                   + f" --max-queue-delay-us {args.max_queue_delay_us} --device {args.device}"
+                   + (" --tensorrt" if args.tensorrt else "") + (" --text-endpoint" if args.text_endpoint else ""))
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
                                   Gates(args.max_accuracy_drop, args.force))
@@ -157,6 +174,9 @@ def cmd_serve(args) -> int:
             print(line)
         if failed:
             print(f"{failed} model(s) failed to load; the others are served", file=sys.stderr)
+        for name, reason in server.cpu_fallbacks.items():
+            print(f"WARNING: {name}: {reason}: SERVED ON CPU instead (config.pbtxt unchanged; the official image "
+                  f"on a GPU machine serves it as built)", file=sys.stderr)
         print("serving; Ctrl-C to stop", flush=True)
         code = server.process.wait()
         print(f"error: tritonserver exited with code {code}: {server.log_tail()}", file=sys.stderr)
@@ -174,16 +194,21 @@ def _interrupt(signum, frame):
 
 
 def cmd_demo(args) -> int:
+    from loadtests.__main__ import print_summary
+
     from .demo import run_demo
 
-    rows = run_demo(args.repository, args.artifacts, args.examples, args.rebuild)
+    result = run_demo(args.repository, args.artifacts, args.reports, args.examples, args.rebuild, args.quick,
+                      args.slo_p99_ms, args.max_accuracy_drop)
+    rows = result["accuracy"]
     print(f"\n{'model':16} {'split':16} {'examples':>8} {'protocol':>8} {'served':>8} {'in-process':>10} {'same':>5}")
     for r in rows:
         same = "yes" if r["served"] == r["in_process"] else "NO"
         print(f"{r['model']:16} {r['split']:16} {r['examples']:8} {r['protocol']:>8} {r['served']:8.4f} "
               f"{r['in_process']:10.4f} {same:>5}")
-    return 0 if all(r["served"] == r["in_process"] for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print_summary(result["report"])
+    for command in result["failed"]:
+        print(f"FAILED to build; rebuild just it with:\n  {command}")
+    html, md = result["paths"]
+    print(f"\ndemo finished in {result['seconds']} s\nreport: {html}\n        {md}")
+    return 0 if all(r["served"] == r["in_process"] for r in rows) and not result["failed"] else 1

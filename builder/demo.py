@@ -1,5 +1,6 @@
-"""The demo: build the fp32 baseline of both demo models, serve them on the embedded Triton server, and compare
-accuracy measured through the server (HTTP and gRPC) with accuracy in-process on the same examples."""
+"""The demo, the README's first command: build the standard variants of both demo models, serve them on the
+embedded Triton server, check that served accuracy equals in-process accuracy, load-test every variant with Locust,
+and write the report that says which variant to ship. `quick`: fp32 and int8 only, short load steps."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from .models import resolve_spec
 from .server import EmbeddedServer, free_port
 
 DEMO_MODELS = ("digits", "minilm")
+QUICK_VARIANTS = ("fp32", "int8")
+# accuracy of the demo's variants on a spread of each evaluation split, paired with fp32's outputs on the same
+# examples (fp32 itself always uses all); `builder build` measures every example
+EVAL_EXAMPLES = {False: 1000, True: 500}  # {quick: examples}
 SERVED_BATCH = 16
 
 
@@ -30,36 +35,81 @@ def compare_accuracy(client, model: str, spec, split, onnx_file: pathlib.Path) -
     return {"served": served, "in_process": local}
 
 
-def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, examples: int | None = 1000,
-             rebuild: bool = False, progress=print) -> list[dict]:
-    """Build (unless already built), serve, evaluate over both protocols; return one row per model, split, protocol."""
+def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: bool, rebuild: bool,
+              progress) -> list[str]:
+    """Build each demo model's variants that are not in the repository yet; return the failures' rebuild commands."""
+    from .errors import BuilderError
+
+    failed = []
+    for spec in specs:
+        variants = QUICK_VARIANTS if quick else spec.standard_variants
+        for variant in variants:
+            name = model_name(spec, variant)
+            command = f"builder build --model {spec.name} --variant {variant}"
+            if not rebuild and name in repo.list_models(repository):
+                progress(f"[{name}] already in {repository}; `builder demo --rebuild` rebuilds it")
+                continue
+            try:
+                entry = build_variant(spec, variant, repository, artifacts, command=command, progress=progress,
+                                      eval_limit=EVAL_EXAMPLES[quick])
+            except BuilderError as e:  # one failed variant never stops the others
+                progress(f"[{name}] FAILED: {e}")
+                failed.append(command)
+                continue
+            if entry["gates_failed"]:
+                progress(f"[{name}] not served: " + "; ".join(entry["gates_failed"]))
+    return failed
+
+
+def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.Path, examples: int | None,
+                   progress) -> list[dict]:
+    """fp32 of each demo model, every evaluation split, both protocols: served vs in-process accuracy."""
     from client import TritonClient
 
-    specs = [resolve_spec(name) for name in DEMO_MODELS]
+    rows = []
     for spec in specs:
         name = model_name(spec, "fp32")
-        if rebuild or name not in repo.list_models(repository):
-            build_variant(spec, "fp32", repository, artifacts, command=f"builder build --model {spec.name} --variant fp32",
-                          progress=progress)
-        else:
-            progress(f"[{name}] already in {repository}; `builder demo --rebuild` rebuilds it")
-    rows = []
-    progress("starting the embedded Triton server ...")
+        onnx_file = repo.latest_model_file(repository, name)
+        splits = load_splits(spec, artifacts / spec.name)
+        for split_name in spec.evaluate:
+            split = splits[split_name].spread(examples)
+            for url in (server.http_url, server.grpc_url):
+                with TritonClient(url) as client:
+                    result = compare_accuracy(client, name, spec, split, onnx_file)
+                rows.append({"model": name, "split": split_name, "examples": len(split),
+                             "protocol": url.split("://")[0], **result})
+                progress(f"[{name}] {split_name} over {rows[-1]['protocol']}: served {result['served']:.4f} "
+                         f"in-process {result['in_process']:.4f}")
+    return rows
+
+
+def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib.Path, examples: int | None = 1000,
+             rebuild: bool = False, quick: bool = False, slo_p99_ms: float = 50.0, max_accuracy_drop: float = 1.0,
+             progress=print) -> dict:
+    """Everything, in order; returns {"accuracy": rows, "report": the report dict, "paths", "failed", "seconds"}."""
+    from loadtests.report import build_report, read_records, write_report
+    from loadtests.run import LoadSettings, Target, run_load
+
+    started = time.perf_counter()
+
+    def phase(text):
+        progress(f"\n== {text} ({time.perf_counter() - started:.0f} s) ==")
+
+    specs = [resolve_spec(name) for name in DEMO_MODELS]
+    phase("1/4 building " + ("fp32 and int8" if quick else "the standard variants") + " of " + ", ".join(DEMO_MODELS))
+    failed = build_all(specs, repository, artifacts, quick, rebuild, progress)
+    phase("2/4 serving them on the embedded Triton server")
+    out = reports / (("demo-quick-" if quick else "demo-") + time.strftime("%Y%m%d-%H%M%S"))
     with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:
         progress("models: " + ", ".join(f"{m.name} {m.state}" for m in server.models()))
-        for spec in specs:
-            name = model_name(spec, "fp32")
-            onnx_file = repo.latest_model_file(repository, name)
-            splits = load_splits(spec, artifacts / spec.name)
-            for split_name in spec.evaluate:
-                split = splits[split_name].spread(examples)
-                for url in (server.http_url, server.grpc_url):
-                    started = time.perf_counter()
-                    with TritonClient(url) as client:
-                        result = compare_accuracy(client, name, spec, split, onnx_file)
-                    rows.append({"model": name, "split": split_name, "examples": len(split),
-                                 "protocol": url.split("://")[0], **result,
-                                 "seconds": round(time.perf_counter() - started, 1)})
-                    progress(f"[{name}] {split_name} over {rows[-1]['protocol']}: served {result['served']:.4f} "
-                             f"in-process {result['in_process']:.4f}")
-    return rows
+        accuracy = check_accuracy(server, specs, repository, artifacts, 300 if quick else examples, progress)
+        phase("3/4 load-testing every served variant with Locust")
+        settings = LoadSettings(users=(1, 4), duration_s=4 if quick else 6)
+        results = run_load(["all"], Target(server.http_url, server.grpc_url, server.metrics_url), settings, artifacts,
+                           out, progress=progress,
+                           perf_analyzer=() if quick else [model_name(s, "fp32") for s in specs])
+    phase("4/4 writing the report")
+    report = build_report(results, read_records(artifacts), slo_p99_ms, max_accuracy_drop)
+    md, html = write_report(report, out)
+    return {"accuracy": accuracy, "report": report, "paths": (html, md), "failed": failed,
+            "seconds": round(time.perf_counter() - started)}
