@@ -92,7 +92,7 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
               "--artifacts", str(artifacts.resolve()), "--split", settings.split, "--tokens", str(settings.tokens),
               "--loglevel", "WARNING"]
     run = ["--headless", "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "2",
-           "--json-file", str(stats.with_suffix("")), "--errors-json", str(errors), "--only-summary",
+           "--json-file", str(stats.resolve().with_suffix("")), "--errors-json", str(errors.resolve()), "--only-summary",
            "--exit-code-on-error", "0"]
     if settings.workers == 0:
         return [common + run]
