@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pathlib
-import platform
 import time
 
 import numpy as np
@@ -168,17 +166,13 @@ def with_queue_delay(url: str, model: str, config: dict, delay_us: int) -> None:
         client.load_model(model, config=override)
 
 
-def machine() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
 def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Path, seconds: float,
               progress=print) -> dict:
     from builder.repository import latest_model_file
     from builder.server import EmbeddedServer, free_port
     from client import TritonClient
+
+    from .run import machine
 
     results = {"machine": machine(), "seconds_per_point": seconds, "concurrency": CONCURRENCY,
                "sequence_tokens": SEQUENCE_TOKENS, "models": {}}
