@@ -166,7 +166,7 @@ def print_summary(report: dict) -> None:
 
     for source in report["sources"]:
         header, body = summary_table(report, source)
-        keep = [0, 1, 2, 6, 8, 9, 10, 12]
+        keep = [0, 1, 2, 3, 7, 9, 10, 11, 13]
         print(f"\n{source}")
         print("  ".join(f"{header[i]:>14}" for i in keep))
         for row in body:

@@ -24,6 +24,7 @@ class VariantRow:
     variant: str  # e.g. int8
     triton_model: str
     accuracy: float | None  # on the first evaluation split, 0..1
+    eval_examples: int | None  # how many examples of it `accuracy` is measured on
     accuracy_drop_points: float | None  # vs fp32 on the same examples
     params: int | None
     onnx_bytes: int | None
@@ -54,6 +55,7 @@ def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
         rows.append(VariantRow(
             source=entry.get("source", model.rsplit("_", 1)[0]), variant=entry.get("variant", model.rsplit("_", 1)[-1]),
             triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
+            eval_examples=entry.get("eval_examples", {}).get(first),
             params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
             best=max(steps, key=lambda s: s["throughput"]) if steps else None,
             failures=sum(s["failures"] for s in steps)))
@@ -192,13 +194,14 @@ def _num(value, digits: int = 1, scale: float = 1.0) -> str:
 
 
 def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "accuracy %", "Δ pts", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
+    # Δ is paired: fp32 on exactly the examples the variant was measured on, which may be fewer than fp32's own
+    header = ["variant", "accuracy %", "on examples", "Δ pts vs fp32", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
               "max examples/s", "at users", "batch", "failures"]
     body = []
     for r in (r for r in report["rows"] if r.source == source):
         best = r.best or {}
         server = best.get("server") or {}
-        body.append([r.variant, _num(r.accuracy, 2, 100), _num(0.0 - r.accuracy_drop_points if r.accuracy_drop_points
+        body.append([r.variant, _num(r.accuracy, 2, 100), str(r.eval_examples or "-"), _num(0.0 - r.accuracy_drop_points if r.accuracy_drop_points
                                                                is not None else None, 2),
                      _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
                      _num(best.get("p50_ms")), _num(best.get("p95_ms")), _num(best.get("p99_ms")),
