@@ -108,13 +108,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float) -> dict:
     rows = variant_rows(results, records)
-    sources = sorted({r.source for r in rows})
+    source_of = {r.triton_model: r.source for r in rows}
+    sources = sorted(set(source_of.values()))
     return {"results": results, "rows": rows, "sources": sources,
             "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop,
             # accuracy only compares within one model: one recommendation per source model
             "recommendations": {src: recommend([r for r in rows if r.source == src],
-                                               [s for s in results["steps"]
-                                                if any(r.triton_model == s["model"] and r.source == src for r in rows)],
+                                               [s for s in results["steps"] if source_of.get(s["model"]) == src],
                                                slo_p99_ms, max_accuracy_drop) for src in sources}}
 
 

@@ -200,6 +200,21 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
 
 
+def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
+    """Whether `model` has a build record (the users replay its test split): with `skip`, say so and leave it out;
+    otherwise no record is an error before any load."""
+    from client import ClientError
+    from client.examples import find_record
+
+    try:
+        return bool(find_record(artifacts, model))
+    except ClientError as e:
+        if not skip:
+            raise LoadTestError(str(e), hint=e.hint) from e
+        progress(f"skipping {model}: no build record under {artifacts}/ (no test data to replay)")
+        return False
+
+
 def run_load(models: list[str], target: Target, settings: LoadSettings, artifacts: pathlib.Path,
              out: pathlib.Path, progress=print, perf_analyzer=()) -> dict:
     """Every model at every users step; then a perf_analyzer cross-check of the models in `perf_analyzer` (a
@@ -207,18 +222,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     `models == ["all"]`: every READY model that has a build record (the users replay its test split)."""
     everything = models == ["all"]
     models = check_target(target, models)
-    if everything:
-        from client import ClientError
-        from client.examples import find_record
-
-        def recorded(model):
-            try:
-                return bool(find_record(artifacts, model))
-            except ClientError:
-                progress(f"skipping {model}: no build record under {artifacts}/ (no test data to replay)")
-                return False
-
-        models = [m for m in models if recorded(m)]
+    models = [m for m in models if has_record(m, artifacts, skip=everything, progress=progress)]
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "settings": dataclasses.asdict(settings) | {"mode": settings.mode},
@@ -263,6 +267,7 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
     step) and requests. Text requests are cut to one length for both: perf_analyzer's concurrent contexts walk
     its data in step, so with mixed lengths it would meet batchable same-shape requests far more often than
     Locust's independent users, and the comparison would measure the data order, not the load generators."""
+    from client import ClientError
     from client.examples import find_record, request_batches
 
     from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
@@ -288,7 +293,7 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
         result = run_perf_analyzer(target.url(settings.protocol), model, concurrency,
                                    seconds=max(settings.duration_s / 3, 1.0), input_data=data, binary=binary)
         after = scrape_model(target, model)
-    except BuilderError as e:  # PerfAnalyzerUnavailable included: the report says why there is no cross-check
+    except (BuilderError, ClientError) as e:  # PerfAnalyzerUnavailable included: the report says why
         progress(f"    perf_analyzer cross-check skipped: {e}")
         return {"skipped": str(e)}
     result["server"] = metrics.step_figures(before, after) if before and after else None

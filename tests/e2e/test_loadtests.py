@@ -109,6 +109,8 @@ def test_unknown_model_and_unreachable_server_fail_before_any_load(built, server
     with pytest.raises(LoadTestError, match="unknown model `digits_fp23`") as unknown:
         run_load(["digits_fp23"], target_of(server), LoadSettings(), built["artifacts"], tmp_path)
     assert "did you mean `digits_fp32`" in unknown.value.hint
+    with pytest.raises(LoadTestError, match="no build record for model `digits_fp32`"):  # no test data to replay
+        run_load([MODEL], target_of(server), LoadSettings(), tmp_path / "no-artifacts", tmp_path)
     started = time.monotonic()
     with pytest.raises(LoadTestError, match="not reachable"):
         run_load([MODEL], Target("http://127.0.0.1:9", "grpc://127.0.0.1:9", "http://127.0.0.1:9/metrics"),
