@@ -140,14 +140,13 @@ def write_input_data(requests: list[dict[str, np.ndarray]], path: str | pathlib.
 
 
 def run_perf_analyzer(url: str, model: str, concurrency: int, seconds: float, batch_size: int = 1,
-                      input_data: str | pathlib.Path | None = None, shape: dict[str, list[int]] | None = None,
-                      binary: pathlib.Path | None = None) -> dict:
+                      input_data: str | pathlib.Path | None = None, binary: pathlib.Path | None = None) -> dict:
     """Load `model` at `url` (grpc://host:port or http://host:port) with `concurrency` requests in flight.
 
     perf_analyzer measures WINDOWS windows of `seconds` each and reports their average: its stability check is
     switched off (a 1000 % threshold) so a noisy shared machine still finishes in about 3 x `seconds`.
-    `shape` gives --shape for inputs with variable dims when there is no `input_data`; perf_analyzer then sends
-    random data, which models with token ids reject (out-of-range ids): pass real data.
+    Without `input_data` perf_analyzer sends random data, which models with token ids reject (out-of-range ids)
+    and which needs fixed input shapes: pass real data.
     Returns {"throughput" (infer/s), "p50_ms", "p90_ms", "p95_ms", "p99_ms" (client-side latency),
     "concurrency", "batch_size", "command"}. Raises PerfAnalyzerError with perf_analyzer's last output lines.
     """
@@ -163,8 +162,6 @@ def run_perf_analyzer(url: str, model: str, concurrency: int, seconds: float, ba
                    f"--max-trials={WINDOWS}", "-f", str(report)]
         if input_data is not None:
             command.append(f"--input-data={input_data}")
-        for name, dims in (shape or {}).items():
-            command.append(f"--shape={name}:{','.join(map(str, dims))}")
         timeout = WINDOWS * seconds * 2 + 60  # windows overrun under load; plus start-up and the server's stats
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(binary))
