@@ -15,8 +15,10 @@ returned, so a slow server shows up as queueing latency instead of fewer request
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import random
+import sys
 import time
 
 import gevent
@@ -73,9 +75,6 @@ def write_errors(environment, **_kwargs):
 def exit_now(exit_code, **_kwargs):
     """Everything is written by now. gRPC's gevent integration can hang the interpreter's shutdown (seen here
     intermittently; grpc/grpc#20299 family), so leave without it."""
-    import os
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)

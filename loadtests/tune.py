@@ -16,7 +16,7 @@ import os
 import pathlib
 import time
 
-from .run import LoadSettings, LoadTestError, Target, check_target, run_step
+from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_step
 
 QUEUE_DELAYS_US = (0, 500, 2000)
 MAX_BATCH_SIZES = (8, 64)
@@ -73,6 +73,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
     from client import ClientError, TritonClient
 
     check_target(target, [model])
+    has_record(model, artifacts, skip=False, progress=progress)  # the users replay its test split
     config_path = repository / model / "config.pbtxt"
     if not config_path.is_file():
         raise LoadTestError(f"{config_path} does not exist", hint="tune a model of the repository the server serves "
