@@ -25,6 +25,7 @@ from .tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
+MARGINAL_SPEEDUP = 0.1  # |geometric mean speedup - 1| at most this: re-measured beside fp32 before the speed gate
 MAX_ACCURACY_DROP = 1.0  # points
 
 
@@ -121,14 +122,22 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     from .measure import agreement, latency_table
 
     latency = latency_table(onnx_path, spec, splits[first])
-    fp32_latency = latency if variant == "fp32" else latency_table(workdir / "fp32" / "model.onnx", spec, splits[first])
+    fp32_latency = fp32_latency_table(workdir, spec, splits[first], latency if variant == "fp32" else None)
     speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
+    if variant != "fp32" and abs(mean_speedup(speedup) - 1.0) <= MARGINAL_SPEEDUP:
+        # a verdict within the drift of this shared machine over a long build: fp32 and the variant side by side
+        step(f"speedup {mean_speedup(speedup):.2f}x is marginal: measuring fp32 and this variant again, side by side")
+        fp32_latency = latency_table(workdir / "fp32" / "model.onnx", spec, splits[first])
+        latency = latency_table(onnx_path, spec, splits[first])
+        speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
+        context.notes["latency_remeasured_side_by_side"] = True
     # fp32's accuracy on exactly the examples this variant was measured on
     drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
+    drop_se = paired_drop_se(spec, reference, outputs[first], splits[first].labels[index])
     failed_gates = []
     if drop > gates.max_accuracy_drop:
         failed_gates.append(f"accuracy drop {drop:.2f} points > {gates.max_accuracy_drop}")
-    if variant != "fp32" and float(np.exp(np.mean(np.log(list(speedup.values()))))) < 1.0:
+    if variant != "fp32" and mean_speedup(speedup) < 1.0:
         if serving.device == "cpu":
             failed_gates.append("slower than fp32 (geometric mean speedup < 1.0)")
         else:  # the latency was measured here, on CPU: it says nothing about the GPU the model is built for
@@ -138,6 +147,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "triton_model": model_name(spec, variant),
         "accuracy": accuracy,
         "accuracy_drop_points": drop,
+        "accuracy_drop_se_points": drop_se,
         "eval_examples": {name: len(split) for name, split in measured.items()},
         "agreement_with_fp32": agreement(spec, outputs[first], reference),
         **torch_facts,
@@ -153,6 +163,13 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
+
+    step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
+    entry["operator_profile"] = profile_table(onnx_path, spec, splits[first])
+    if variant == "fp32" and sequence_axes(spec):  # once per model, on the untransformed torch model in hand
+        step(f"counting MACs by layer type at sequence lengths {', '.join(map(str, MACS_LENGTHS))}")
+        entry["macs_by_length"] = macs_by_length(model, spec, splits[first])
     if failed_gates and not gates.force:
         step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
         entry["version_dir"] = None
@@ -179,6 +196,42 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     update_record(workdir, spec.name, variant, entry)
     return entry
+
+
+def mean_speedup(speedup: dict) -> float:
+    """Geometric mean of the speedups over batch sizes and thread counts: what the speed gate judges."""
+    return float(np.exp(np.mean(np.log(list(speedup.values())))))
+
+
+def paired_drop_se(spec: ModelSpec, reference: dict, outputs: dict, labels: np.ndarray) -> float:
+    """Standard error (points) of the accuracy drop, paired over the same examples: only the examples that one
+    model gets right and the other wrong carry it. On 1,000 examples with 15 % disagreement it is ~1.2 points, as
+    large as the default gate, which is why the record states it."""
+    output = spec.metric.output
+    difference = ((np.argmax(reference[output], 1) == labels).astype(float)
+                  - (np.argmax(outputs[output], 1) == labels).astype(float))
+    if len(difference) < 2:
+        return 0.0
+    return round(float(difference.std(ddof=1) / np.sqrt(len(difference)) * 100), 2)
+
+
+_FP32_LATENCY: dict = {}  # (fp32 file, its mtime and size) -> latency table, measured once per process
+
+
+def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: dict | None = None) -> dict:
+    """fp32's latency table, measured once per build run (one process) and reused by every variant of that run:
+    `--variant all` compares every variant with the same fp32 figures, and does not spend ~8 s re-measuring MiniLM
+    for each. `measured`: the table just measured for fp32 itself."""
+    from .measure import latency_table
+
+    path = workdir / "fp32" / "model.onnx"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if measured is not None:
+        _FP32_LATENCY[key] = measured
+    if key not in _FP32_LATENCY:
+        _FP32_LATENCY[key] = latency_table(path, spec, split)
+    return _FP32_LATENCY[key]
 
 
 def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:

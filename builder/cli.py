@@ -134,16 +134,17 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
     if rows:
         splits = list(rows[0]["accuracy"])
         print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
-              + f" {'drop':>6} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
+              + f" {'drop':>6} {'±se':>5} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
               f" {'s':>5}  gate")
         for e in rows:
             print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
-                  + f" {e['accuracy_drop_points']:6.2f} {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
+                  + f" {e['accuracy_drop_points']:6.2f} {e.get('accuracy_drop_se_points', 0):5.2f}"
+                  f" {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
                   f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"
                   f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
                   f" {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
                   + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
-        print("(drop: accuracy points vs fp32 on the first split; agree: top-1 agreement with fp32; b1 ms: p50 at "
+        print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
               "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread)")
     for variant, command in failed:
         print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")

@@ -103,10 +103,10 @@ def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib
     with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:
         progress("models: " + ", ".join(f"{m.name} {m.state}" for m in server.models()))
         accuracy = check_accuracy(server, specs, repository, artifacts, 300 if quick else examples, progress)
-        phase("3/4 load-testing every served variant with Locust")
+        phase("3/4 load time and memory of every served variant, then a Locust load test of each")
         settings = LoadSettings(users=(1, 4), duration_s=4 if quick else 6)
         results = run_load(["all"], Target(server.http_url, server.grpc_url, server.metrics_url), settings, artifacts,
-                           out, progress=progress,
+                           out, progress=progress, footprint=True, repository=repository,
                            perf_analyzer=() if quick else [model_name(s, "fp32") for s in specs])
     phase("4/4 writing the report")
     report = build_report(results, read_records(artifacts), slo_p99_ms, max_accuracy_drop)

@@ -9,13 +9,18 @@ import numpy as np
 Predict = Callable[[dict], dict]  # inputs (name -> array) -> outputs (name -> array)
 
 
-def onnx_session(path, threads: int | None = None):
+def onnx_session(path, threads: int | None = None, profile_prefix: str | None = None):
+    """A CPU session; `threads` intra-op threads (default: ONNX Runtime's); with `profile_prefix`, ONNX Runtime's
+    profiler on (`session.end_profiling()` writes `<profile_prefix>_<time>.json` and returns its path)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -5,6 +5,7 @@
   python -m loadtests report reports/<run>          (rebuild the report from results.json)
   python -m loadtests tune --model minilm_int8 --slo-p99-ms 50
   python -m loadtests bench [--models minilm_fp32,digits_fp32]
+  python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
 
 Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
@@ -52,6 +53,23 @@ def add_target_arguments(parser) -> None:
                         help="the builder's artifacts: test splits and build records")
 
 
+def memory_size(text: str) -> str:
+    """A memory size such as 16GB, 512MiB or 2G, checked and kept as written (the report shows it)."""
+    from builder.footprint import FootprintError, parse_size
+
+    try:
+        parse_size(text)
+    except FootprintError as e:
+        raise argparse.ArgumentTypeError(f"{e} ({e.hint})") from None
+    return text.strip()
+
+
+def add_memory_budget_argument(parser, default: str | None = "16GB") -> None:
+    parser.add_argument("--memory-budget", type=memory_size, default=default,
+                        help="memory for the instances of one model: how many fit in it (16GB, 512MiB, 2Gi; "
+                             + (f"default {default})" if default else "default: the run's"))
+
+
 def add_budget_arguments(parser) -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget: p99 in ms (default 50)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -75,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True,
                      help="cross-check each model with NVIDIA perf_analyzer at the highest users step (default on)")
     run.add_argument("--out", type=pathlib.Path, help="output folder (default reports/<date-time>)")
+    run.add_argument("--footprint", action=argparse.BooleanOptionalAction, default=True,
+                     help="first measure each model's load time and memory per instance (reloads it; default on)")
+    add_memory_budget_argument(run)
     add_target_arguments(run)
     add_budget_arguments(run)
 
@@ -82,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("run_dir", type=pathlib.Path)
     report.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     add_budget_arguments(report)
+    add_memory_budget_argument(report, default=None)
 
     tune = commands.add_parser("tune", help="sweep Triton settings of one model under an SLO")
     tune.add_argument("--model", required=True)
@@ -100,12 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     bench.add_argument("--seconds", type=float, default=5.0, help="seconds per measured point")
     bench.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/bench.json"))
+
+    footprint = commands.add_parser("footprint", help="load time and memory per instance of served models, written "
+                                                      "to their build records")
+    footprint.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
+    add_memory_budget_argument(footprint)
+    add_target_arguments(footprint)
     args = parser.parse_args(argv)
 
     from builder.errors import BuilderError
 
     try:
-        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench}[args.command](args)
+        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
+                "footprint": cmd_footprint}[args.command](args)
     except BuilderError as e:
         print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
         return 2
@@ -149,12 +178,14 @@ def cmd_run(args) -> int:
     try:
         with target_for(args) as target:
             results = run_load(models, target, settings, args.artifacts, out, perf_analyzer=True if args.perf_analyzer else (),
-                               progress=lambda line: print(line, flush=True))
+                               progress=lambda line: print(line, flush=True), footprint=args.footprint,
+                               repository=args.repository, memory_budget=args.memory_budget)
     finally:  # partial results still get a report (Ctrl-C, a failed step)
         if (out / "results.json").is_file():
             results = json.loads((out / "results.json").read_text())
             if results["steps"]:
-                report = build_report(results, read_records(args.artifacts), args.slo_p99_ms, args.max_accuracy_drop)
+                report = build_report(results, read_records(args.artifacts), args.slo_p99_ms, args.max_accuracy_drop,
+                                      memory_budget=args.memory_budget)
                 md, html = write_report(report, out)
                 print_summary(report)
                 print(f"\nreport: {html}\n        {md}\nraw data: {out / 'results.json'}, {out / 'results.csv'}")
@@ -162,7 +193,7 @@ def cmd_run(args) -> int:
 
 
 def print_summary(report: dict) -> None:
-    from .report import summary_table
+    from .report import footprint_table, summary_table
 
     for source in report["sources"]:
         header, body = summary_table(report, source)
@@ -172,6 +203,11 @@ def print_summary(report: dict) -> None:
         for row in body:
             print("  ".join(f"{row[i]:>14}" for i in keep))
         print(report["recommendations"][source]["text"])
+        footprint_header, footprint_body = footprint_table(report, source)
+        if footprint_body:
+            print("  ".join(f"{h:>16}" for h in footprint_header))
+            for row in footprint_body:
+                print("  ".join(f"{c:>16}" for c in row))
 
 
 def cmd_report(args) -> int:
@@ -182,7 +218,7 @@ def cmd_report(args) -> int:
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
     report = build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
-                          args.max_accuracy_drop)
+                          args.max_accuracy_drop, memory_budget=args.memory_budget)
     md, html = write_report(report, args.run_dir)
     print_summary(report)
     print(f"\nreport: {html}\n        {md}")
@@ -219,6 +255,37 @@ def cmd_bench(args) -> int:
     args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_footprint(args) -> int:
+    from builder.footprint import measure_models, write_footprint
+
+    from .report import footprint_rows
+    from .run import check_target, has_record
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    with target_for(args) as target:
+        everything = models == ["all"]
+        models = [m for m in check_target(target, models)
+                  if has_record(m, args.artifacts, skip=everything, progress=print)]
+        measured = measure_models(target, args.repository, models, args.artifacts,
+                                  progress=lambda line: print(line, flush=True))
+    if not measured:
+        print("no model measured")
+        return 1
+    written = {model: write_footprint(args.artifacts, model, footprint) for model, footprint in measured.items()}
+    header, body = footprint_rows(measured, args.memory_budget)
+    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
+    print()
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in body:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    baseline = next(iter(measured.values()), {}).get("baseline")
+    if baseline:
+        print(f"\nEach instance is a Python backend stub process (embedded server); its RSS includes the interpreter "
+              f"and onnxruntime: the smallest here, {baseline['model']}, is {baseline['rss_bytes'] / 1e6:.0f} MB.")
+    print("written to: " + ", ".join(sorted({str(p) for p in written.values()})))
     return 0
 
 

@@ -31,6 +31,7 @@ class VariantRow:
     macs: int | None
     best: dict | None  # the load step with the highest throughput
     failures: int  # over all steps
+    accuracy_drop_se_points: float | None = None  # the drop's paired standard error (builder/build.py)
 
 
 def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
@@ -58,7 +59,7 @@ def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
             eval_examples=entry.get("eval_examples", {}).get(first),
             params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
             best=max(steps, key=lambda s: s["throughput"]) if steps else None,
-            failures=sum(s["failures"] for s in steps)))
+            failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points")))
     return rows
 
 
@@ -106,12 +107,17 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
             if not any(t2 >= t and a2 >= a and (t2, a2) != (t, a) for t2, a2 in points)]
 
 
-def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float) -> dict:
+def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float,
+                 memory_budget: str | None = None) -> dict:
+    """`memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's."""
     rows = variant_rows(results, records)
     source_of = {r.triton_model: r.source for r in rows}
     sources = sorted(set(source_of.values()))
     return {"results": results, "rows": rows, "sources": sources,
+            # every build-record entry of the models in the run (served or not): operator profiles, MACs by length
+            "records": {m: e for m, e in records.items() if e.get("source") in sources},
             "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop,
+            "memory_budget": memory_budget or results.get("memory_budget") or "16GB",
             # accuracy only compares within one model: one recommendation per source model
             "recommendations": {src: recommend([r for r in rows if r.source == src],
                                                [s for s in results["steps"] if source_of.get(s["model"]) == src],
@@ -182,9 +188,58 @@ def plot_server_time(report: dict, source: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def profiled_rows(report: dict, source: str, batch: str) -> list[tuple[str, dict]]:
+    """(variant, operator profile at `batch`, e.g. "b32") of every served variant of `source` whose build record
+    has one; the others (built before profiling existed) are left out."""
+    out = []
+    for row in (r for r in report["rows"] if r.source == source):
+        profile = (report.get("records", {}).get(row.triton_model, {}).get("operator_profile") or {}).get(batch)
+        if profile:
+            out.append((row.variant, profile))
+    return out
+
+
+def plot_operator_profile(report: dict, source: str, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    panels = [(batch, profiled_rows(report, source, batch)) for batch in ("b1", "b32")]
+    height = max(2.6, 1.2 + 0.32 * max(len(rows) for _, rows in panels))
+    fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
+    for ax, (batch, rows) in zip(axes, panels):
+        ax.set(xlim=(0, 125), xticks=range(0, 101, 20), xlabel="% of kernel time", title=f"batch {batch[1:]}")
+        if not rows:
+            ax.text(0.5, 0.5, "no operator profile in the build records", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9)
+            continue
+        names = [variant for variant, _ in rows]
+        categories = list(rows[0][1]["by_category"])
+        left = [0.0] * len(rows)
+        for i, cat in enumerate(categories):
+            values = [p["by_category"].get(cat, 0.0) for _, p in rows]
+            ax.barh(names, values, left=left, color=f"C{i}", label=cat)
+            left = [a + v for a, v in zip(left, values)]
+        for y, (_, p) in enumerate(rows):
+            ms = p["kernel_ms_per_run"]
+            ax.text(101, y, f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.3g} ms", va="center", fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    if any(rows for _, rows in panels):
+        axes[0].invert_yaxis()  # first variant on top; the y axis is shared, so once
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda hl: len(hl[0]))
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(f"{source}: ONNX Runtime kernel time by operator category (1 thread; ms: kernel time per run)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 PLOTS = (("latency", plot_latency_throughput, "p99 latency vs throughput, one curve per variant across load steps"),
          ("accuracy", plot_accuracy_throughput, "accuracy vs max throughput; red: the Pareto front"),
-         ("server_time", plot_server_time, "where a request's time goes in the server, at each variant's max throughput"))
+         ("server_time", plot_server_time, "where a request's time goes in the server, at each variant's max throughput"),
+         ("operators", plot_operator_profile, "share of kernel time by operator category, batch 1 and 32, 1 thread: "
+          "ONNX Runtime's profiler in-process at build time (build record: operator_profile; warm-up excluded), "
+          "not the served model; variants without a profile are left out"))
 
 
 # ---- text ----------------------------------------------------------------------------------------------------
@@ -195,19 +250,49 @@ def _num(value, digits: int = 1, scale: float = 1.0) -> str:
 
 def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
     # Δ is paired: fp32 on exactly the examples the variant was measured on, which may be fewer than fp32's own
-    header = ["variant", "accuracy %", "on examples", "Δ pts vs fp32", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
+    header = ["variant", "accuracy %", "on examples", "Δ pts vs fp32 ± se", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
               "max examples/s", "at users", "batch", "failures"]
     body = []
     for r in (r for r in report["rows"] if r.source == source):
         best = r.best or {}
         server = best.get("server") or {}
-        body.append([r.variant, _num(r.accuracy, 2, 100), str(r.eval_examples or "-"), _num(0.0 - r.accuracy_drop_points if r.accuracy_drop_points
-                                                               is not None else None, 2),
+        delta = _num(None if r.accuracy_drop_points is None else 0.0 - r.accuracy_drop_points, 2)
+        if r.accuracy_drop_se_points:
+            delta += f" ± {r.accuracy_drop_se_points:.2f}"
+        body.append([r.variant, _num(r.accuracy, 2, 100), str(r.eval_examples or "-"), delta,
                      _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
                      _num(best.get("p50_ms")), _num(best.get("p95_ms")), _num(best.get("p99_ms")),
                      _num(best.get("throughput")), str(best.get("users", "-")), _num(server.get("realised_batch"), 2),
                      str(r.failures)])
     return header, body
+
+
+def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[list[str], list[list[str]]]:
+    """Deployment footprint per served model (builder/footprint.py): file size, load time, resident memory per
+    instance and how many instances fit in `memory_budget`."""
+    from builder.footprint import fits, parse_size
+
+    budget = parse_size(memory_budget)
+    header = ["model", "file MB", "load s", "instances", "RSS/instance MB", "peak RSS MB", f"fit in {memory_budget}"]
+    body = []
+    for model, f in footprints.items():
+        memory = f.get("rss_bytes_per_instance")
+        body.append([model, _num(f.get("file_bytes"), 1, 1e-6), _num(f.get("load_seconds"), 2),
+                     str(f.get("instances", "-")), _num(memory, 0, 1e-6), _num(f.get("peak_rss_bytes"), 0, 1e-6),
+                     str(fits(budget, memory)) if memory else "-"])
+    return header, body
+
+
+def footprint_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
+    footprints = report["results"].get("footprint") or {}
+    models = [r.triton_model for r in report["rows"] if r.source == source and r.triton_model in footprints]
+    return footprint_rows({m: footprints[m] for m in models}, report["memory_budget"])
+
+
+FOOTPRINT_NOTE = ("Deployment footprint: load s = Triton's load request to READY; RSS/instance = resident memory of "
+                  "one instance's Python backend stub process after a first real request (embedded server; it "
+                  "includes the stub's interpreter and onnxruntime, and shared libraries counted per instance, so "
+                  "`fit` is conservative); peak = the stub's high-water mark.")
 
 
 def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -242,6 +327,26 @@ def cross_check_table(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def macs_length_table(report: dict, source: str) -> tuple[list[str], list[list[str]], str] | None:
+    """MACs per example by layer type at each sequence length, and the crossover sentence, from the build record
+    of `source`'s fp32 variant (`macs_by_length`); None when it has none."""
+    entry = next((e for e in report.get("records", {}).values()
+                  if e.get("source") == source and e.get("variant") == "fp32" and e.get("macs_by_length")), None)
+    if entry is None:
+        return None
+    macs = entry["macs_by_length"]
+    header = [f"length ({'/'.join(macs['axes'])})", "linear MMACs", "attention MMACs", "other MMACs", "attention %"]
+    body = [[str(r["length"]), _num(r["linear"], 1, 1e-6), _num(r["attention"], 1, 1e-6), _num(r["other"], 1, 1e-6),
+             _num(r["attention_percent"], 1)] for r in macs["per_length"]]
+    text = (f"From the build record of `{entry['triton_model']}` (macs_by_length): torch FlopCounterMode on one "
+            "test example cut or padded to each length; linear = projections and feed-forward (mm/addmm), "
+            f"attention = QK^T and AV (bmm/SDPA). {macs['crossover_text']}")
+    if macs.get("failed_lengths"):
+        text += " Not counted (the model refused them): " + "; ".join(
+            f"length {n}: {why}" for n, why in macs["failed_lengths"].items()) + "."
+    return header, body, text
+
+
 def context_lines(report: dict) -> list[str]:
     results = report["results"]
     machine, settings = results["machine"], results["settings"]
@@ -253,7 +358,8 @@ def context_lines(report: dict) -> list[str]:
              f"Load generator: {results['load_generator']}; it shares the CPU with the server, so served figures "
              "here are lower bounds for a dedicated server.",
              f"Budget: p99 <= {report['slo_p99_ms']:g} ms, accuracy drop <= {report['max_accuracy_drop']:g} points "
-             "(vs fp32 on the same test examples, from the build record).",
+             "(vs fp32 on the same test examples, from the build record; ± its paired standard error: a drop "
+             "within about two of those is not told apart from noise on that many examples).",
              f"Run {results['started_at']} to {results.get('finished_at', '?')}"
              + ("" if results.get("complete") else " (interrupted: partial results)") + "."]
     return lines
@@ -285,6 +391,10 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
         md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), ""]
         body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
                  html_table(*summary_table(report, source))]
+        footprint = footprint_table(report, source)
+        if footprint[1]:
+            md += [markdown_table(*footprint), "", f"*{FOOTPRINT_NOTE}*", ""]
+            body += [html_table(*footprint), f"<p><small>{html.escape(FOOTPRINT_NOTE)}</small></p>"]
         for name, plot, caption in PLOTS:
             path = plots / f"{source}_{name}.png"
             plot(report, source, path)
@@ -292,6 +402,13 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
             data = base64.b64encode(path.read_bytes()).decode()
             body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        by_length = macs_length_table(report, source)
+        if by_length:
+            header, rows, text = by_length
+            md += [f"### {source}: MACs per example by layer type and sequence length", "", markdown_table(header, rows),
+                   "", text, ""]
+            body += [f"<h3>{html.escape(source)}: MACs per example by layer type and sequence length</h3>",
+                     html_table(header, rows), f"<p>{html.escape(text)}</p>"]
     md += ["## Cross-check with perf_analyzer", ""]
     body.append("<h2>Cross-check with perf_analyzer</h2>")
     if report["results"].get("perf_analyzer"):

@@ -216,10 +216,14 @@ def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> boo
 
 
 def run_load(models: list[str], target: Target, settings: LoadSettings, artifacts: pathlib.Path,
-             out: pathlib.Path, progress=print, perf_analyzer=()) -> dict:
+             out: pathlib.Path, progress=print, perf_analyzer=(), footprint: bool = False,
+             repository: pathlib.Path | None = None, memory_budget: str = "16GB") -> dict:
     """Every model at every users step; then a perf_analyzer cross-check of the models in `perf_analyzer` (a
     collection of names, or True for all). Results so far are written after each step, so Ctrl-C keeps them.
-    `models == ["all"]`: every READY model that has a build record (the users replay its test split)."""
+    `models == ["all"]`: every READY model that has a build record (the users replay its test split).
+    With `footprint` (`python -m loadtests run` turns it on), first each model's load time and memory per
+    instance (builder/footprint.py; reloads the model once), kept under "footprint" and in its build record;
+    `memory_budget` is kept for the report."""
     everything = models == ["all"]
     models = check_target(target, models)
     models = [m for m in models if has_record(m, artifacts, skip=everything, progress=progress)]
@@ -229,9 +233,17 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                "target": dataclasses.asdict(target), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "load_generator": (f"{settings.workers} Locust worker process(es) and a master"
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
-               "models": models, "steps": [], "perf_analyzer": {}, "complete": False}
+               "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
+               "memory_budget": memory_budget, "footprint": {}}
     total = len(models) * len(settings.users)
     try:
+        if footprint:
+            from builder.footprint import measure_models, write_footprint
+
+            results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
+            for model, measured in results["footprint"].items():
+                write_footprint(artifacts, model, measured)
+            write_results(results, out)
         for model in models:
             for users in settings.users:
                 progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "

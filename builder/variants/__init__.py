@@ -3,7 +3,8 @@ Triton model name (`minilm_int8`).
 
 Each module has `STAGE` ("torch": transforms the nn.Module before export; "onnx": transforms the exported file),
 a frozen `Config` dataclass (its parameters; a model spec sets them under `variants: {module: {...}}`) and
-`apply(target, context, config)`. A registry entry is the list of steps a name stands for. Combinations are
+`apply(target, context, config)`; the module's name with `_` written `-` is its variant name and spec key
+(embed_factorized: `embed-factorized`). A registry entry is the list of steps a name stands for. Combinations are
 written `a+b` and run in the order written; torch-level steps must come before ONNX-level ones.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from ..errors import VariantError, unknown_name
-from . import distilled, fp16, fp32, int8, pruned, qat, svd
+from . import distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Step:
 
     @property
     def name(self) -> str:
-        return self.module.__name__.rsplit(".", 1)[-1]
+        # the variant's name (CLI, spec's `variants:` key, folders): a module embed_factorized is `embed-factorized`
+        return self.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
 
     @property
     def stage(self) -> str:
@@ -55,6 +57,9 @@ VARIANTS = {
     "svd": [Step(svd)],
     "pruned": [Step(pruned)],
     "distilled": [Step(distilled)],
+    "reparam": [Step(reparam)],  # MobileOne-style student, branches folded into one conv per block
+    "embed-factorized": [Step(embed_factorized)],  # ALBERT's factorized embedding
+    "shared": [Step(shared)],  # ALBERT's cross-layer sharing
     # min-max calibration: the activation ranges QAT trained with are min-max ranges too
     "qat": [Step(qat), Step(int8, {"method": "static", "calibration": "minmax"})],
 }

@@ -30,6 +30,8 @@ class Config:
     feature_output: str | None = None  # default: the first float output that is not the metric's
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
     train_lr: float | None = None  # overrides training.lr
+    train_epochs: int | None = None  # overrides training.epochs
+    augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
 
     def check(self) -> None:
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
@@ -96,16 +98,64 @@ def make_student(model, config: Config):
     return student, info
 
 
+def separable_macs(model, student, replaced: list[str], example: dict) -> dict:
+    """MACs (batch 1, `example`'s shape) of the standard-conv model and its depthwise-separable student, and per
+    replaced conv the two textbook counts from its kernel D_K, channels M -> N and output size D_F (from a forward
+    hook): standard D_K*D_K*M*N*D_F*D_F, separable D_K*D_K*M*D_F*D_F + M*N*D_F*D_F."""
+    import torch
+
+    from ..measure import count_macs
+
+    modules = dict(model.named_modules())
+    sizes, hooks = {}, []
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output passes on unchanged
+            sizes.setdefault(name, tuple(output.shape[-2:]))
+        return hook
+
+    for name in replaced:
+        hooks.append(modules[name].register_forward_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model(**{k: torch.from_numpy(v) for k, v in example.items()})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_conv = {}
+    for name in replaced:
+        conv = modules[name]
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        m, n, f = conv.in_channels, conv.out_channels, sizes[name][0] * sizes[name][1]
+        per_conv[name] = {"D_K": list(conv.kernel_size), "M": m, "N": n, "D_F": list(sizes[name]),
+                          "standard": k * m * n * f, "separable": k * m * f + m * n * f}
+    return {"standard_student": count_macs(model, example), "separable_student": count_macs(student, example),
+            "per_conv": per_conv}
+
+
 def apply(model, context, config: Config):
+    config.check()
+    student, info = make_student(model, config)
+    if info.get("student") == "depthwise-separable":  # a standard-conv student of the same width is the teacher
+        from ..measure import fixed_batch
+
+        example = fixed_batch(context.spec, context.splits[context.spec.evaluate[0]], 1)
+        info["macs"] = separable_macs(model, student, info["separable_convs"], example)
+    return distill(student, info, context, config, "distilled")
+
+
+def distill(student, info: dict, context, config, what: str):
+    """Train `student` from context.teacher with distillation_loss as `config` says (temperature, alpha,
+    feature_weight, feature_output, train_seconds, train_lr); record `info` and the student's validation accuracy
+    before and after as context.notes[what]. Returns the trained student."""
     import torch
 
     from ..evaluate import run_split, score
-    from ..train import distillation_loss, feature_output_index, train, train_config, training_overrides
+    from ..train import (distillation_loss, feature_output_index, shift_images, train, train_config,
+                         training_overrides)
 
-    config.check()
     spec = context.spec
     teacher = context.teacher.eval()
-    student, info = make_student(model, config)
     names = [t.name for t in spec.outputs]
     metric_index = names.index(spec.metric.output)
     feature_index = feature_output_index(spec, config.feature_output)
@@ -124,12 +174,13 @@ def apply(model, context, config: Config):
     info["student_untrained_validation_accuracy"] = accuracy(student.eval())
     info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None
     overrides = training_overrides(config)
+    augment = shift_images(config.augment_shift) if config.augment_shift else None
     loss = distillation_loss(teacher, metric_index, config.temperature, config.alpha, feature_index,
-                             config.feature_weight)
+                             config.feature_weight, cache_teacher=augment is None)
     student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
-                    context.progress, "distillation")
+                    context.progress, "distillation", augment)
     info["student_validation_accuracy"] = accuracy(student)
-    context.notes["distilled"] = info
-    context.progress(f"distilled: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f}"
+    context.notes[what] = info
+    context.progress(f"{what}: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f}"
                      f" untrained -> {info['student_validation_accuracy']:.4f} distilled")
     return student

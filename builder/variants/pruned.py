@@ -25,6 +25,7 @@ class Config:
     alpha: float = 0.5
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
     train_lr: float | None = None  # overrides training.lr
+    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
         if not 0 < self.ratio < 1:

@@ -20,6 +20,7 @@ class Config:
     ema: float = 0.9  # activation range tracking
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
     train_lr: float | None = 1e-4  # a gentle fine-tune of trained weights, whatever the spec's training lr
+    train_epochs: int | None = None  # overrides training.epochs
 
 
 def fake_quant_weight(weight):

@@ -23,7 +23,8 @@ class Config:
     energy: float | None = None
     min_features: int = 64
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr  # overrides training.max_seconds for this variant
+    train_lr: float | None = None  # overrides training.lr
+    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
         if self.energy is None and not 0 < self.rank_ratio < 1:

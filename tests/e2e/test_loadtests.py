@@ -142,7 +142,7 @@ def test_report_renders_with_plots_and_a_recommendation(built, server, tmp_path)
 
     parser = Images()
     parser.feed(page.read_text())
-    assert parser.tables >= 2 and len(parser.images) == 3
+    assert parser.tables >= 2 and len(parser.images) == 4  # 3 load plots + the operator profile of the one model
     for src in parser.images:  # real, non-empty images
         pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0

@@ -76,3 +76,59 @@ def test_svd_factorisation_keeps_the_best_rank_k_approximation():
     best = (u[:, :16] * s[:16]) @ vh[:16]
     assert torch.allclose(product, best, atol=1e-5)
     assert svd.choose_rank(s, 80, 96, svd.Config(rank_ratio=0.5)) == int(0.5 * 80 * 96 / 176)
+
+
+class CountingTeacher(torch.nn.Module):
+    """A masked mean-pooling 'encoder': its output for an example does not depend on the batch's padding."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(20, 3)
+        self.rows = 0
+
+    def forward(self, ids, mask):
+        self.rows += len(ids)
+        vectors = self.embedding(ids) * mask[..., None]
+        return vectors.sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_the_teacher_runs_once_per_example_whatever_the_padding():
+    from builder.train import TeacherCache
+
+    teacher = CountingTeacher().eval()
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [4, 0, 0, 0]])
+    mask = (ids > 0).long()
+    cache = TeacherCache(teacher)
+    first = cache({"ids": ids, "mask": mask})[0]
+    assert teacher.rows == 3
+    # the same examples again, reordered and with the padding of another batch: no new teacher work
+    again = TeacherCache(teacher)({"ids": ids[[2, 0], :3], "mask": mask[[2, 0], :3]})[0]
+    assert teacher.rows == 3
+    assert torch.allclose(again, first[[2, 0]])
+    # a new example runs alone; a teacher with other weights has its own cache
+    TeacherCache(teacher)({"ids": torch.tensor([[3, 3, 0]]), "mask": torch.tensor([[1, 1, 0]])})
+    assert teacher.rows == 4
+    other = CountingTeacher().eval()
+    with torch.no_grad():
+        other.embedding.weight.add_(1.0)
+    assert not torch.allclose(TeacherCache(other)({"ids": ids, "mask": mask})[0], first)
+    assert other.rows == 3
+
+
+def test_shift_images_moves_image_inputs_only():
+    from builder.train import shift_images
+
+    image = np.zeros((2, 1, 5, 5), np.float32)
+    image[:, 0, 2, 2] = 1.0
+    ids = np.arange(6).reshape(2, 3)
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(40):
+        out = shift_images(2)({"image": image, "ids": ids}, rng)
+        assert out["image"].shape == image.shape and out["image"].sum() == 2.0  # a centred pixel never falls off
+        assert out["ids"] is ids
+        y, x = np.argwhere(out["image"][0, 0])[0]
+        assert abs(y - 2) <= 2 and abs(x - 2) <= 2
+        seen.add((y, x))
+    assert len(seen) > 5
