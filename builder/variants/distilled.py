@@ -174,7 +174,8 @@ def distill(student, info: dict, context, config, what: str):
     info["student_untrained_validation_accuracy"] = accuracy(student.eval())
     info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None
     overrides = training_overrides(config)
-    augment = shift_images(config.augment_shift) if config.augment_shift else None
+    shift = getattr(config, "augment_shift", 0)  # image students only
+    augment = shift_images(shift) if shift else None
     loss = distillation_loss(teacher, metric_index, config.temperature, config.alpha, feature_index,
                              config.feature_weight, cache_teacher=augment is None)
     student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
