@@ -16,9 +16,10 @@ from .server import EmbeddedServer, free_port
 
 DEMO_MODELS = ("digits", "minilm")
 QUICK_VARIANTS = ("fp32", "int8")
-# accuracy of the demo's variants on a spread of each evaluation split, paired with fp32's outputs on the same
-# examples (fp32 itself always uses all); `builder build` measures every example
-EVAL_EXAMPLES = {False: 1000, True: 500}  # {quick: examples}
+# accuracy of the demo's variants on each evaluation split (quick: a spread of 500), paired with fp32's outputs on
+# the same examples. The full demo measures every example, as `builder build` does: on 1,000 MiniLM examples the
+# drop's standard error (~1.2 points) was as large as the gate, and noise decided which variants were served.
+EVAL_EXAMPLES = {False: None, True: 500}  # {quick: examples}
 SERVED_BATCH = 16
 
 

@@ -13,6 +13,7 @@ the variant with a clear error. Optional stochastic weight averaging of the end-
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,11 +34,16 @@ class TrainConfig:
     max_seconds: float = 120.0  # the per-variant budget; training stops at the first step past it
     max_examples: int | None = None  # per epoch; None: the whole split
     swa_epochs: int = 0
+    # "cosine": the learning rate decays to 0 along a cosine over the run, whichever ends it first, the epochs or
+    # the time budget; for students trained from scratch. "constant": for short fine-tunes of trained weights.
+    schedule: str = "constant"
     seed: int = 0
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_seconds <= 0:
             raise ConfigError(f"training: epochs, batch_size, lr and max_seconds must be positive, got {self}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"training: schedule must be `constant` or `cosine`, got `{self.schedule}`")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ConfigError(f"training: swa_epochs must be between 0 and epochs ({self.epochs}), got {self.swa_epochs}")
 
@@ -105,6 +111,7 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
         "wall_clock_breakdown": False})
     rng = np.random.default_rng(config.seed)
     count = len(split) if config.max_examples is None else min(config.max_examples, len(split))
+    total_steps = config.epochs * -(-count // config.batch_size)
     started = last_report = time.perf_counter()
     averaged, averaged_epochs, step, losses = None, 0, 0, []
     out_of_time = False
@@ -123,6 +130,10 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
                 raise VariantError(f"{what}: the loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
                                    "training diverged", hint="lower the learning rate (training: {lr: ...})")
             engine.backward(loss)
+            if config.schedule == "cosine":
+                done = max(step / total_steps, (time.perf_counter() - started) / config.max_seconds)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
             engine.step()
             step += 1
             losses.append(loss.item())

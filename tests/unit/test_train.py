@@ -132,3 +132,14 @@ def test_shift_images_moves_image_inputs_only():
         assert abs(y - 2) <= 2 and abs(x - 2) <= 2
         seen.add((y, x))
     assert len(seen) > 5
+
+
+def test_cosine_schedule_trains_and_unknown_schedules_are_refused():
+    torch.manual_seed(0)
+    labels = (SPLIT.inputs["input"][:, 0] > 0).astype(np.int64)
+    split = Split(SPLIT.inputs, labels)
+    model = train(torch.nn.Linear(4, 2), cross_entropy_loss(), split, SPEC,
+                  TrainConfig(epochs=20, batch_size=16, lr=0.1, schedule="cosine"), progress=lambda _: None)
+    assert (model(torch.from_numpy(split.inputs["input"])).argmax(1).numpy() == labels).mean() > 0.9
+    with pytest.raises(ConfigError, match="schedule"):
+        train_config(SPEC, {"schedule": "linear"})
