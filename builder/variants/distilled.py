@@ -22,8 +22,8 @@ STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class Config:
-    keep_layers: int | None = None  # blocks the student keeps; default: half
+class DistillationOptions:
+    """What `distill` reads; the Config of every variant that trains a student through it extends this."""
     temperature: float = 2.0
     alpha: float = 0.5
     feature_weight: float = 1.0
@@ -31,11 +31,17 @@ class Config:
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
     train_lr: float | None = None  # overrides training.lr
     train_epochs: int | None = None  # overrides training.epochs
-    augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
 
     def check(self) -> None:
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
-            raise VariantError(f"distilled: need temperature > 0, 0 <= alpha <= 1, feature_weight >= 0; got {self}")
+            variant = type(self).__module__.rsplit(".", 1)[-1]  # the variant whose options are wrong
+            raise VariantError(f"{variant}: need temperature > 0, 0 <= alpha <= 1, feature_weight >= 0; got {self}")
+
+
+@dataclass(frozen=True)
+class Config(DistillationOptions):
+    keep_layers: int | None = None  # blocks the student keeps; default: half
+    augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
 
 
 def repeated_blocks(model):

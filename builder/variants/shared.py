@@ -18,25 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import VariantError
-from .distilled import distill, repeated_blocks
+from .distilled import DistillationOptions, distill, repeated_blocks
 
 STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(DistillationOptions):  # temperature, alpha, feature loss, training budget: as `distilled`
     unique_layers: int = 3  # distinct layer modules, each serving consecutive positions; 3 kept more accuracy than 2
-    temperature: float = 2.0
-    alpha: float = 0.5
-    feature_weight: float = 1.0
-    feature_output: str | None = None  # default: the first float output that is not the metric's
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
-
-    def check(self) -> None:
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
-            raise VariantError(f"shared: need temperature > 0, 0 <= alpha <= 1, feature_weight >= 0; got {self}")
 
 
 def sharing_plan(layers: int, unique: int) -> list[int]:
