@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="build, serve and check both demo models end to end")
     demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     demo.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS)
-    demo.add_argument("--examples", type=int, default=1000, help="examples per split sent through the server")
+    demo.add_argument("--examples", type=int, default=500, help="examples per split sent through the server (default 500)")
     demo.add_argument("--rebuild", action="store_true", help="rebuild models already in the repository")
     demo.add_argument("--quick", action="store_true", help="a first look: fp32 and int8 only, short load steps")
     demo.add_argument("--reports", type=pathlib.Path, default=pathlib.Path("reports"), help="where the report goes")

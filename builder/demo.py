@@ -84,7 +84,7 @@ def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.P
     return rows
 
 
-def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib.Path, examples: int | None = 1000,
+def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib.Path, examples: int | None = 500,
              rebuild: bool = False, quick: bool = False, slo_p99_ms: float = 50.0, max_accuracy_drop: float = 1.0,
              progress=print) -> dict:
     """Everything, in order; returns {"accuracy": rows, "report": the report dict, "paths", "failed", "seconds"}."""
@@ -105,7 +105,7 @@ def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib
         progress("models: " + ", ".join(f"{m.name} {m.state}" for m in server.models()))
         accuracy = check_accuracy(server, specs, repository, artifacts, 300 if quick else examples, progress)
         phase("3/4 load time and memory of every served variant, then a Locust load test of each")
-        settings = LoadSettings(users=(1, 4), duration_s=4 if quick else 6)
+        settings = LoadSettings(users=(1, 4), duration_s=4 if quick else 5)
         results = run_load(["all"], Target(server.http_url, server.grpc_url, server.metrics_url), settings, artifacts,
                            out, progress=progress, footprint=True, repository=repository,
                            perf_analyzer=() if quick else [model_name(s, "fp32") for s in specs])
