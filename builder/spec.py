@@ -114,6 +114,13 @@ def parse_spec(raw: dict, where: str) -> ModelSpec:
     if not isinstance(values.get("variants", {}), dict) or not all(
             isinstance(v, dict) for v in values.get("variants", {}).values()):
         raise ConfigError(f"{where}: variants must map a variant module to its options, e.g. {{pruned: {{ratio: 0.5}}}}")
+    from .variants import VARIANTS
+
+    modules = {step.name for steps in VARIANTS.values() for step in steps}
+    for key in values.get("variants", {}):
+        if key not in modules:  # a misspelt key would otherwise be ignored, and its options silently not used
+            err = unknown_name("variant module", key, modules)
+            raise ConfigError(f"{where}: variants: {err}", hint=err.hint)
     for key in ("factory", "data"):
         if not isinstance(values.get(key), str) or values[key].count(":") != 1:
             raise ConfigError(f"{where}: {key} must be `package.module:function`, got {values.get(key)!r}")

@@ -23,6 +23,9 @@ from . import metrics
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+# Triton may answer a request over HTTP a moment before its /metrics counters include it: a scrape right after the
+# last response once counted one request fewer than Locust had
+METRICS_SETTLE_S = 0.5
 
 
 class LoadTestError(BuilderError):
@@ -169,6 +172,7 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     before = scrape_model(target, model)
     with metrics.CpuSampler(target.metrics_url) as cpu:
         run_locust(commands, log, timeout=settings.duration_s + 90)
+    time.sleep(METRICS_SETTLE_S)
     after = scrape_model(target, model)
     if not stats.is_file():
         raise LoadTestError(f"Locust wrote no stats for {model} at {users} users", hint=f"see {log}")

@@ -180,7 +180,8 @@ def test_ctrl_c_stops_locust_and_the_server_and_keeps_partial_results(built, tmp
     out = tmp_path / "run"
     servers_before = servers_on(built["repository"])
     process = subprocess.Popen([sys.executable, "-m", "loadtests", "run", "--models", MODEL, "--users", "1,2,3",
-                                "--duration", "20s", "--no-perf-analyzer", "--repository", str(built["repository"]),
+                                "--duration", "20s", "--no-perf-analyzer", "--no-footprint",
+                                "--repository", str(built["repository"]),
                                 "--artifacts", str(built["artifacts"]), "--out", str(out)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120

@@ -69,3 +69,16 @@ def test_model_and_config_are_exclusive():
 def test_missing_spec_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(BAD / "nope.yaml")
+
+
+def test_a_misspelt_variants_key_is_an_error_not_ignored():
+    import yaml
+
+    from builder.spec import parse_spec
+
+    values = yaml.safe_load(TINY_SPEC.read_text()) | {"variants": {"embed_factorized": {"rank": 4}}}
+    with pytest.raises(ConfigError) as info:
+        parse_spec(values, where="my.yaml")
+    assert "my.yaml" in str(info.value) and "embed_factorized" in str(info.value)
+    assert "did you mean `embed-factorized`" in info.value.hint
+    assert parse_spec(values | {"variants": {"embed-factorized": {"rank": 4}}}, where="my.yaml").variants
