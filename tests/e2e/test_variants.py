@@ -121,7 +121,9 @@ def test_qat_matches_or_beats_static_int8_on_the_cnn(variants):
 
 
 def test_the_accuracy_gate_fires_and_keeps_the_variant_out_of_the_repository(built, tmp_path):
-    starved = dataclasses.replace(built["specs"]["digits"], training={"max_seconds": 0.01, "lr": 0.001})
+    spec = built["specs"]["digits"]  # no training at all: its own train_seconds would override training's
+    starved = dataclasses.replace(spec, training={"max_seconds": 0.01, "lr": 0.001},
+                                  variants={**spec.variants, "distilled": {"train_seconds": 0.01}})
     entry = build_variant(starved, "distilled", tmp_path / "repo", built["artifacts"], command="tests", eval_limit=200)
     assert entry["gates_failed"] and "accuracy drop" in entry["gates_failed"][0]
     assert entry["version_dir"] is None and not (tmp_path / "repo" / "digits_distilled").exists()
