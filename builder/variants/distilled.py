@@ -150,13 +150,27 @@ def apply(model, context, config: Config):
     return distill(student, info, context, config, "distilled")
 
 
+def torch_accuracy(model, spec, split) -> float:
+    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after."""
+    import torch
+
+    from ..evaluate import run_split, score
+
+    names = [t.name for t in spec.outputs]
+
+    def predict(batch):
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        out = (out,) if isinstance(out, torch.Tensor) else out
+        return dict(zip(names, (o.numpy() for o in out)))
+
+    return score(spec.metric, run_split(predict, split, spec.sequence_mask), split.labels)
+
+
 def distill(student, info: dict, context, config, what: str):
     """Train `student` from context.teacher with distillation_loss as `config` says (temperature, alpha,
     feature_weight, feature_output, train_seconds, train_lr); record `info` and the student's validation accuracy
     before and after as context.notes[what]. Returns the trained student."""
-    import torch
-
-    from ..evaluate import run_split, score
     from ..train import (distillation_loss, feature_output_index, shift_images, train, train_config,
                          training_overrides)
 
@@ -170,12 +184,7 @@ def distill(student, info: dict, context, config, what: str):
     validation = context.splits[spec.validation_split].spread(256)
 
     def accuracy(m) -> float:
-        def predict(batch):
-            with torch.no_grad():
-                out = m(**{k: torch.from_numpy(v) for k, v in batch.items()})
-            out = (out,) if isinstance(out, torch.Tensor) else out
-            return dict(zip(names, (o.numpy() for o in out)))
-        return score(spec.metric, run_split(predict, validation, spec.sequence_mask), validation.labels)
+        return torch_accuracy(m, spec, validation)
 
     info["student_untrained_validation_accuracy"] = accuracy(student.eval())
     info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None

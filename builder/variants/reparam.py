@@ -266,10 +266,10 @@ def apply(model, context, config: Config):
     import torch
 
     from ..build import example_batch
-    from ..evaluate import run_split, score
     from ..measure import count_macs, fixed_batch, latency_p50_ms
     from ..torch2onnx import export, verify
     from ..train import distillation_loss, shift_images, train, train_config, training_overrides
+    from .distilled import torch_accuracy
 
     config.check()
     spec = context.spec
@@ -282,10 +282,7 @@ def apply(model, context, config: Config):
     validation = context.splits[spec.validation_split].spread(256)
 
     def accuracy(m) -> float:
-        def predict(batch):
-            with torch.no_grad():
-                return {spec.metric.output: m(**{k: torch.from_numpy(v) for k, v in batch.items()}).numpy()}
-        return score(spec.metric, run_split(predict, validation), validation.labels)
+        return torch_accuracy(m, spec, validation)
 
     info = {"student": "mobileone", "widths": list(config.widths), "depths": list(config.depths),
             "strides": list(config.strides),
