@@ -52,6 +52,17 @@ if [[ -n "$repository" && "$repository" != *://* ]]; then
              "(docker/k8s/fill-pvc); see docs/deployment.md" >&2
         exit 66
     fi
+    # A KIND_GPU model on a container without a GPU fails to load and, with --exit-on-error, ends the server after a
+    # long CUDA error; say it plainly instead. Only where every model loads (model control none).
+    if [[ " $* " == *" --model-control-mode=none "* ]] && ! compgen -G "/dev/nvidia[0-9]*" > /dev/null; then
+        gpu_models=$( (grep -l "KIND_GPU" "${configs[@]}" || true) | xargs -r -n1 dirname | xargs -r -n1 basename | tr '\n' ' ')
+        if [[ -n "$gpu_models" ]]; then
+            echo "error: this container sees no GPU, and these models are built for one (KIND_GPU): ${gpu_models}" >&2
+            echo "hint: run it with a GPU (compose --profile gpu, docker/k8s/overlays/gpu, nvidia.com/gpu in KServe's" \
+                 "resources), or rebuild those models without --device gpu" >&2
+            exit 65
+        fi
+    fi
 fi
 
 exec tritonserver "$@" \
