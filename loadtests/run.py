@@ -19,9 +19,11 @@ import time
 
 from builder.errors import BuilderError, unknown_name
 
-from . import metrics
+from . import intervals, metrics
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
+# records each request's end time and response time, so a step splits into windows (loadtests/intervals.py)
+WINDOWS_PLUGIN = pathlib.Path(__file__).with_name("locust_windows.py")
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 # Triton may answer a request over HTTP a moment before its /metrics counters include it: a scrape right after the
 # last response once counted one request fewer than Locust had
@@ -42,6 +44,9 @@ class LoadSettings:
     workers: int = 0  # 0: one Locust process; N: a master and N workers
     split: str = "test"
     tokens: int = 0  # text models: 0 = real mix of lengths; N = every request cut to N tokens (batchable)
+    # equal windows per step, for the throughput and p99 intervals (loadtests/intervals.py); the report calls
+    # variants tied when their intervals overlap, and needs at least 3 to rank with intervals
+    windows: int = 3
 
     @property
     def mode(self) -> str:
@@ -88,15 +93,18 @@ def check_target(target: Target, models: list[str]) -> list[str]:
 
 
 def locust_commands(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
-                    stats: pathlib.Path, errors: pathlib.Path) -> list[list[str]]:
-    """The Locust command lines of one step: [single] or [master, worker, ...]."""
-    common = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", target.url(settings.protocol),
+                    stats: pathlib.Path, errors: pathlib.Path,
+                    windows: pathlib.Path | None = None) -> list[list[str]]:
+    """The Locust command lines of one step: [single] or [master, worker, ...]. With `windows`, the windows
+    plugin runs too and writes its slots there."""
+    files = f"{LOCUSTFILE},{WINDOWS_PLUGIN}" if windows else str(LOCUSTFILE)
+    common = [sys.executable, "-m", "locust", "-f", files, "--host", target.url(settings.protocol),
               "--model", model, "--batch-size", str(settings.batch_size), "--arrival-rate", str(settings.arrival_rate),
               "--artifacts", str(artifacts.resolve()), "--split", settings.split, "--tokens", str(settings.tokens),
               "--loglevel", "WARNING"]
     run = ["--headless", "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "2",
            "--json-file", str(stats.resolve().with_suffix("")), "--errors-json", str(errors.resolve()), "--only-summary",
-           "--exit-code-on-error", "0"]
+           "--exit-code-on-error", "0"] + (["--windows-json", str(windows.resolve())] if windows else [])
     if settings.workers == 0:
         return [common + run]
     from builder.server import free_port
@@ -166,9 +174,11 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     """One load step; its raw Locust files are kept under `raw/`."""
     stem = f"{model}_u{users}{label}"
     stats, errors, log = raw / f"{stem}_locust.json", raw / f"{stem}_errors.json", raw / f"{stem}_locust.log"
-    for path in (stats, errors, log):
-        path.unlink(missing_ok=True)
-    commands = locust_commands(target, model, users, settings, artifacts, stats, errors)
+    windows = raw / f"{stem}_windows.json" if settings.windows else None
+    for path in (stats, errors, log, windows):
+        if path:
+            path.unlink(missing_ok=True)
+    commands = locust_commands(target, model, users, settings, artifacts, stats, errors, windows)
     before = scrape_model(target, model)
     with metrics.CpuSampler(target.metrics_url) as cpu:
         run_locust(commands, log, timeout=settings.duration_s + 90)
@@ -176,7 +186,9 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     after = scrape_model(target, model)
     if not stats.is_file():
         raise LoadTestError(f"Locust wrote no stats for {model} at {users} users", hint=f"see {log}")
-    figures = locust_figures(json.loads(stats.read_text()), model, settings.batch_size)
+    entries = json.loads(stats.read_text())
+    figures = locust_figures(entries, model, settings.batch_size)
+    figures |= window_figures(entries, model, windows, settings)
     error_rows = json.loads(errors.read_text()) if errors.is_file() else []
     if figures["requests"] == 0:  # the users never got to send: say why (Locust logs the exception)
         lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
@@ -184,9 +196,25 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     step = {"model": model, "users": users, **figures,
             "errors": [{"message": e["error"], "count": e["occurrences"]} for e in error_rows],
             "server": metrics.step_figures(before, after) if before and after else None,
-            "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name},
-            "command": " ".join(commands[0][1:]).replace(str(LOCUSTFILE), "loadtests/locustfile.py")}
+            "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name}
+            | ({"windows": windows.name} if windows and windows.is_file() else {}),
+            "command": " ".join(commands[0][1:]).replace(str(LOCUSTFILE), "loadtests/locustfile.py")
+            .replace(str(WINDOWS_PLUGIN), "loadtests/locust_windows.py")}
     return step
+
+
+def window_figures(entries: list[dict], model: str, windows: pathlib.Path | None, settings: LoadSettings) -> dict:
+    """{"windows": [...], "interval": {...}} of one step from the plugin's file (loadtests/intervals.py): the
+    step from the moment every user ran to its last request, cut into `settings.windows` equal windows. Empty
+    when the step had no windows file or too few requests."""
+    entry = next((e for e in entries if e["name"] == model), None)
+    if windows is None or not windows.is_file() or entry is None or not entry["num_requests"]:
+        return {}
+    recorded = json.loads(windows.read_text())
+    start = max(entry["start_time"], recorded.get("spawned_at") or 0.0)
+    cut = intervals.split_windows(recorded, start, entry["last_request_timestamp"], settings.windows,
+                                  settings.batch_size)
+    return {"windows": cut, "interval": intervals.step_intervals(cut)} if cut else {}
 
 
 def scrape_model(target: Target, model: str) -> dict | None:

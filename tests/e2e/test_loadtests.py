@@ -61,6 +61,14 @@ def test_a_short_run_records_what_locust_and_triton_counted(protocol, built, ser
     assert abs(step["server"]["server_requests"] - step["requests"]) <= 3
     assert step["server"]["executions"] > 0 and step["server"]["realised_batch"] >= 1.0
     assert step["server"]["compute_infer_ms"] > 0
+    # three equal windows after every user started, within the step: an interval around the figures
+    windows = step["windows"]
+    assert len(windows) == 3 and sum(w["requests"] for w in windows) <= step["requests"]
+    assert all(w["requests"] > 0 and w["p99_ms"] > 0 for w in windows)
+    assert max(w["seconds"] for w in windows) - min(w["seconds"] for w in windows) <= 0.05 + 1e-9
+    interval = step["interval"]
+    assert interval["throughput"]["low"] <= interval["throughput"]["high"] and interval["throughput"]["n"] == 3
+    assert interval["p99_ms"]["low"] <= step["p99_ms"] * 1.5 and (tmp_path / "raw" / step["raw"]["windows"]).is_file()
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["steps"][0]["requests"] == step["requests"]
     assert (tmp_path / "results.csv").read_text().splitlines()[1].startswith(f"{MODEL},2,{step['requests']},")
