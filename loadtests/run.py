@@ -266,7 +266,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                "load_generator": (f"{settings.workers} Locust worker process(es) and a master"
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
                "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
-               "memory_budget": memory_budget, "footprint": {}}
+               "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models)}
     total = len(models) * len(settings.users)
     try:
         if footprint:
@@ -296,6 +296,20 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_results(results, out)
     return results
+
+
+# what the report, the plan and the regression gate read from a build record, copied into results.json so a run
+# can be compared with another without the artifacts it was built from
+RECORD_KEYS = ("source", "variant", "triton_model", "accuracy", "accuracy_drop_points", "accuracy_drop_se_points",
+               "eval_examples", "agreement_with_fp32", "params", "macs", "onnx_bytes", "latency_p50_ms",
+               "speedup_vs_fp32", "serving", "text_endpoint", "built_at")
+
+
+def record_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dict]:
+    from .report import read_records
+
+    records = read_records(artifacts)
+    return {m: {k: records[m][k] for k in RECORD_KEYS if k in records[m]} for m in models if m in records}
 
 
 def fmt(value) -> str:
