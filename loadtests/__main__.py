@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="KEDA: scale out above this mean queue time per request (default: 10 %% of the SLO)")
     deploy.add_argument("--prometheus-url", default="http://prometheus.monitoring.svc:9090",
                         help="KEDA: the Prometheus that scrapes Triton")
+    deploy.add_argument("--keda", action="store_true",
+                        help="scale with KEDA on Triton's queue time instead of the base's CPU HPA (the optional "
+                             "component components/queue-time is always written; this lists it)")
     deploy.add_argument("--no-text-endpoint", action="store_true",
                         help="do not also load the variant's raw-text ensemble (its tokenizer and postprocess)")
     add_budget_arguments(deploy)
@@ -383,7 +386,7 @@ def cmd_deploy(args) -> int:
     models = models_to_load(chosen, row.entry, text_endpoint=not args.no_text_endpoint)
     paths = write_overlay(args.out, models, lines[chosen], canary_percent=args.canary_percent,
                           queue_ms=args.queue_ms or args.slo_p99_ms / 10, prometheus_url=args.prometheus_url,
-                          replicas=args.replicas)
+                          replicas=args.replicas, keda=args.keda)
     why = "cheapest meeting SLO and budgets" if chosen == plan["cheapest"] and not args.variant else (
         "chosen with --variant" if args.variant else "recommended")
     line = lines[chosen]
@@ -391,7 +394,8 @@ def cmd_deploy(args) -> int:
           f"{line['memory_mib']} Mi; loads {', '.join(models)}")
     for path in paths:
         print(f"  wrote {path}")
-    print(f"apply: kubectl apply -k {args.out}   (KEDA on queue time: kubectl apply -k {args.out / 'keda'})")
+    print(f"apply: kubectl apply -k {args.out}"
+          + ("" if args.keda else "   (KEDA on queue time instead of CPU: write it with --keda)"))
     return 0
 
 

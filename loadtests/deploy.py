@@ -6,9 +6,9 @@ Written to `out` (the base is docker/k8s/base, referenced by a relative path, it
 - kustomization.yaml: the base, plus patches: deployment.yaml (replicas, the server's arguments loading only the
   chosen models, CPU and memory requests = limits from the plan, the build flags as an annotation) and hpa.yaml
   (min = the plan's replicas, max = the replicas for twice the target);
-- keda/kustomization.yaml: the same overlay with the optional component components/queue-time/ (a KEDA
-  ScaledObject on Triton's mean queue time per request, through KEDA's Prometheus scaler; it removes the CPU HPA,
-  since KEDA makes its own and two autoscalers on one Deployment fight);
+- components/queue-time/: an optional Kustomize component, listed under `components:` with `keda` (or by hand): a
+  KEDA ScaledObject on Triton's mean queue time per request, through KEDA's Prometheus scaler; it removes the CPU
+  HPA, since KEDA makes its own and two autoscalers on one Deployment fight;
 - kserve/inferenceservice.yaml: the InferenceService of docker/k8s/kserve with the chosen model, the plan's
   resources and `canaryTrafficPercent`: applied over the running one, KServe sends that share of traffic to the
   new variant beside the current revision (serverless mode; raw deployment mode has no canary split);
@@ -84,9 +84,11 @@ def queue_query(model: str) -> str:
 
 def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_percent: int = DEFAULT_CANARY_PERCENT,
                   queue_ms: float = 5.0, prometheus_url: str = DEFAULT_PROMETHEUS, replicas: int | None = None,
-                  base: pathlib.Path = BASE, dockerfile: pathlib.Path = DOCKERFILE) -> list[pathlib.Path]:
+                  keda: bool = False, base: pathlib.Path = BASE,
+                  dockerfile: pathlib.Path = DOCKERFILE) -> list[pathlib.Path]:
     """Write the overlay (module docstring) for `models` (the first is the planned variant) sized by the plan
-    `line`; `replicas` overrides the plan's (e.g. 1 to re-measure one replica). Returns the files written."""
+    `line`; `replicas` overrides the plan's (e.g. 1 to re-measure one replica); `keda` turns the queue-time
+    component on. Returns the files written."""
     if not 0 < canary_percent <= 100:
         raise DeployError(f"--canary-percent must be in 1..100, got {canary_percent}")
     if not line.get("memory_mib"):
@@ -99,19 +101,23 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
     flags = f"--instances {line['instances']} --threads {line['threads']}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "keda").mkdir(exist_ok=True)
     (out / "components" / "queue-time").mkdir(parents=True, exist_ok=True)
     (out / "kserve").mkdir(exist_ok=True)
     sized = (f"Sized by `python -m loadtests plan` for {line['target_qps']:g} requests/s: {line['capacity_rps']:g} "
              f"requests/s per replica (lower bound of the measured interval) at {1 - line['headroom']:.0%}.")
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [os.path.relpath(base, out)],
+                     "patches": [{"path": "deployment.yaml"}, {"path": "hpa.yaml"}]}
+    if keda:  # the component removes the HPA before the overlay's own patches run: nothing left to patch
+        kustomization["components"] = ["components/queue-time"]
+        kustomization["patches"] = [{"path": "deployment.yaml"}]
     files = {
-        out / "kustomization.yaml": _yaml({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(base, out)],
-            "patches": [{"path": "deployment.yaml"}, {"path": "hpa.yaml"}]},
-            f"`{models[0]}` on docker/k8s/base:  kubectl apply -k {out}\n"
-            f"With KEDA scaling on Triton's queue time instead of CPU:  kubectl apply -k {out / 'keda'}\n{sized}\n"
-            "Written by `python -m loadtests deploy`; plan.json holds the plan line."),
+        out / "kustomization.yaml": _yaml(kustomization, (
+            f"`{models[0]}` on docker/k8s/base:  kubectl apply -k {out}\n{sized}\n"
+            + ("Scaling: KEDA on Triton's queue time (components/queue-time; needs KEDA in the cluster)." if keda
+               else "Scaling: the base's HPA on CPU. For KEDA on Triton's queue time instead, add\n"
+                    "  components: [components/queue-time]\n(or write the overlay with `--keda`).")
+            + "\nWritten by `python -m loadtests deploy`; plan.json holds the plan line.")),
         out / "deployment.yaml": _yaml({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": DEPLOYMENT},
             "spec": {"replicas": replicas, "template": {
@@ -125,10 +131,6 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
             "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": HPA},
             "spec": {"minReplicas": replicas, "maxReplicas": max_replicas}},
             "min: the plan's replicas for the target; max: the replicas for twice the target."),
-        out / "keda" / "kustomization.yaml": _yaml({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [".."], "components": ["../components/queue-time"]},
-            "The overlay above with KEDA scaling on queue time (needs KEDA's CRDs in the cluster)."),
         out / "components" / "queue-time" / "kustomization.yaml": _yaml({
             "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
             "resources": ["scaledobject.yaml"],

@@ -6,6 +6,7 @@ import html.parser
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,3 +208,52 @@ def test_ctrl_c_stops_locust_and_the_server_and_keeps_partial_results(built, tmp
     assert results["complete"] is False
     assert not locust_processes()
     assert servers_on(built["repository"]) == servers_before  # the one it started is gone, the session's is not
+
+
+def loadtests_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadtests", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_real_run_plans_gates_and_deploys(built, server, tmp_path):
+    """A short real run of the digits model (footprint included): the plan sizes it, the gate passes it against
+    itself and fails a made-up regression of it, and the overlay for it renders and loads only it."""
+    import yaml
+
+    settings = LoadSettings(users=(1, 2), duration_s=3)
+    run = tmp_path / "run"
+    results = run_load([MODEL], target_of(server), settings, built["artifacts"], run, progress=lambda _: None,
+                       footprint=True, repository=built["repository"])
+    assert all(len(s["windows"]) == 3 for s in results["steps"])
+    assert results["records"][MODEL]["accuracy"] == built["records"][MODEL]["accuracy"]
+
+    plan = loadtests_cli("plan", "--report", run, "--artifacts", built["artifacts"], "--target-qps", 2000,
+                         "--slo-p99-ms", 1000, "--prices", ROOT / "loadtests" / "prices.example.yaml")
+    assert plan.returncode == 0, plan.stderr
+    assert "Cheapest variant meeting SLO and accuracy: `digits_fp32`" in plan.stdout and "re-measure" in plan.stdout
+
+    same = loadtests_cli("compare", run / "results.json", run / "results.json")
+    assert same.returncode == 0 and "no regression" in same.stdout, same.stdout + same.stderr
+    worse = json.loads((run / "results.json").read_text())
+    for s in worse["steps"]:  # a made-up regression: half the throughput, every window below the baseline's
+        s["interval"]["throughput"] = {k: v / 2 if k != "n" else v for k, v in s["interval"]["throughput"].items()}
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    gate = loadtests_cli("compare", run / "results.json", tmp_path / "worse.json")
+    assert gate.returncode == 1 and "REGRESSED: throughput" in gate.stdout, gate.stdout + gate.stderr
+
+    out = tmp_path / "deploy"
+    deploy = loadtests_cli("deploy", "--report", run, "--artifacts", built["artifacts"], "--target-qps", 500,
+                           "--slo-p99-ms", 1000, "--out", out)
+    assert deploy.returncode == 0, deploy.stderr
+    line = json.loads((out / "plan.json").read_text())
+    assert line["model"] == MODEL and line["memory_mib"] > 0
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH: the overlay was written but not rendered")
+    rendered = subprocess.run([kubectl, "kustomize", str(out)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--load-model")] == [f"--load-model={MODEL}"]
+    assert deployment["spec"]["replicas"] == line["replicas"]
