@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("new", type=pathlib.Path, help="NEW/results.json")
     compare.add_argument("--se-multiple", type=float, default=2.0,
                          help="accuracy regressed when it fell by more than this many standard errors (default 2)")
+    compare.add_argument("--margin", type=float, default=0.0,
+                         help="widen every interval by this fraction (e.g. 0.1) on a runner whose load changes "
+                              "between runs (default 0)")
     compare.add_argument("--allow-points", action="store_true",
                          help="also gate steps measured without windows (any difference then counts)")
 
@@ -353,7 +356,7 @@ def cmd_compare(args) -> int:
             runs.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise LoadTestError(f"cannot read {path}: {e}", hint="pass the results.json of two runs") from e
-    result = compare_runs(*runs, se_multiple=args.se_multiple, allow_points=args.allow_points)
+    result = compare_runs(*runs, se_multiple=args.se_multiple, allow_points=args.allow_points, margin=args.margin)
     for header, body in tables(result):
         if body:
             print()

@@ -235,7 +235,8 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99
         row = next(r for r in rows if r.triton_model == model)
         serving = row.entry.get("serving") or {}
         footprint = footprints.get(model) or row.entry.get("served_footprint") or {}
-        instances = footprint.get("instances") or serving.get("instances") or 1
+        # the config's count (as the server reported it); the stubs counted can include one still ending
+        instances = footprint.get("configured_instances") or serving.get("instances") or 1
         threads = serving.get("intra_op_threads") or 1
         line = capacity.plan_variant(model, throughput_interval(step).low, batch_size, instances, threads,
                                      footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,

@@ -37,6 +37,8 @@ def test_throughput_p99_failures_and_accuracy_regressions_fire():
     slower = run([step("m_fp32", 4, 900, 1000, 3.0, 3.6), step("m_int8", 4, 1200, 1450, 2.0, 2.4)])
     (int8,) = [s for s in compare_runs(BASE, slower)["steps"] if s["model"] == "m_int8"]
     assert int8["regressed"] == ["throughput 1,200.0..1,450.0 below 1,500.0..1,700.0 examples/s"]
+    assert not compare_runs(BASE, slower, margin=0.05)["regressed"]  # 1,450 is within 5 % of 1,500
+    assert compare_runs(BASE, slower, margin=0.02)["regressed"]
     later = run([step("m_fp32", 4, 900, 1000, 3.7, 4.0), step("m_int8", 4, 1500, 1700, 2.0, 2.4)])
     assert compare_runs(BASE, later)["steps"][0]["regressed"] == ["p99 3.7..4.0 above 3.0..3.6 ms"]
     failing = run([step("m_fp32", 4, 900, 1000, 3.0, 3.6, failures=3), step("m_int8", 4, 1500, 1700, 2.0, 2.4)])
