@@ -12,9 +12,9 @@ Arithmetic (every input measured, each margin stated):
   lowest rate it was measured to sustain (the base HPA's CPU target is the same 70 %);
 - cores per replica = the config's instances x ONNX Runtime intra-op threads (build record `serving`): the pod
   requests exactly those, as docker/k8s/base/deployment.yaml's resource rule says;
-- memory per replica = instances x resident memory per instance (served footprint) x (1 + memory margin): the
-  margin, 0.5 by default, covers what the footprint does not measure (the server process itself, ONNX Runtime's
-  arena growing for batches larger than the warm-up request);
+- memory per replica = instances x resident memory per instance (served footprint) x (1 + memory margin) + the
+  server process's resident memory (measured by the run with all its models loaded, so on the high side): the
+  margin, 0.5 by default, covers ONNX Runtime's arena growing for batches larger than the warm-up request;
 - per instance type (name, vCPUs, memory, $/h): replicas per node = min(vCPUs // cores, memory // memory per
   replica); nodes = ceil(replicas / that); $/h = nodes x price; $ per million requests = $/h / (target x 3600)
   x 1e6. The node figures should be its allocatable resources, not the advertised ones.
@@ -118,14 +118,15 @@ def cost_on(kind: InstanceType, replicas: int, cores: int, memory_bytes: int, ta
 def plan_variant(model: str, throughput_low: float, batch_size: int, instances: int, threads: int,
                  rss_per_instance: int | None, target_qps: float, headroom: float = DEFAULT_HEADROOM,
                  memory_margin: float = DEFAULT_MEMORY_MARGIN, prices: list[InstanceType] = (),
-                 users: int | None = None) -> dict:
+                 users: int | None = None, server_rss: int | None = None) -> dict:
     """One variant's line of the plan (see the module docstring): {"model", "capacity_rps", "replicas",
     "max_replicas" (for twice the target), "cores", "memory_bytes" (None without a footprint), "memory_mib",
     "costs" (per instance type that fits, cheapest first), "cheapest" (or None)}."""
     capacity = throughput_low / batch_size
     replicas = replicas_for(target_qps, capacity, headroom)
     cores = instances * threads
-    memory = math.ceil(instances * rss_per_instance * (1 + memory_margin)) if rss_per_instance else None
+    memory = (math.ceil(instances * rss_per_instance * (1 + memory_margin) + (server_rss or 0))
+              if rss_per_instance else None)
     mib = math.ceil(memory / MIB) if memory else None
     costs = []
     if mib:
@@ -135,7 +136,7 @@ def plan_variant(model: str, throughput_low: float, batch_size: int, instances: 
             "headroom": headroom, "replicas": replicas,
             "max_replicas": replicas_for(2 * target_qps, capacity, headroom),
             "instances": instances, "threads": threads, "cores": cores, "memory_bytes": memory, "memory_mib": mib,
-            "memory_margin": memory_margin, "costs": costs, "cheapest": costs[0] if costs else None}
+            "memory_margin": memory_margin, "server_rss_bytes": server_rss, "costs": costs, "cheapest": costs[0] if costs else None}
 
 
 def cheapest(lines: list[dict]) -> dict | None:

@@ -240,7 +240,7 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99
         threads = serving.get("intra_op_threads") or 1
         line = capacity.plan_variant(model, throughput_interval(step).low, batch_size, instances, threads,
                                      footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,
-                                     prices=prices, users=step["users"])
+                                     prices=prices, users=step["users"], server_rss=results.get("server_rss_bytes"))
         lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
                              "agreement": row.agreement, "p99_ms": step["p99_ms"],
                              "interval_windows": throughput_interval(step).n})
@@ -458,7 +458,11 @@ def plan_text(report: dict, source: str) -> str:
             f"at {1 - report['headroom']:.0%} of the lower bound of each variant's measured throughput interval "
             f"(headroom {report['headroom']:.0%}); HPA max: replicas for twice the target; cores = instances x "
             "ONNX Runtime threads of the config; memory = instances x measured resident memory per instance "
-            f"x {1 + capacity.DEFAULT_MEMORY_MARGIN:g}.")
+            f"x {1 + capacity.DEFAULT_MEMORY_MARGIN:g}"
+            + (f" + the server process's {report['results']['server_rss_bytes'] / 2**20:.0f} MiB (measured with "
+               "every model of the run loaded)." if report["results"].get("server_rss_bytes") else
+               " (the server process itself was not measured in this run: add it).")
+            )
     if not plan["lines"]:
         return head + " No variant meets the SLO and the budgets: nothing to plan."
     if plan["cheapest"]:

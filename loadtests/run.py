@@ -275,6 +275,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
             results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
             for model, measured in results["footprint"].items():
                 write_footprint(artifacts, model, measured)
+            results["server_rss_bytes"] = server_rss(models)
             write_results(results, out)
         for model in models:
             for users in settings.users:
@@ -310,6 +311,22 @@ def record_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dic
 
     records = read_records(artifacts)
     return {m: {k: records[m][k] for k in RECORD_KEYS if k in records[m]} for m in models if m in records}
+
+
+def server_rss(models: list[str]) -> int | None:
+    """Resident memory of the tritonserver process serving `models` on this machine (found as the parent named
+    in its Python-backend stubs' arguments), with every model of the run loaded; None when it runs elsewhere.
+    The capacity plan adds it to each replica's memory: the footprint counts only the instances' stubs."""
+    from builder.footprint import FootprintError, find_stubs, process_memory
+
+    for model in models:
+        for stub in find_stubs(model):
+            if stub.server_pid:
+                try:
+                    return process_memory(stub.server_pid)["rss"]
+                except FootprintError:
+                    return None
+    return None
 
 
 def fmt(value) -> str:

@@ -29,6 +29,8 @@ def test_a_variants_plan_line():
     assert [c["instance_type"] for c in line["costs"]] == ["small", "big"]
     assert line["cheapest"] == {"instance_type": "small", "replicas_per_node": 1, "nodes": 3, "usd_per_hour": 0.3,
                                 "usd_per_million_requests": round(0.3 / (2000 * 3600) * 1e6, 4)}
+    with_server = plan_variant("m_int8", 1000.0, 1, 2, 1, 100 * MIB, 2000, server_rss=60 * MIB)
+    assert with_server["memory_mib"] == 360  # the server process's own memory on top of the instances'
     batched = plan_variant("m", 1000.0, batch_size=4, instances=1, threads=2, rss_per_instance=None,
                            target_qps=500, prices=EXAMPLE)
     assert batched["capacity_rps"] == 250 and batched["replicas"] == 3 and batched["costs"] == []  # no memory: no cost
