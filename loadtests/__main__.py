@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=0, help="run Locust distributed: a master and N workers")
     run.add_argument("--windows", type=int, default=3,
                      help="equal windows per step for the throughput and p99 intervals (default 3; ties need >= 3)")
+    run.add_argument("--repeats", type=int, default=1,
+                     help="run every step this many times, interleaved; the interval spans all their windows, so it "
+                          "also holds run-to-run noise (default 1; costs N x the time)")
     run.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True,
                      help="cross-check each model with NVIDIA perf_analyzer at the highest users step (default on)")
     run.add_argument("--out", type=pathlib.Path, help="output folder (default reports/<date-time>)")
@@ -245,11 +248,11 @@ def cmd_run(args) -> int:
     if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
         raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
-    if args.windows < 1:
-        raise LoadTestError("--windows must be >= 1 (3 or more to tell ties)")
+    if args.windows < 1 or args.repeats < 1:
+        raise LoadTestError("--windows and --repeats must be >= 1 (3 or more windows to tell ties)")
     settings = LoadSettings(users=args.users, duration_s=args.duration, protocol=args.protocol,
                             batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers,
-                            windows=args.windows)
+                            windows=args.windows, repeats=args.repeats)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results = None
     try:

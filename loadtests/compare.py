@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from .intervals import Interval
+from .intervals import Interval, merge_repeats
 
 DEFAULT_SE_MULTIPLE = 2.0
 
@@ -81,8 +81,8 @@ def compare_runs(base: dict, new: dict, se_multiple: float = DEFAULT_SE_MULTIPLE
                  allow_points: bool = False, margin: float = 0.0) -> dict:
     """{"steps": [compare_steps ...], "accuracy": [{"model", "base", "new", "se", "regressed"}], "missing": [...],
     "regressed": bool}."""
-    base_steps = {(s["model"], s["users"]): s for s in base["steps"]}
-    new_steps = {(s["model"], s["users"]): s for s in new["steps"]}
+    base_steps = {(s["model"], s["users"]): s for s in merge_repeats(base["steps"])}
+    new_steps = {(s["model"], s["users"]): s for s in merge_repeats(new["steps"])}
     steps = [compare_steps(base_steps[k], new_steps[k], allow_points, margin)
              for k in sorted(base_steps) if k in new_steps]
     missing = [f"`{m}` at {u} users: not in the new run" for m, u in sorted(set(base_steps) - set(new_steps))]

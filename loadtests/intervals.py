@@ -94,6 +94,37 @@ def split_windows(recorded: dict, start: float, end: float, count: int, batch_si
     return windows
 
 
+def merge_repeats(steps: list[dict]) -> list[dict]:
+    """One step per (model, users): repeats of a step (`python -m loadtests run --repeats N`) joined, in first-seen
+    order. A joined step has the repeats' summed requests and failures, their mean throughput and request rate,
+    the worst repeat's p50/p90/p95/p99 (the SLO is checked against the worst), the interval over every window of
+    every repeat, `generator_bound` if any repeat was, the last repeat's server figures, and `repeats`."""
+    groups: dict[tuple, list[dict]] = {}
+    for step in steps:
+        groups.setdefault((step["model"], step["users"]), []).append(step)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        windows = [w for s in group for w in s.get("windows", [])]
+        step = dict(group[-1]) | {
+            "repeats": len(group), "requests": sum(s["requests"] for s in group),
+            "failures": sum(s["failures"] for s in group),
+            "throughput": round(sum(s["throughput"] for s in group) / len(group), 1),
+            "requests_per_s": round(sum(s["requests_per_s"] for s in group) / len(group), 1),
+            "generator_bound": any(s.get("generator_bound") for s in group), "windows": windows,
+            "interval": step_intervals(windows)}
+        for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"):
+            values = [s.get(key) for s in group if s.get(key) is not None]
+            step[key] = max(values) if values else None
+        if step["interval"]:
+            step["interval"]["method"] = (f"min..max over {len(windows)} windows: {len(group)} repeats of the step, "
+                                          "each cut into equal windows after every user started")
+        merged.append(step)
+    return merged
+
+
 def step_intervals(windows: list[dict]) -> dict | None:
     """{"throughput": {"low", "high", "n"}, "p99_ms": {...}, "method": ...} over the windows; None without any."""
     if not windows:

@@ -20,7 +20,7 @@ import pathlib
 from builder.build import MARGINAL_SPEEDUP
 
 from . import plan as capacity
-from .intervals import Interval
+from .intervals import Interval, merge_repeats
 
 # a step needs this many windows for its interval to tell variants apart (loadtests/intervals.py)
 MIN_WINDOWS = 3
@@ -79,7 +79,7 @@ def top1_agreement(entry: dict) -> float | None:
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
     rows = []
     for model in results["models"]:
-        steps = [s for s in results["steps"] if s["model"] == model]
+        steps = [s for s in merge_repeats(results["steps"]) if s["model"] == model]
         # the build record as the run saw it (results.json keeps a copy), else the artifacts' one now
         entry = records.get(model) or results.get("records", {}).get(model, {})
         first = next(iter(entry.get("accuracy", {})), None)
@@ -256,7 +256,8 @@ def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max
     rows = variant_rows(results, records)
     source_of = {r.triton_model: r.source for r in rows}
     sources = sorted(set(source_of.values()))
-    steps_of = {src: [s for s in results["steps"] if source_of.get(s["model"]) == src] for src in sources}
+    steps = merge_repeats(results["steps"])  # one per (model, users): repeats joined
+    steps_of = {src: [s for s in steps if source_of.get(s["model"]) == src] for src in sources}
     rows_of = {src: [r for r in rows if r.source == src] for src in sources}
     plans = {}
     if target_qps:
@@ -264,7 +265,7 @@ def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max
             lines = plan_lines(rows_of[src], steps_of[src], results, slo_p99_ms, max_accuracy_drop, min_agreement,
                                target_qps, prices, headroom)
             plans[src] = {"lines": lines, "cheapest": (capacity.cheapest(lines) or {}).get("model")}
-    return {"results": results, "rows": rows, "sources": sources,
+    return {"results": results, "rows": rows, "sources": sources, "steps": steps,
             # every build-record entry of the models in the run (served or not): operator profiles, MACs by length
             "records": {m: e for m, e in records.items() if e.get("source") in sources},
             "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
@@ -282,7 +283,7 @@ def plot_latency_throughput(report: dict, source: str, path: pathlib.Path) -> No
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row in (r for r in report["rows"] if r.source == source):
-        steps = sorted((s for s in report["results"]["steps"] if s["model"] == row.triton_model and s["p99_ms"]),
+        steps = sorted((s for s in report["steps"] if s["model"] == row.triton_model and s["p99_ms"]),
                        key=lambda s: s["users"])
         if steps:
             ax.plot([s["throughput"] for s in steps], [s["p99_ms"] for s in steps], marker="o", label=row.variant)
@@ -509,7 +510,8 @@ def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
     body = []
     for s in report["results"]["steps"]:
         server = s.get("server") or {}
-        body.append([s["model"], str(s["users"]), str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
+        body.append([s["model"], str(s["users"]) + (f" (repeat {s['repeat']})" if s.get("repeat") else ""),
+                     str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
                      _num(s["p50_ms"]), _num(s["p90_ms"]), _num(s["p99_ms"]), _interval(throughput_interval(s)),
                      _interval(p99_interval(s)), _num(server.get("queue_ms"), 2),
                      _num(server.get("compute_infer_ms"), 2), _num(server.get("realised_batch"), 2),

@@ -47,6 +47,9 @@ class LoadSettings:
     # equal windows per step, for the throughput and p99 intervals (loadtests/intervals.py); the report calls
     # variants tied when their intervals overlap, and needs at least 3 to rank with intervals
     windows: int = 3
+    # runs of every step, interleaved (all models and steps once, then again): the windows of all repeats make the
+    # interval, so it also holds what changes from one Locust run to the next; costs `repeats` x the time
+    repeats: int = 1
 
     @property
     def mode(self) -> str:
@@ -267,7 +270,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
                "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
                "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models)}
-    total = len(models) * len(settings.users)
+    total = len(models) * len(settings.users) * settings.repeats
     try:
         if footprint:
             from builder.footprint import measure_models, write_footprint
@@ -277,11 +280,15 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 write_footprint(artifacts, model, measured)
             results["server_rss_bytes"] = server_rss(models)
             write_results(results, out)
-        for model in models:
+        for repeat, model in ((r, m) for r in range(1, settings.repeats + 1) for m in models):
             for users in settings.users:
                 progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
-                         f"{settings.protocol}, {settings.duration_s:g} s ...")
-                step = run_step(target, model, users, settings, artifacts, raw)
+                         f"{settings.protocol}, {settings.duration_s:g} s"
+                         + (f", repeat {repeat}/{settings.repeats}" if settings.repeats > 1 else "") + " ...")
+                step = run_step(target, model, users, settings, artifacts, raw,
+                                label=f"_r{repeat}" if settings.repeats > 1 else "")
+                if settings.repeats > 1:
+                    step["repeat"] = repeat
                 results["steps"].append(step)
                 write_results(results, out)
                 if step["requests"] == 0:
@@ -289,7 +296,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
                          f"  failures {step['failures']}"
                          + (f"  batch {step['server']['realised_batch']}" if step["server"] else ""))
-            if perf_analyzer is True or model in perf_analyzer:
+            if repeat == settings.repeats and (perf_analyzer is True or model in perf_analyzer):
                 results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
         results["complete"] = True

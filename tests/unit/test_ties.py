@@ -3,7 +3,7 @@ the agreement budget: on hand-made results."""
 
 import pytest
 
-from loadtests.intervals import Interval, percentile, split_windows, step_intervals
+from loadtests.intervals import Interval, merge_repeats, percentile, split_windows, step_intervals
 from loadtests.report import recommend, relative_compute, summary_table, build_report, variant_rows
 
 
@@ -144,3 +144,19 @@ def test_summary_shows_agreement_intervals_and_the_verdict():
     assert rows["pruned"]["agreement %"] == "97.0" and rows["fp32"]["agreement %"] == "100.0"
     assert rows["pruned"]["windows"] == "980.0..1,150.0" and rows["pruned"]["compute vs fp32"] == "0.25"
     assert rows["pruned"]["verdict"] == "chosen" and rows["fp32"]["verdict"] == "tied"
+
+
+def test_repeats_join_into_one_step_whose_interval_spans_every_window():
+    def repeat(throughput, p99, windows, bound=False):
+        return {"model": "m_fp32", "users": 4, "requests": 100, "failures": 1, "throughput": throughput,
+                "requests_per_s": throughput, "p50_ms": 1.0, "p90_ms": 2.0, "p95_ms": 2.5, "p99_ms": p99,
+                "generator_bound": bound, "windows": [{"throughput": t, "p99_ms": p99} for t in windows]}
+
+    other = {"model": "m_int8", "users": 4, "requests": 5, "failures": 0, "throughput": 9.0}
+    merged = merge_repeats([repeat(1000, 3.0, [990, 1010, 1000]), other, repeat(800, 5.0, [780, 820, 800], True)])
+    assert [m["model"] for m in merged] == ["m_fp32", "m_int8"] and merged[1] is other
+    joined = merged[0]
+    assert (joined["repeats"], joined["requests"], joined["failures"]) == (2, 200, 2)
+    assert joined["throughput"] == 900.0 and joined["p99_ms"] == 5.0  # the mean rate; the worst repeat's p99
+    assert joined["interval"]["throughput"] == {"low": 780, "high": 1010, "n": 6} and joined["generator_bound"]
+    assert "2 repeats" in joined["interval"]["method"]
