@@ -140,9 +140,12 @@ def plan_variant(model: str, throughput_low: float, batch_size: int, instances: 
 
 
 def cheapest(lines: list[dict]) -> dict | None:
-    """The plan line with the lowest cost per hour (ties: fewer cores x replicas), or None without prices."""
+    """The plan line with the lowest cost per hour (ties: fewer cores x replicas, then lower in-process `compute`
+    where the lines carry it), or None without prices."""
     priced = [line for line in lines if line["cheapest"]]
-    return min(priced, key=lambda l: (l["cheapest"]["usd_per_hour"], l["cores"] * l["replicas"])) if priced else None
+    return min(priced, key=lambda l: (l["cheapest"]["usd_per_hour"], l["cores"] * l["replicas"],
+                                      l.get("compute") if l.get("compute") is not None else float("inf"))
+               ) if priced else None
 
 
 CAVEAT = ("Throughput per replica is the lower bound of the measured interval on the machine the load test ran "

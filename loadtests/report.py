@@ -242,7 +242,7 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99
                                      footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,
                                      prices=prices, users=step["users"], server_rss=results.get("server_rss_bytes"))
         lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
-                             "agreement": row.agreement, "p99_ms": step["p99_ms"],
+                             "agreement": row.agreement, "p99_ms": step["p99_ms"], "compute": row.compute,
                              "interval_windows": throughput_interval(step).n})
     return lines
 

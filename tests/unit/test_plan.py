@@ -48,6 +48,9 @@ def test_cheapest_line():
              {"model": "b", "cheapest": {"usd_per_hour": 0.3}, "cores": 2, "replicas": 3},
              {"model": "c", "cheapest": None, "cores": 1, "replicas": 1}]
     assert cheapest(lines)["model"] == "b" and cheapest(lines[2:]) is None
+    same_cost = [{"model": "fp32", "cheapest": {"usd_per_hour": 0.3}, "cores": 2, "replicas": 3, "compute": 1.0},
+                 {"model": "pruned", "cheapest": {"usd_per_hour": 0.3}, "cores": 2, "replicas": 3, "compute": 0.15}]
+    assert cheapest(same_cost)["model"] == "pruned"  # equal cost: the lower in-process compute
 
 
 def test_prices_file(tmp_path):
