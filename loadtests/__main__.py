@@ -3,6 +3,9 @@
   python -m loadtests run --models minilm_fp32,minilm_int8 --users 1,4,16 --duration 30s --protocol grpc
   python -m loadtests run --models all --slo-p99-ms 50 --max-accuracy-drop 1.0 [--url grpc://host:8001]
   python -m loadtests report reports/<run>          (rebuild the report from results.json)
+  python -m loadtests plan --report reports/<run> --target-qps 2000 --slo-p99-ms 50 [--prices prices.yaml]
+  python -m loadtests compare BASELINE/results.json NEW/results.json   (exit 1 on a regression beyond noise)
+  python -m loadtests deploy --report reports/<run> --target-qps 2000 --out deploy/   (Kustomize overlay)
   python -m loadtests tune --model minilm_int8 --slo-p99-ms 50
   python -m loadtests bench [--models minilm_fp32,digits_fp32]
   python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
@@ -74,6 +77,30 @@ def add_budget_arguments(parser) -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget: p99 in ms (default 50)")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="accuracy budget: points below fp32 (default 1.0)")
+    parser.add_argument("--min-agreement", type=percent, default=0.0,
+                        help="agreement budget: top-1 agreement with fp32 a variant needs, in %% (e.g. 95; "
+                             "default 0: none)")
+
+
+def percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r} (e.g. 95)") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage is within 0..100, got {value:g}")
+    return value / 100
+
+
+def add_plan_arguments(parser, required: bool = False) -> None:
+    from .plan import DEFAULT_HEADROOM
+
+    parser.add_argument("--target-qps", type=float, required=required,
+                        help="requests/s to plan for: replicas, cores, memory and cost per variant")
+    parser.add_argument("--prices", type=pathlib.Path,
+                        help="instance types and $/h (see loadtests/prices.example.yaml; its figures are examples)")
+    parser.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+                        help=f"plan each replica at (1 - headroom) of its measured rate (default {DEFAULT_HEADROOM})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--arrival-rate", type=float, default=0.0,
                      help="open loop: requests/s per user on a fixed schedule (default 0: closed loop)")
     run.add_argument("--workers", type=int, default=0, help="run Locust distributed: a master and N workers")
+    run.add_argument("--windows", type=int, default=3,
+                     help="equal windows per step for the throughput and p99 intervals (default 3; ties need >= 3)")
+    run.add_argument("--repeats", type=int, default=1,
+                     help="run every step this many times, interleaved; the interval spans all their windows, so it "
+                          "also holds run-to-run noise (default 1; costs N x the time)")
     run.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True,
                      help="cross-check each model with NVIDIA perf_analyzer at the highest users step (default on)")
     run.add_argument("--out", type=pathlib.Path, help="output folder (default reports/<date-time>)")
@@ -98,12 +130,56 @@ def main(argv: list[str] | None = None) -> int:
     add_memory_budget_argument(run)
     add_target_arguments(run)
     add_budget_arguments(run)
+    add_plan_arguments(run)
 
     report = commands.add_parser("report", help="rebuild report.html/.md from a run's results.json")
     report.add_argument("run_dir", type=pathlib.Path)
     report.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     add_budget_arguments(report)
     add_memory_budget_argument(report, default=None)
+    add_plan_arguments(report)
+
+    plan = commands.add_parser("plan", help="replicas, cores, memory and cost per variant for a target rate")
+    plan.add_argument("--report", type=pathlib.Path, required=True, help="a run's folder (holds results.json)")
+    plan.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"),
+                      help="build records (default: the copy in results.json)")
+    add_budget_arguments(plan)
+    add_plan_arguments(plan, required=True)
+
+    compare = commands.add_parser("compare", help="regression gate: exit 1 when NEW is worse than BASELINE "
+                                                  "beyond the measured intervals or the accuracy's standard error")
+    compare.add_argument("baseline", type=pathlib.Path, help="BASELINE/results.json")
+    compare.add_argument("new", type=pathlib.Path, help="NEW/results.json")
+    compare.add_argument("--se-multiple", type=float, default=2.0,
+                         help="accuracy regressed when it fell by more than this many standard errors (default 2)")
+    compare.add_argument("--margin", type=float, default=0.0,
+                         help="widen every interval by this fraction (e.g. 0.1) on a runner whose load changes "
+                              "between runs (default 0)")
+    compare.add_argument("--allow-points", action="store_true",
+                         help="also gate steps measured without windows (any difference then counts)")
+
+    deploy = commands.add_parser("deploy", help="a Kustomize overlay that deploys the chosen variant, sized by "
+                                                "the plan (plus a KEDA component and a KServe canary)")
+    deploy.add_argument("--report", type=pathlib.Path, required=True, help="a run's folder (holds results.json)")
+    deploy.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
+    deploy.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deploy"))
+    deploy.add_argument("--model", help="the source model (minilm, digits) when the run holds several")
+    deploy.add_argument("--variant", help="deploy this served model instead of the recommended one (e.g. "
+                                          "minilm_int8); it must meet the SLO and budgets")
+    deploy.add_argument("--replicas", type=int, help="override the plan's replicas (e.g. 1 to re-measure one)")
+    deploy.add_argument("--canary-percent", type=int, default=10,
+                        help="KServe: share of traffic for the new variant (default 10)")
+    deploy.add_argument("--queue-ms", type=float,
+                        help="KEDA: scale out above this mean queue time per request (default: 10 %% of the SLO)")
+    deploy.add_argument("--prometheus-url", default="http://prometheus.monitoring.svc:9090",
+                        help="KEDA: the Prometheus that scrapes Triton")
+    deploy.add_argument("--keda", action="store_true",
+                        help="scale with KEDA on Triton's queue time instead of the base's CPU HPA (the optional "
+                             "component components/queue-time is always written; this lists it)")
+    deploy.add_argument("--no-text-endpoint", action="store_true",
+                        help="do not also load the variant's raw-text ensemble (its tokenizer and postprocess)")
+    add_budget_arguments(deploy)
+    add_plan_arguments(deploy, required=True)
 
     tune = commands.add_parser("tune", help="sweep Triton settings of one model under an SLO")
     tune.add_argument("--model", required=True)
@@ -134,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
-                "footprint": cmd_footprint}[args.command](args)
+                "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
+                "deploy": cmd_deploy}[args.command](args)
     except BuilderError as e:
         print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
         return 2
@@ -171,8 +248,11 @@ def cmd_run(args) -> int:
     if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
         raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
+    if args.windows < 1 or args.repeats < 1:
+        raise LoadTestError("--windows and --repeats must be >= 1 (3 or more windows to tell ties)")
     settings = LoadSettings(users=args.users, duration_s=args.duration, protocol=args.protocol,
-                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers)
+                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers,
+                            windows=args.windows, repeats=args.repeats)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results = None
     try:
@@ -185,24 +265,41 @@ def cmd_run(args) -> int:
             results = json.loads((out / "results.json").read_text())
             if results["steps"]:
                 report = build_report(results, read_records(args.artifacts), args.slo_p99_ms, args.max_accuracy_drop,
-                                      memory_budget=args.memory_budget)
+                                      memory_budget=args.memory_budget, **plan_options(args))
                 md, html = write_report(report, out)
                 print_summary(report)
                 print(f"\nreport: {html}\n        {md}\nraw data: {out / 'results.json'}, {out / 'results.csv'}")
     return 0
 
 
+def plan_options(args) -> dict:
+    from .plan import read_prices
+
+    return {"min_agreement": args.min_agreement, "target_qps": args.target_qps, "headroom": args.headroom,
+            "prices": read_prices(args.prices) if args.prices else ()}
+
+
+def print_table(header: list[str], body: list[list[str]], indent: str = "") -> None:
+    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
+    print(indent + "  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in body:
+        print(indent + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
 def print_summary(report: dict) -> None:
-    from .report import footprint_table, summary_table
+    from .report import footprint_table, plan_table, plan_text, summary_table
 
     for source in report["sources"]:
         header, body = summary_table(report, source)
-        keep = [0, 1, 2, 3, 7, 9, 10, 11, 13]
+        keep = [0, 1, 2, 4, 8, 10, 11, 12, 13, 14, 16, 17]
         print(f"\n{source}")
-        print("  ".join(f"{header[i]:>14}" for i in keep))
-        for row in body:
-            print("  ".join(f"{row[i]:>14}" for i in keep))
+        print_table([header[i] for i in keep], [[row[i] for i in keep] for row in body])
         print(report["recommendations"][source]["text"])
+        planned = plan_table(report, source)
+        if planned:
+            print()
+            print_table(*planned)
+            print(plan_text(report, source))
         footprint_header, footprint_body = footprint_table(report, source)
         if footprint_body:
             print("  ".join(f"{h:>16}" for h in footprint_header))
@@ -218,10 +315,93 @@ def cmd_report(args) -> int:
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
     report = build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
-                          args.max_accuracy_drop, memory_budget=args.memory_budget)
+                          args.max_accuracy_drop, memory_budget=args.memory_budget, **plan_options(args))
     md, html = write_report(report, args.run_dir)
     print_summary(report)
     print(f"\nreport: {html}\n        {md}")
+    return 0
+
+
+def load_report(args) -> dict:
+    from .report import build_report, read_records
+    from .run import LoadTestError
+
+    path = args.report / "results.json"
+    if not path.is_file():
+        raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
+    if args.target_qps is not None and args.target_qps <= 0:
+        raise LoadTestError(f"--target-qps must be positive, got {args.target_qps:g}")
+    return build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
+                        args.max_accuracy_drop, **plan_options(args))
+
+
+def cmd_plan(args) -> int:
+    from .report import plan_table, plan_text
+
+    report = load_report(args)
+    for source in report["sources"]:
+        print(f"\n{source}")
+        header, body = plan_table(report, source)
+        print_table(header, body)
+        print(plan_text(report, source))
+    return 0 if any(p["lines"] for p in report["plans"].values()) else 1
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs, tables
+    from .run import LoadTestError
+
+    runs = []
+    for path in (args.baseline, args.new):
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise LoadTestError(f"cannot read {path}: {e}", hint="pass the results.json of two runs") from e
+    result = compare_runs(*runs, se_multiple=args.se_multiple, allow_points=args.allow_points, margin=args.margin)
+    for header, body in tables(result):
+        if body:
+            print()
+            print_table(header, body)
+    for line in result["missing"] + result["added"]:
+        print(line)
+    if result["accuracy_unchecked"]:
+        print("accuracy not compared: a results.json without its build-record copy (`records`; older runs)")
+    print("\nREGRESSION beyond the measured noise" if result["regressed"] else "\nno regression beyond the measured noise")
+    return 1 if result["regressed"] else 0
+
+
+def cmd_deploy(args) -> int:
+    from .deploy import DeployError, models_to_load, write_overlay
+
+    report = load_report(args)
+    sources = report["sources"]
+    source = args.model or (sources[0] if len(sources) == 1 else None)
+    if source not in sources:
+        raise DeployError(f"pick a source model with --model: the run holds {', '.join(sources)}"
+                          if source is None else f"unknown --model `{source}`", hint=f"known: {', '.join(sources)}")
+    plan = report["plans"][source]
+    lines = {line["model"]: line for line in plan["lines"]}
+    chosen = args.variant or plan["cheapest"] or report["recommendations"][source]["model"]
+    if chosen not in lines:
+        raise DeployError(f"`{chosen}` does not meet p99 <= {args.slo_p99_ms:g} ms and the budgets in this run"
+                          if chosen else report["recommendations"][source]["text"],
+                          hint="planned variants: " + (", ".join(lines) or "none"))
+    row = next(r for r in report["rows"] if r.triton_model == chosen)
+    models = models_to_load(chosen, row.entry, text_endpoint=not args.no_text_endpoint)
+    paths = write_overlay(args.out, models, lines[chosen], canary_percent=args.canary_percent,
+                          queue_ms=args.queue_ms or args.slo_p99_ms / 10, prometheus_url=args.prometheus_url,
+                          replicas=args.replicas, keda=args.keda)
+    why = "cheapest meeting SLO and budgets" if chosen == plan["cheapest"] and not args.variant else (
+        "chosen with --variant" if args.variant else "recommended")
+    line = lines[chosen]
+    print(f"`{chosen}` ({why}): {args.replicas or line['replicas']} replica(s) x {line['cores']} CPU, "
+          f"{line['memory_mib']} Mi; loads {', '.join(models)}")
+    for path in paths:
+        print(f"  wrote {path}")
+    print(f"apply: kubectl apply -k {args.out}"
+          + ("" if args.keda else "   (KEDA on queue time instead of CPU: write it with --keda)"))
     return 0
 
 

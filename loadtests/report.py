@@ -14,7 +14,16 @@ import base64
 import dataclasses
 import html
 import json
+import math
 import pathlib
+
+from builder.build import MARGINAL_SPEEDUP
+
+from . import plan as capacity
+from .intervals import Interval, merge_repeats
+
+# a step needs this many windows for its interval to tell variants apart (loadtests/intervals.py)
+MIN_WINDOWS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,11 @@ class VariantRow:
     best: dict | None  # the load step with the highest throughput
     failures: int  # over all steps
     accuracy_drop_se_points: float | None = None  # the drop's paired standard error (builder/build.py)
+    agreement: float | None = None  # top-1 agreement with fp32 on the same examples, 0..1 (fp32: 1)
+    # in-process ONNX Runtime latency relative to fp32 measured beside it (build record speedup_vs_fp32), geometric
+    # mean of batch 1 and 32 at 1 thread: 0.25 = a quarter of fp32's compute; fp32: 1
+    compute: float | None = None
+    entry: dict = dataclasses.field(default_factory=dict, repr=False)  # the build-record entry (or {})
 
 
 def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
@@ -46,11 +60,28 @@ def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
     return entries
 
 
+def relative_compute(entry: dict) -> float | None:
+    """Compute relative to fp32 from the build record: 1 / geometric mean speedup at batch 1 and 32, 1 thread
+    (fp32's own latency measured beside the variant, so machine drift between builds cancels). None without."""
+    if entry.get("variant") == "fp32":
+        return 1.0
+    speedup = entry.get("speedup_vs_fp32") or {}
+    values = [v for k, v in speedup.items() if k in ("b1_t1", "b32_t1") and v] or [v for v in speedup.values() if v]
+    return round(1.0 / math.exp(sum(map(math.log, values)) / len(values)), 4) if values else None
+
+
+def top1_agreement(entry: dict) -> float | None:
+    if entry.get("variant") == "fp32":
+        return 1.0
+    return (entry.get("agreement_with_fp32") or {}).get("top1")
+
+
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
     rows = []
     for model in results["models"]:
-        steps = [s for s in results["steps"] if s["model"] == model]
-        entry = records.get(model, {})
+        steps = [s for s in merge_repeats(results["steps"]) if s["model"] == model]
+        # the build record as the run saw it (results.json keeps a copy), else the artifacts' one now
+        entry = records.get(model) or results.get("records", {}).get(model, {})
         first = next(iter(entry.get("accuracy", {})), None)
         drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
         rows.append(VariantRow(
@@ -59,46 +90,131 @@ def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
             eval_examples=entry.get("eval_examples", {}).get(first),
             params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
             best=max(steps, key=lambda s: s["throughput"]) if steps else None,
-            failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points")))
+            failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points"),
+            agreement=top1_agreement(entry), compute=relative_compute(entry), entry=entry))
     return rows
 
 
-def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float) -> dict:
-    """The highest-throughput (variant, load step) with p99 <= SLO, no failures and accuracy drop <= budget.
+def throughput_interval(step: dict) -> Interval:
+    """The step's throughput interval over its windows; a point (n = 1) for a step without windows."""
+    interval = Interval.from_dict((step.get("interval") or {}).get("throughput"))
+    return interval or Interval(step["throughput"], step["throughput"], 1)
 
-    Returns {"model", "variant", "users", "throughput", "p99_ms", "accuracy_drop_points", "text"}; when nothing
-    qualifies, "model" is None and "text" says which constraint binds.
+
+def p99_interval(step: dict) -> Interval | None:
+    interval = Interval.from_dict((step.get("interval") or {}).get("p99_ms"))
+    return interval or (Interval(step["p99_ms"], step["p99_ms"], 1) if step.get("p99_ms") is not None else None)
+
+
+def eligible_steps(steps: list[dict], slo_p99_ms: float) -> list[dict]:
+    """Steps that can rank: p99 within the SLO, no failures, requests sent, not flagged generator-bound."""
+    return [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["failures"] == 0
+            and s["requests"] > 0 and not s.get("generator_bound")]
+
+
+def within_budgets(rows: list[VariantRow], max_accuracy_drop: float, min_agreement: float) -> set[str]:
+    return {r.triton_model for r in rows
+            if r.accuracy_drop_points is not None and r.accuracy_drop_points <= max_accuracy_drop
+            and (min_agreement <= 0 or (r.agreement is not None and r.agreement >= min_agreement))}
+
+
+def best_steps(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float,
+               min_agreement: float = 0.0) -> dict[str, dict]:
+    """{served model: its highest-throughput eligible step} of the variants within both budgets."""
+    ok = within_budgets(rows, max_accuracy_drop, min_agreement)
+    best = {}
+    for s in eligible_steps(steps, slo_p99_ms):
+        if s["model"] in ok and (s["model"] not in best or s["throughput"] > best[s["model"]]["throughput"]):
+            best[s["model"]] = s
+    return best
+
+
+def rank(rows: list[VariantRow], best: dict[str, dict]) -> tuple[str, list[str], str]:
+    """(chosen model, the models tied with the leader, why) among `best` (model -> step).
+
+    The leader has the highest served throughput; every variant whose throughput interval overlaps the leader's
+    is tied with it. Among the tied, the lowest in-process compute wins (compute within MARGINAL_SPEEDUP of the
+    lowest counts as equal: below the build's own noise), then the smaller ONNX file, then throughput.
+    """
+    by_model = {r.triton_model: r for r in rows}
+    leader = max(best, key=lambda m: best[m]["throughput"])
+    lead = throughput_interval(best[leader])
+    tied = sorted((m for m in best if throughput_interval(best[m]).overlaps(lead)),
+                  key=lambda m: -best[m]["throughput"])
+    inf = float("inf")
+    computes = [by_model[m].compute for m in tied if by_model[m].compute is not None]
+    lowest = min(computes) if computes else None
+    near = [m for m in tied if lowest is None or (by_model[m].compute is not None
+                                                  and by_model[m].compute <= lowest * (1 + MARGINAL_SPEEDUP))]
+    chosen = min(near, key=lambda m: (by_model[m].onnx_bytes or inf, -best[m]["throughput"]))
+    others = [m for m in tied if m != chosen]
+    if not others:
+        return chosen, [], "ahead of every other variant beyond the measured intervals"
+    names = ", ".join(f"`{m}`" for m in others)
+    why = f"tied with {names} on served throughput (their intervals overlap)"
+    rival = min(others, key=lambda m: by_model[m].compute if by_model[m].compute is not None else inf)
+    mine, theirs = by_model[chosen].compute, by_model[rival].compute
+    if mine and theirs and theirs > mine * (1 + MARGINAL_SPEEDUP):
+        return chosen, others, (f"{why}; chosen for {theirs / mine:.1f}x less in-process compute than `{rival}` "
+                                "(ONNX Runtime latency at batch 1 and 32, build record)")
+    small, big = by_model[chosen].onnx_bytes, min((by_model[m].onnx_bytes or inf) for m in others)
+    if small and big != inf and big > small:
+        return chosen, others, (f"{why}; in-process compute within {MARGINAL_SPEEDUP:.0%}: chosen for the smaller "
+                                f"file ({small / 1e6:.1f} MB vs {big / 1e6:.1f} MB)")
+    return chosen, others, f"{why}; chosen for the highest served throughput (compute and file size do not differ)"
+
+
+def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float,
+              min_agreement: float = 0.0) -> dict:
+    """Which variant to ship: among variants within the accuracy budget (drop <= `max_accuracy_drop` points) and
+    the agreement budget (top-1 agreement with fp32 >= `min_agreement`, 0..1), each at its highest-throughput step
+    with p99 <= SLO, no failures and not generator-bound, the leader and those tied with it (`rank`).
+
+    Returns {"model", "variant", "users", "throughput", "throughput_interval", "p99_ms", "p99_interval",
+    "accuracy_drop_points", "agreement", "tied", "reason", "text"}; when nothing qualifies, "model" is None and
+    "text" says which constraint binds.
     """
     measured = {s["model"] for s in steps}
-    by_model = {r.triton_model: r for r in rows if r.triton_model in measured}
-    accurate = {m for m, r in by_model.items()
-                if r.accuracy_drop_points is not None and r.accuracy_drop_points <= max_accuracy_drop}
-    fast = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["failures"] == 0
-            and s["requests"] > 0]
-    both = [s for s in fast if s["model"] in accurate]
-    if both:
-        best = max(both, key=lambda s: s["throughput"])
-        row = by_model[best["model"]]
-        return {"model": best["model"], "variant": row.variant, "users": best["users"],
-                "throughput": best["throughput"], "p99_ms": best["p99_ms"],
-                "accuracy_drop_points": row.accuracy_drop_points,
-                "text": (f"Ship `{best['model']}`: {best['throughput']:.1f} examples/s at {best['users']} users with "
-                         f"p99 {best['p99_ms']:.1f} ms <= {slo_p99_ms:g} ms and an accuracy drop of "
-                         f"{row.accuracy_drop_points:.2f} points <= {max_accuracy_drop:g}.")}
+    rows = [r for r in rows if r.triton_model in measured]
+    by_model = {r.triton_model: r for r in rows}
+    accurate = within_budgets(rows, max_accuracy_drop, min_agreement)
+    unranked = sorted({s["model"] for s in steps if s.get("generator_bound")})
+    fast = eligible_steps(steps, slo_p99_ms)
+    best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
+    nothing = {"model": None, "variant": None, "users": None, "throughput": None, "throughput_interval": None,
+               "p99_ms": None, "p99_interval": None, "accuracy_drop_points": None, "agreement": None, "tied": [],
+               "reason": None}
+    budget = f"drop <= {max_accuracy_drop:g} points" + (f", agreement >= {min_agreement:.0%}" if min_agreement else "")
+    if best:
+        chosen, tied, reason = rank(rows, best)
+        step, row = best[chosen], by_model[chosen]
+        throughput, p99 = throughput_interval(step), p99_interval(step)
+        measured_text = (f"windows {throughput.text()} examples/s, p99 {p99.text()} ms" if throughput.n >= MIN_WINDOWS
+                         else f"measured once ({throughput.n} window(s)): no interval, ties cannot be told")
+        agreement = f", top-1 agreement with fp32 {row.agreement:.1%}" if row.agreement is not None else ""
+        text = (f"Ship `{chosen}`: {step['throughput']:.1f} examples/s at {step['users']} users with p99 "
+                f"{step['p99_ms']:.1f} ms <= {slo_p99_ms:g} ms ({measured_text}), an accuracy drop of "
+                f"{row.accuracy_drop_points:.2f} points <= {max_accuracy_drop:g}{agreement}; {reason}.")
+        if unranked:
+            text += " Not ranked on their generator-bound steps: " + ", ".join(f"`{m}`" for m in unranked) + "."
+        return nothing | {"model": chosen, "variant": row.variant, "users": step["users"],
+                          "throughput": step["throughput"], "throughput_interval": dataclasses.asdict(throughput),
+                          "p99_ms": step["p99_ms"], "p99_interval": dataclasses.asdict(p99) if p99 else None,
+                          "accuracy_drop_points": row.accuracy_drop_points, "agreement": row.agreement,
+                          "tied": tied, "reason": reason, "text": text}
     if not accurate:
-        text = (f"No variant meets the accuracy budget (drop <= {max_accuracy_drop:g} points): the accuracy "
-                "constraint binds.")
+        text = f"No variant meets the accuracy budget ({budget}): the accuracy constraint binds."
     elif not fast:
         served = [s for s in steps if s["p99_ms"] is not None and s["requests"] > 0]
         quickest = min(served, key=lambda s: s["p99_ms"]) if served else None
-        text = (f"No variant meets p99 <= {slo_p99_ms:g} ms at any load step: the latency constraint binds"
+        text = (f"No variant meets p99 <= {slo_p99_ms:g} ms at any load step"
+                + (" that is not generator-bound" if unranked else "") + ": the latency constraint binds"
                 + (f" (lowest p99: {quickest['p99_ms']:.1f} ms, `{quickest['model']}` at {quickest['users']} users)."
                    if quickest else "."))
     else:
         text = (f"Variants meet the latency SLO ({', '.join(sorted({s['model'] for s in fast}))}) and others the "
                 f"accuracy budget ({', '.join(sorted(accurate))}), but none meets both: both constraints bind.")
-    return {"model": None, "variant": None, "users": None, "throughput": None, "p99_ms": None,
-            "accuracy_drop_points": None, "text": text}
+    return nothing | {"text": text}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -107,21 +223,57 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
             if not any(t2 >= t and a2 >= a and (t2, a2) != (t, a) for t2, a2 in points)]
 
 
+def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99_ms: float,
+               max_accuracy_drop: float, min_agreement: float, target_qps: float, prices=(),
+               headroom: float = capacity.DEFAULT_HEADROOM) -> list[dict]:
+    """The capacity plan (loadtests/plan.py) of every variant within the SLO and both budgets, from its best
+    eligible step's throughput interval, its build record's serving config and its served footprint."""
+    footprints = results.get("footprint") or {}
+    batch_size = results.get("settings", {}).get("batch_size", 1)
+    lines = []
+    for model, step in sorted(best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement).items()):
+        row = next(r for r in rows if r.triton_model == model)
+        serving = row.entry.get("serving") or {}
+        footprint = footprints.get(model) or row.entry.get("served_footprint") or {}
+        # the config's count (as the server reported it); the stubs counted can include one still ending
+        instances = footprint.get("configured_instances") or serving.get("instances") or 1
+        threads = serving.get("intra_op_threads") or 1
+        line = capacity.plan_variant(model, throughput_interval(step).low, batch_size, instances, threads,
+                                     footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,
+                                     prices=prices, users=step["users"], server_rss=results.get("server_rss_bytes"))
+        lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
+                             "agreement": row.agreement, "p99_ms": step["p99_ms"], "compute": row.compute,
+                             "interval_windows": throughput_interval(step).n})
+    return lines
+
+
 def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float,
-                 memory_budget: str | None = None) -> dict:
-    """`memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's."""
+                 memory_budget: str | None = None, min_agreement: float = 0.0, target_qps: float | None = None,
+                 prices=(), headroom: float = capacity.DEFAULT_HEADROOM) -> dict:
+    """`memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's.
+    `min_agreement` (0..1): top-1 agreement with fp32 a variant needs to be recommended. With `target_qps`
+    (requests/s), a capacity plan per source model (`plans`), costed on `prices` (loadtests/plan.py)."""
     rows = variant_rows(results, records)
     source_of = {r.triton_model: r.source for r in rows}
     sources = sorted(set(source_of.values()))
-    return {"results": results, "rows": rows, "sources": sources,
+    steps = merge_repeats(results["steps"])  # one per (model, users): repeats joined
+    steps_of = {src: [s for s in steps if source_of.get(s["model"]) == src] for src in sources}
+    rows_of = {src: [r for r in rows if r.source == src] for src in sources}
+    plans = {}
+    if target_qps:
+        for src in sources:
+            lines = plan_lines(rows_of[src], steps_of[src], results, slo_p99_ms, max_accuracy_drop, min_agreement,
+                               target_qps, prices, headroom)
+            plans[src] = {"lines": lines, "cheapest": (capacity.cheapest(lines) or {}).get("model")}
+    return {"results": results, "rows": rows, "sources": sources, "steps": steps,
             # every build-record entry of the models in the run (served or not): operator profiles, MACs by length
             "records": {m: e for m, e in records.items() if e.get("source") in sources},
-            "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop,
+            "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
             "memory_budget": memory_budget or results.get("memory_budget") or "16GB",
+            "target_qps": target_qps, "headroom": headroom, "plans": plans, "priced": bool(prices),
             # accuracy only compares within one model: one recommendation per source model
-            "recommendations": {src: recommend([r for r in rows if r.source == src],
-                                               [s for s in results["steps"] if source_of.get(s["model"]) == src],
-                                               slo_p99_ms, max_accuracy_drop) for src in sources}}
+            "recommendations": {src: recommend(rows_of[src], steps_of[src], slo_p99_ms, max_accuracy_drop,
+                                               min_agreement) for src in sources}}
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------
@@ -131,7 +283,7 @@ def plot_latency_throughput(report: dict, source: str, path: pathlib.Path) -> No
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for row in (r for r in report["rows"] if r.source == source):
-        steps = sorted((s for s in report["results"]["steps"] if s["model"] == row.triton_model and s["p99_ms"]),
+        steps = sorted((s for s in report["steps"] if s["model"] == row.triton_model and s["p99_ms"]),
                        key=lambda s: s["users"])
         if steps:
             ax.plot([s["throughput"] for s in steps], [s["p99_ms"] for s in steps], marker="o", label=row.variant)
@@ -248,10 +400,16 @@ def _num(value, digits: int = 1, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value * scale:,.{digits}f}"
 
 
+def _interval(interval: Interval | None, digits: int = 1) -> str:
+    return "-" if interval is None or interval.n < 2 else interval.text(digits)
+
+
 def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
     # Δ is paired: fp32 on exactly the examples the variant was measured on, which may be fewer than fp32's own
-    header = ["variant", "accuracy %", "on examples", "Δ pts vs fp32 ± se", "size MB", "params M", "MMACs", "p50 ms", "p95 ms", "p99 ms",
-              "max examples/s", "at users", "batch", "failures"]
+    header = ["variant", "accuracy %", "agreement %", "on examples", "Δ pts vs fp32 ± se", "size MB", "params M",
+              "MMACs", "compute vs fp32", "p50 ms", "p99 ms", "p99 windows", "max examples/s", "windows",
+              "at users", "batch", "failures", "verdict"]
+    choice = report["recommendations"][source]
     body = []
     for r in (r for r in report["rows"] if r.source == source):
         best = r.best or {}
@@ -259,12 +417,63 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
         delta = _num(None if r.accuracy_drop_points is None else 0.0 - r.accuracy_drop_points, 2)
         if r.accuracy_drop_se_points:
             delta += f" ± {r.accuracy_drop_se_points:.2f}"
-        body.append([r.variant, _num(r.accuracy, 2, 100), str(r.eval_examples or "-"), delta,
-                     _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
-                     _num(best.get("p50_ms")), _num(best.get("p95_ms")), _num(best.get("p99_ms")),
-                     _num(best.get("throughput")), str(best.get("users", "-")), _num(server.get("realised_batch"), 2),
-                     str(r.failures)])
+        verdict = ("chosen" if r.triton_model == choice["model"] else
+                   "tied" if r.triton_model in choice.get("tied", []) else "")
+        body.append([r.variant, _num(r.accuracy, 2, 100), _num(r.agreement, 1, 100), str(r.eval_examples or "-"),
+                     delta, _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
+                     _num(r.compute, 2), _num(best.get("p50_ms")), _num(best.get("p99_ms")),
+                     _interval(p99_interval(best)) if best else "-", _num(best.get("throughput")),
+                     _interval(throughput_interval(best)) if best else "-", str(best.get("users", "-")),
+                     _num(server.get("realised_batch"), 2), str(r.failures), verdict])
     return header, body
+
+
+SUMMARY_NOTE = ("agreement = top-1 agreement with fp32 on the same test examples (build record); compute vs fp32 "
+                "= in-process ONNX Runtime latency relative to fp32 measured beside it, geometric mean of batch 1 "
+                "and 32 at 1 thread (build record); p99 and max examples/s: the variant's highest-throughput step, "
+                "Locust's figures over the whole step; windows = min..max over the step's equal windows after "
+                "every user started (loadtests/intervals.py). Variants whose throughput windows overlap the "
+                "leader's are tied; ties go to lower compute, then the smaller file.")
+
+
+def plan_table(report: dict, source: str) -> tuple[list[str], list[list[str]]] | None:
+    plan = report.get("plans", {}).get(source)
+    if not plan:
+        return None
+    header = ["variant", "at users", "req/s per replica (interval low)", "replicas", "HPA max", "cores/replica",
+              "memory/replica MiB", "cheapest instance type", "nodes", "$/h", "$ per 1M requests"]
+    body = []
+    for line in plan["lines"]:
+        cost = line["cheapest"] or {}
+        body.append([line["variant"] + (" (cheapest)" if line["model"] == plan["cheapest"] else ""),
+                     str(line["users"]), _num(line["capacity_rps"]), str(line["replicas"]), str(line["max_replicas"]),
+                     str(line["cores"]), str(line["memory_mib"] or "-"), cost.get("instance_type", "-"),
+                     str(cost.get("nodes", "-")), _num(cost.get("usd_per_hour"), 2),
+                     _num(cost.get("usd_per_million_requests"), 3)])
+    return header, body
+
+
+def plan_text(report: dict, source: str) -> str:
+    plan = report["plans"][source]
+    head = (f"Capacity for {report['target_qps']:g} requests/s with p99 <= {report['slo_p99_ms']:g} ms: replicas "
+            f"at {1 - report['headroom']:.0%} of the lower bound of each variant's measured throughput interval "
+            f"(headroom {report['headroom']:.0%}); HPA max: replicas for twice the target; cores = instances x "
+            "ONNX Runtime threads of the config; memory = instances x measured resident memory per instance "
+            f"x {1 + capacity.DEFAULT_MEMORY_MARGIN:g}"
+            + (f" + the server process's {report['results']['server_rss_bytes'] / 2**20:.0f} MiB (measured with "
+               "every model of the run loaded)." if report["results"].get("server_rss_bytes") else
+               " (the server process itself was not measured in this run: add it).")
+            )
+    if not plan["lines"]:
+        return head + " No variant meets the SLO and the budgets: nothing to plan."
+    if plan["cheapest"]:
+        line = next(l for l in plan["lines"] if l["model"] == plan["cheapest"])
+        head += (f" Cheapest variant meeting SLO and accuracy: `{line['model']}`, {line['replicas']} replica(s) on "
+                 f"{line['cheapest']['nodes']} x {line['cheapest']['instance_type']}, "
+                 f"${line['cheapest']['usd_per_hour']:.2f}/h.")
+    elif not report.get("priced"):
+        head += " No costs: pass --prices (see loadtests/prices.example.yaml)."
+    return head + " " + capacity.CAVEAT
 
 
 def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[list[str], list[list[str]]]:
@@ -296,15 +505,18 @@ FOOTPRINT_NOTE = ("Deployment footprint: load s = Triton's load request to READY
 
 
 def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "queue ms",
-              "infer ms", "batch", "CPU %", "raw data"]
+    header = ["model", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "examples/s windows",
+              "p99 windows", "queue ms", "infer ms", "batch", "CPU %", "ranked", "raw data"]
     body = []
     for s in report["results"]["steps"]:
         server = s.get("server") or {}
-        body.append([s["model"], str(s["users"]), str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
-                     _num(s["p50_ms"]), _num(s["p90_ms"]), _num(s["p99_ms"]), _num(server.get("queue_ms"), 2),
+        body.append([s["model"], str(s["users"]) + (f" (repeat {s['repeat']})" if s.get("repeat") else ""),
+                     str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
+                     _num(s["p50_ms"]), _num(s["p90_ms"]), _num(s["p99_ms"]), _interval(throughput_interval(s)),
+                     _interval(p99_interval(s)), _num(server.get("queue_ms"), 2),
                      _num(server.get("compute_infer_ms"), 2), _num(server.get("realised_batch"), 2),
-                     _num(s.get("cpu_utilization"), 0, 100), f"raw/{s['raw']['locust_stats']}"])
+                     _num(s.get("cpu_utilization"), 0, 100), "no: generator-bound" if s.get("generator_bound") else "yes",
+                     f"raw/{s['raw']['locust_stats']}"])
     return header, body
 
 
@@ -359,7 +571,9 @@ def context_lines(report: dict) -> list[str]:
              "here are lower bounds for a dedicated server.",
              f"Budget: p99 <= {report['slo_p99_ms']:g} ms, accuracy drop <= {report['max_accuracy_drop']:g} points "
              "(vs fp32 on the same test examples, from the build record; ± its paired standard error: a drop "
-             "within about two of those is not told apart from noise on that many examples).",
+             "within about two of those is not told apart from noise on that many examples)"
+             + (f", top-1 agreement with fp32 >= {report['min_agreement']:.0%}" if report.get("min_agreement") else "")
+             + ".",
              f"Run {results['started_at']} to {results.get('finished_at', '?')}"
              + ("" if results.get("complete") else " (interrupted: partial results)") + "."]
     return lines
@@ -388,9 +602,15 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
     body = [f"<h1>Which variant to ship</h1><ul>{''.join(f'<li>{html.escape(l)}</li>' for l in context_lines(report))}</ul>"]
     for source in report["sources"]:
         advice = report["recommendations"][source]["text"]
-        md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), ""]
+        md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), "",
+               f"*{SUMMARY_NOTE}*", ""]
         body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
-                 html_table(*summary_table(report, source))]
+                 html_table(*summary_table(report, source)), f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>"]
+        planned = plan_table(report, source)
+        if planned:
+            md += [f"### {source}: capacity plan", "", markdown_table(*planned), "", plan_text(report, source), ""]
+            body += [f"<h3>{html.escape(source)}: capacity plan</h3>", html_table(*planned),
+                     f"<p>{html.escape(plan_text(report, source))}</p>"]
         footprint = footprint_table(report, source)
         if footprint[1]:
             md += [markdown_table(*footprint), "", f"*{FOOTPRINT_NOTE}*", ""]

@@ -19,9 +19,11 @@ import time
 
 from builder.errors import BuilderError, unknown_name
 
-from . import metrics
+from . import intervals, metrics
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
+# records each request's end time and response time, so a step splits into windows (loadtests/intervals.py)
+WINDOWS_PLUGIN = pathlib.Path(__file__).with_name("locust_windows.py")
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 # Triton may answer a request over HTTP a moment before its /metrics counters include it: a scrape right after the
 # last response once counted one request fewer than Locust had
@@ -42,6 +44,12 @@ class LoadSettings:
     workers: int = 0  # 0: one Locust process; N: a master and N workers
     split: str = "test"
     tokens: int = 0  # text models: 0 = real mix of lengths; N = every request cut to N tokens (batchable)
+    # equal windows per step, for the throughput and p99 intervals (loadtests/intervals.py); the report calls
+    # variants tied when their intervals overlap, and needs at least 3 to rank with intervals
+    windows: int = 3
+    # runs of every step, interleaved (all models and steps once, then again): the windows of all repeats make the
+    # interval, so it also holds what changes from one Locust run to the next; costs `repeats` x the time
+    repeats: int = 1
 
     @property
     def mode(self) -> str:
@@ -88,15 +96,18 @@ def check_target(target: Target, models: list[str]) -> list[str]:
 
 
 def locust_commands(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
-                    stats: pathlib.Path, errors: pathlib.Path) -> list[list[str]]:
-    """The Locust command lines of one step: [single] or [master, worker, ...]."""
-    common = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", target.url(settings.protocol),
+                    stats: pathlib.Path, errors: pathlib.Path,
+                    windows: pathlib.Path | None = None) -> list[list[str]]:
+    """The Locust command lines of one step: [single] or [master, worker, ...]. With `windows`, the windows
+    plugin runs too and writes its slots there."""
+    files = f"{LOCUSTFILE},{WINDOWS_PLUGIN}" if windows else str(LOCUSTFILE)
+    common = [sys.executable, "-m", "locust", "-f", files, "--host", target.url(settings.protocol),
               "--model", model, "--batch-size", str(settings.batch_size), "--arrival-rate", str(settings.arrival_rate),
               "--artifacts", str(artifacts.resolve()), "--split", settings.split, "--tokens", str(settings.tokens),
               "--loglevel", "WARNING"]
     run = ["--headless", "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "2",
            "--json-file", str(stats.resolve().with_suffix("")), "--errors-json", str(errors.resolve()), "--only-summary",
-           "--exit-code-on-error", "0"]
+           "--exit-code-on-error", "0"] + (["--windows-json", str(windows.resolve())] if windows else [])
     if settings.workers == 0:
         return [common + run]
     from builder.server import free_port
@@ -166,9 +177,11 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     """One load step; its raw Locust files are kept under `raw/`."""
     stem = f"{model}_u{users}{label}"
     stats, errors, log = raw / f"{stem}_locust.json", raw / f"{stem}_errors.json", raw / f"{stem}_locust.log"
-    for path in (stats, errors, log):
-        path.unlink(missing_ok=True)
-    commands = locust_commands(target, model, users, settings, artifacts, stats, errors)
+    windows = raw / f"{stem}_windows.json" if settings.windows else None
+    for path in (stats, errors, log, windows):
+        if path:
+            path.unlink(missing_ok=True)
+    commands = locust_commands(target, model, users, settings, artifacts, stats, errors, windows)
     before = scrape_model(target, model)
     with metrics.CpuSampler(target.metrics_url) as cpu:
         run_locust(commands, log, timeout=settings.duration_s + 90)
@@ -176,7 +189,9 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     after = scrape_model(target, model)
     if not stats.is_file():
         raise LoadTestError(f"Locust wrote no stats for {model} at {users} users", hint=f"see {log}")
-    figures = locust_figures(json.loads(stats.read_text()), model, settings.batch_size)
+    entries = json.loads(stats.read_text())
+    figures = locust_figures(entries, model, settings.batch_size)
+    figures |= window_figures(entries, model, windows, settings)
     error_rows = json.loads(errors.read_text()) if errors.is_file() else []
     if figures["requests"] == 0:  # the users never got to send: say why (Locust logs the exception)
         lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
@@ -184,9 +199,25 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     step = {"model": model, "users": users, **figures,
             "errors": [{"message": e["error"], "count": e["occurrences"]} for e in error_rows],
             "server": metrics.step_figures(before, after) if before and after else None,
-            "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name},
-            "command": " ".join(commands[0][1:]).replace(str(LOCUSTFILE), "loadtests/locustfile.py")}
+            "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name}
+            | ({"windows": windows.name} if windows and windows.is_file() else {}),
+            "command": " ".join(commands[0][1:]).replace(str(LOCUSTFILE), "loadtests/locustfile.py")
+            .replace(str(WINDOWS_PLUGIN), "loadtests/locust_windows.py")}
     return step
+
+
+def window_figures(entries: list[dict], model: str, windows: pathlib.Path | None, settings: LoadSettings) -> dict:
+    """{"windows": [...], "interval": {...}} of one step from the plugin's file (loadtests/intervals.py): the
+    step from the moment every user ran to its last request, cut into `settings.windows` equal windows. Empty
+    when the step had no windows file or too few requests."""
+    entry = next((e for e in entries if e["name"] == model), None)
+    if windows is None or not windows.is_file() or entry is None or not entry["num_requests"]:
+        return {}
+    recorded = json.loads(windows.read_text())
+    start = max(entry["start_time"], recorded.get("spawned_at") or 0.0)
+    cut = intervals.split_windows(recorded, start, entry["last_request_timestamp"], settings.windows,
+                                  settings.batch_size)
+    return {"windows": cut, "interval": intervals.step_intervals(cut)} if cut else {}
 
 
 def scrape_model(target: Target, model: str) -> dict | None:
@@ -238,8 +269,8 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                "load_generator": (f"{settings.workers} Locust worker process(es) and a master"
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
                "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
-               "memory_budget": memory_budget, "footprint": {}}
-    total = len(models) * len(settings.users)
+               "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models)}
+    total = len(models) * len(settings.users) * settings.repeats
     try:
         if footprint:
             from builder.footprint import measure_models, write_footprint
@@ -247,12 +278,17 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
             results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
             for model, measured in results["footprint"].items():
                 write_footprint(artifacts, model, measured)
+            results["server_rss_bytes"] = server_rss(models)
             write_results(results, out)
-        for model in models:
+        for repeat, model in ((r, m) for r in range(1, settings.repeats + 1) for m in models):
             for users in settings.users:
                 progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
-                         f"{settings.protocol}, {settings.duration_s:g} s ...")
-                step = run_step(target, model, users, settings, artifacts, raw)
+                         f"{settings.protocol}, {settings.duration_s:g} s"
+                         + (f", repeat {repeat}/{settings.repeats}" if settings.repeats > 1 else "") + " ...")
+                step = run_step(target, model, users, settings, artifacts, raw,
+                                label=f"_r{repeat}" if settings.repeats > 1 else "")
+                if settings.repeats > 1:
+                    step["repeat"] = repeat
                 results["steps"].append(step)
                 write_results(results, out)
                 if step["requests"] == 0:
@@ -260,7 +296,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
                          f"  failures {step['failures']}"
                          + (f"  batch {step['server']['realised_batch']}" if step["server"] else ""))
-            if perf_analyzer is True or model in perf_analyzer:
+            if repeat == settings.repeats and (perf_analyzer is True or model in perf_analyzer):
                 results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
         results["complete"] = True
@@ -268,6 +304,36 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_results(results, out)
     return results
+
+
+# what the report, the plan and the regression gate read from a build record, copied into results.json so a run
+# can be compared with another without the artifacts it was built from
+RECORD_KEYS = ("source", "variant", "triton_model", "accuracy", "accuracy_drop_points", "accuracy_drop_se_points",
+               "eval_examples", "agreement_with_fp32", "params", "macs", "onnx_bytes", "latency_p50_ms",
+               "speedup_vs_fp32", "serving", "text_endpoint", "built_at")
+
+
+def record_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dict]:
+    from .report import read_records
+
+    records = read_records(artifacts)
+    return {m: {k: records[m][k] for k in RECORD_KEYS if k in records[m]} for m in models if m in records}
+
+
+def server_rss(models: list[str]) -> int | None:
+    """Resident memory of the tritonserver process serving `models` on this machine (found as the parent named
+    in its Python-backend stubs' arguments), with every model of the run loaded; None when it runs elsewhere.
+    The capacity plan adds it to each replica's memory: the footprint counts only the instances' stubs."""
+    from builder.footprint import FootprintError, find_stubs, process_memory
+
+    for model in models:
+        for stub in find_stubs(model):
+            if stub.server_pid:
+                try:
+                    return process_memory(stub.server_pid)["rss"]
+                except FootprintError:
+                    return None
+    return None
 
 
 def fmt(value) -> str:

@@ -6,6 +6,7 @@ import html.parser
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ def command_lines() -> list[str]:
 
 
 def locust_processes() -> list[str]:
-    return [line for line in command_lines() if "loadtests/locustfile.py" in line]
+    # this checkout's only: other checkouts on a shared machine run their own
+    return [line for line in command_lines() if f"{ROOT}/loadtests/locustfile.py" in line]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -61,6 +63,14 @@ def test_a_short_run_records_what_locust_and_triton_counted(protocol, built, ser
     assert abs(step["server"]["server_requests"] - step["requests"]) <= 3
     assert step["server"]["executions"] > 0 and step["server"]["realised_batch"] >= 1.0
     assert step["server"]["compute_infer_ms"] > 0
+    # three equal windows after every user started, within the step: an interval around the figures
+    windows = step["windows"]
+    assert len(windows) == 3 and sum(w["requests"] for w in windows) <= step["requests"]
+    assert all(w["requests"] > 0 and w["p99_ms"] > 0 for w in windows)
+    assert max(w["seconds"] for w in windows) - min(w["seconds"] for w in windows) <= 0.05 + 1e-9
+    interval = step["interval"]
+    assert interval["throughput"]["low"] <= interval["throughput"]["high"] and interval["throughput"]["n"] == 3
+    assert interval["p99_ms"]["low"] <= step["p99_ms"] * 1.5 and (tmp_path / "raw" / step["raw"]["windows"]).is_file()
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["steps"][0]["requests"] == step["requests"]
     assert (tmp_path / "results.csv").read_text().splitlines()[1].startswith(f"{MODEL},2,{step['requests']},")
@@ -198,3 +208,52 @@ def test_ctrl_c_stops_locust_and_the_server_and_keeps_partial_results(built, tmp
     assert results["complete"] is False
     assert not locust_processes()
     assert servers_on(built["repository"]) == servers_before  # the one it started is gone, the session's is not
+
+
+def loadtests_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadtests", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_real_run_plans_gates_and_deploys(built, server, tmp_path):
+    """A short real run of the digits model (footprint included): the plan sizes it, the gate passes it against
+    itself and fails a made-up regression of it, and the overlay for it renders and loads only it."""
+    import yaml
+
+    settings = LoadSettings(users=(1, 2), duration_s=3)
+    run = tmp_path / "run"
+    results = run_load([MODEL], target_of(server), settings, built["artifacts"], run, progress=lambda _: None,
+                       footprint=True, repository=built["repository"])
+    assert all(len(s["windows"]) == 3 for s in results["steps"])
+    assert results["records"][MODEL]["accuracy"] == built["records"][MODEL]["accuracy"]
+
+    plan = loadtests_cli("plan", "--report", run, "--artifacts", built["artifacts"], "--target-qps", 2000,
+                         "--slo-p99-ms", 1000, "--prices", ROOT / "loadtests" / "prices.example.yaml")
+    assert plan.returncode == 0, plan.stderr
+    assert "Cheapest variant meeting SLO and accuracy: `digits_fp32`" in plan.stdout and "re-measure" in plan.stdout.lower()
+
+    same = loadtests_cli("compare", run / "results.json", run / "results.json")
+    assert same.returncode == 0 and "no regression" in same.stdout, same.stdout + same.stderr
+    worse = json.loads((run / "results.json").read_text())
+    for s in worse["steps"]:  # a made-up regression: half the throughput, every window below the baseline's
+        s["interval"]["throughput"] = {k: v / 2 if k != "n" else v for k, v in s["interval"]["throughput"].items()}
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    gate = loadtests_cli("compare", run / "results.json", tmp_path / "worse.json")
+    assert gate.returncode == 1 and "REGRESSED: throughput" in gate.stdout, gate.stdout + gate.stderr
+
+    out = tmp_path / "deploy"
+    deploy = loadtests_cli("deploy", "--report", run, "--artifacts", built["artifacts"], "--target-qps", 500,
+                           "--slo-p99-ms", 1000, "--out", out)
+    assert deploy.returncode == 0, deploy.stderr
+    line = json.loads((out / "plan.json").read_text())
+    assert line["model"] == MODEL and line["memory_mib"] > 0
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH: the overlay was written but not rendered")
+    rendered = subprocess.run([kubectl, "kustomize", str(out)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--load-model")] == [f"--load-model={MODEL}"]
+    assert deployment["spec"]["replicas"] == line["replicas"]
