@@ -41,6 +41,7 @@ class BuildContext:
     teacher: object = None
     progress: Callable[[str], None] = print
     notes: dict = field(default_factory=dict)
+    max_accuracy_drop: float | None = None  # the build's accuracy gate, points: steps that search (int8) aim at it
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     splits = load_splits(spec, workdir)
     step("loading model")
     model = resolve_callable(spec.factory, spec.source)(workdir)
-    context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step)
+    context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
+                           max_accuracy_drop=gates.max_accuracy_drop)
     torch_steps = [(s, c) for s, c in zip(plan, configs) if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
     fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},

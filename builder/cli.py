@@ -146,6 +146,12 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
                   + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
               "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread)")
+    for e in rows:  # int8's accuracy search, as INC prints its tuning: only when it had to revert nodes
+        search = e.get("notes", {}).get("int8_search")
+        if search and len(search["trials"]) > 1:
+            print(f"\n{e['triton_model']}: int8 accuracy search on `{search['split']}` ({search['examples']} examples, "
+                  f"budget {search['budget_points']} points vs fp32 {search['fp32_accuracy']:.4f}):")
+            print("\n".join("  " + line for line in search["table"]))
     for variant, command in failed:
         print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
 

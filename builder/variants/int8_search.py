@@ -1,0 +1,99 @@
+"""The accuracy-aware search of `int8`: quantize everything, and when the validation drop exceeds the budget, return
+the nodes that hurt most to float until it fits (Intel Neural Compressor's `tolerable_loss` with per-op fallback,
+NNCF's `quantize_with_accuracy_control`).
+
+Ranking is leave-one-out on the validation split: for each quantized node, the model quantized with all but that
+node, scored by the accuracy it recovers and then by how much closer its metric output comes to the float model's
+(mean squared error), so nodes that flip no prediction on their own are still ordered by the error they carry.
+One quantization per node: cheap for CNNs and small MLPs, minutes for a transformer's ~40 MatMuls (the ranking only
+runs when full int8 breaks the budget). Then trial k returns the `group` x k worst nodes to float, until the drop
+fits or `max_trials` is spent. Each trial's b1 latency is measured, so the record shows what each revert cost.
+
+The search is a function of three callables (quantize, evaluate, speed) so its logic is tested without ONNX.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Score:
+    accuracy: float  # on the search split, 0..1
+    error: float  # mean squared error of the metric output against the float model's
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    reverted: tuple  # node names returned to float in this trial (the cumulative set)
+    accuracy: float
+    drop_points: float  # against fp32 on the search split
+    b1_ms: float
+
+
+def rank_nodes(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
+               evaluate: Callable[[pathlib.Path], Score], progress=print) -> list[tuple[str, Score]]:
+    """Leave-one-out: each candidate with the model quantized except it; worst (most recovered) first."""
+    scored = []
+    for i, node in enumerate(candidates, 1):
+        score = evaluate(quantize([node]))
+        scored.append((node, score))
+        progress(f"int8 search: ranking {i}/{len(candidates)} {node}: accuracy {score.accuracy:.4f} "
+                 f"error {score.error:.3g} without it")
+    return sorted(scored, key=lambda item: (-item[1].accuracy, item[1].error))
+
+
+def search(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
+           evaluate: Callable[[pathlib.Path], Score], speed: Callable[[pathlib.Path], float],
+           reference_accuracy: float, max_drop_points: float, max_trials: int = 10, group: int = 1,
+           progress=print) -> tuple[pathlib.Path, list[Trial], list[tuple[str, Score]]]:
+    """Quantize all `candidates`; while the drop against `reference_accuracy` exceeds `max_drop_points`, revert the
+    worst-ranked ones, `group` more per trial, at most `max_trials` trials after the full one.
+
+    `quantize(reverted)` writes a model with those nodes in float and returns its path (a new path per call);
+    `evaluate(path)` scores it; `speed(path)` is its latency in ms. Returns the chosen model (the first within
+    budget, else the last tried), every trial (trial 0: nothing reverted), and the ranking ([] when not needed).
+    """
+    def trial(number: int, reverted: list[str]) -> tuple[pathlib.Path, Trial]:
+        path = quantize(reverted)
+        score = evaluate(path)
+        drop = round((reference_accuracy - score.accuracy) * 100, 2)
+        result = Trial(number, tuple(reverted), score.accuracy, drop, speed(path))
+        progress(f"int8 search: trial {number}: {len(reverted)} node(s) in float, accuracy {score.accuracy:.4f}, "
+                 f"drop {drop:.2f} points (budget {max_drop_points}), b1 {result.b1_ms:.3f} ms")
+        return path, result
+
+    path, first = trial(0, [])
+    trials = [first]
+    if first.drop_points <= max_drop_points or not candidates:
+        return path, trials, []
+    ranking = rank_nodes(candidates, quantize, evaluate, progress)
+    order = [node for node, _ in ranking]
+    for number in range(1, max_trials + 1):
+        count = min(group * number, len(order))
+        path, result = trial(number, order[:count])
+        trials.append(result)
+        if result.drop_points <= max_drop_points or count == len(order):
+            break
+    return path, trials, ranking
+
+
+def tuning_table(trials: list[Trial], float_nodes_total: int) -> list[str]:
+    """INC-style lines: trial, nodes reverted (and the newest ones), accuracy, drop, speed."""
+    lines = [f"{'trial':>5} {'float':>5}/{float_nodes_total:<5} {'accuracy':>8} {'drop':>6} {'b1 ms':>8}  reverted"]
+    previous: tuple = ()
+    for t in trials:
+        new = [n for n in t.reverted if n not in previous]
+        lines.append(f"{t.number:5} {len(t.reverted):5}/{float_nodes_total:<5} {t.accuracy:8.4f} {t.drop_points:6.2f} "
+                     f"{t.b1_ms:8.3f}  " + (("+ " + ", ".join(new)) if new else "-"))
+        previous = t.reverted
+    return lines
+
+
+def output_error(outputs: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean((outputs.astype(np.float64) - reference.astype(np.float64)) ** 2))
