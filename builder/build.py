@@ -121,7 +121,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     with np.load(workdir / "fp32" / "outputs.npz") as saved:
         reference = {k: saved[k][index] for k in saved.files}
     step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
-    from .measure import agreement, latency_table
+    from .measure import agreement, gzip_bytes, latency_table
 
     latency = latency_table(onnx_path, spec, splits[first])
     fp32_latency = fp32_latency_table(workdir, spec, splits[first], latency if variant == "fp32" else None)
@@ -154,6 +154,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "agreement_with_fp32": agreement(spec, outputs[first], reference),
         **torch_facts,
         "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_gzip_bytes": gzip_bytes(onnx_path),
         "latency_p50_ms": latency,
         "fp32_latency_p50_ms": fp32_latency,
         "speedup_vs_fp32": speedup,

@@ -174,6 +174,14 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     floating = outputs_of(prepared)
     fp32_file = context.workdir / "fp32" / "model.onnx"
     reference = score(metric, {metric.output: outputs_of(fp32_file) if fp32_file.is_file() else floating}, split.labels)
+    float_drop = round((reference - score(metric, {metric.output: floating}, split.labels)) * 100, 2)
+    if float_drop > budget:  # e.g. a distilled student already below the gate: no float node could win it back
+        context.progress(f"int8 search: skipped, the float model before int8 already drops {float_drop:.2f} points "
+                         f"vs fp32 on `{spec.validation_split}` (budget {budget})")
+        quantize(output, excluded)
+        return output, {"split": spec.validation_split, "examples": len(split), "budget_points": budget,
+                        "fp32_accuracy": reference, "skipped": f"the float model already drops {float_drop} points",
+                        "reverted": [], "trials": []}
     scratch = context.out / "int8_search"
     scratch.mkdir(exist_ok=True)
     counter = iter(range(10**6))
@@ -201,7 +209,7 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
             context.progress(line)
     return output, {
         "split": spec.validation_split, "examples": len(split), "budget_points": budget,
-        "fp32_accuracy": reference, "quantized_nodes": len(candidates), "within_budget": last.drop_points <= budget,
+        "fp32_accuracy": reference, "float_drop_points": float_drop, "quantized_nodes": len(candidates), "within_budget": last.drop_points <= budget,
         "reverted": list(last.reverted),
         "trials": [{"trial": t.number, "reverted": len(t.reverted), "new": [n for n in t.reverted
                     if n not in (trials[i - 1].reverted if i else ())], "accuracy": t.accuracy,

@@ -1,0 +1,145 @@
+"""Compression techniques of builder/variants: int8's accuracy search, weight clustering, achieved vs peak."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from builder.variants import int8_search
+
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def fake_quantizer(harm: dict):
+    """quantize/evaluate over names only: accuracy 1 - the harm of every node still quantized."""
+    made = []
+
+    def quantize(reverted):
+        made.append(tuple(reverted))
+        return made[-1]
+
+    def evaluate(reverted):
+        return int8_search.Score(1.0 - sum(h for n, h in harm.items() if n not in reverted), 0.0)
+
+    return quantize, evaluate, made
+
+
+def test_search_reverts_the_worst_nodes_first_and_stops_within_budget():
+    harm = {"a": 0.001, "b": 0.30, "c": 0.002, "d": 0.05}
+    quantize, evaluate, _ = fake_quantizer(harm)
+    chosen, trials, ranking = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0,
+                                                 progress=lambda m: None)
+    assert [n for n, _ in ranking][:2] == ["b", "d"]
+    assert set(chosen) == {"b", "d"}  # a + c cost 0.3 points together: within the 1-point budget
+    assert trials[-1].drop_points <= 1.0 and len(trials) == 3
+
+
+def test_search_does_nothing_when_full_int8_fits():
+    quantize, evaluate, made = fake_quantizer({"a": 0.001})
+    _, trials, ranking = int8_search.search(["a"], quantize, evaluate, lambda p: 1.0, 1.0, 1.0, progress=lambda m: None)
+    assert len(trials) == 1 and ranking == [] and made == [()]
+
+
+def test_search_stops_at_the_trial_bound():
+    harm = {n: 0.1 for n in "abcdef"}
+    quantize, evaluate, _ = fake_quantizer(harm)
+    _, trials, _ = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0, max_trials=2,
+                                      progress=lambda m: None)
+    assert len(trials) == 3 and trials[-1].drop_points > 1.0  # trial 0 + 2: the bound, not the budget, ended it
+
+
+def test_search_reverts_in_groups():
+    harm = {n: 0.1 for n in "abcdef"}
+    quantize, evaluate, _ = fake_quantizer(harm)
+    _, trials, _ = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0, group=4,
+                                      progress=lambda m: None)
+    assert [len(t.reverted) for t in trials] == [0, 4, 6]
+
+
+def build(spec_path, variants, tmp_path, drop=1.0):
+    from builder.build import Gates, build_variant
+    from builder.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return {v: build_variant(spec, v, tmp_path / "repo", tmp_path / "art", gates=Gates(drop, force=True),
+                             progress=lambda m: None) for v in variants}
+
+
+def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path):
+    import onnx
+
+    entries = build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32", "int8"], tmp_path)
+    search = entries["int8"]["notes"]["int8_search"]
+    assert search["trials"][0]["drop_points"] > 10  # full int8 breaks the gate on this fixture
+    assert search["within_budget"] and entries["int8"]["accuracy_drop_points"] <= 1.0
+    # fewer float nodes than "everything excluded": only the layer behind the huge-range activations
+    assert search["reverted"] == ["node_linear_3"] and search["quantized_nodes"] == 4
+    graph = onnx.load(entries["int8"]["version_dir"] + "/model.onnx").graph
+    assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 3
+    assert [t["reverted"] for t in search["trials"]] == [0, 1]
+
+
+def test_int8_search_is_off_without_a_budget_and_by_option(tmp_path):
+    from builder.build import BuildContext
+    from builder.data import load_splits
+    from builder.spec import load_spec
+    from builder.variants import steps
+
+    spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
+    build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32"], tmp_path)
+    workdir = tmp_path / "art" / spec.name
+    for budget, options in ((None, {}), (1.0, {"int8": {"accuracy_search": False}})):
+        out = tmp_path / f"out{budget}"
+        out.mkdir()
+        context = BuildContext(spec, workdir, load_splits(spec, workdir), out, progress=lambda m: None,
+                               max_accuracy_drop=budget)
+        step = steps("int8")[0]
+        step.module.apply(workdir / "fp32" / "model.onnx", context, step.config(options))
+        assert "int8_search" not in context.notes and context.notes["int8_excluded_nodes"] == []
+
+
+def test_kmeans_leaves_at_most_k_values_and_keeps_the_extremes():
+    from builder.variants.clustered import kmeans_1d
+
+    values = np.random.default_rng(0).normal(size=5000).astype(np.float32)
+    values[0] = 9.0  # a rare large weight: linear initialisation keeps a centroid near it
+    centroids, index = kmeans_1d(values, 16)
+    assert len(centroids) <= 16 and index.max() < len(centroids)
+    assert abs(centroids[index[0]] - 9.0) < 1.0
+    assert np.abs(centroids[index] - values).mean() < 0.1
+
+
+def test_packed_indices_take_half_a_byte_each():
+    from builder.variants.clustered import pack_indices
+
+    index = np.random.default_rng(0).integers(0, 16, size=101).astype(np.uint8)
+    packed = pack_indices(index, 16)
+    assert len(packed) == 51
+    unpacked = np.stack([packed >> 4, packed & 15], 1).reshape(-1)[:101]
+    assert (unpacked == index).all()
+
+
+def test_clustered_onnx_holds_k_values_per_layer_and_compresses_better(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    entries = build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32", "clustered"], tmp_path)
+    entry = entries["clustered"]
+    notes = entry["notes"]["clustered"]
+    assert notes["tensors"] == 3 and notes["fine_tuned"]  # the 16x32-and-larger weights; 32x3 (96) stays float
+    graph = onnx.load(entry["version_dir"] + "/model.onnx").graph
+    big = [numpy_helper.to_array(t) for t in graph.initializer if numpy_helper.to_array(t).size >= 256]
+    assert len(big) == 3 and all(len(np.unique(w)) <= 16 for w in big)
+    assert entry["onnx_gzip_bytes"] < 0.6 * entries["fp32"]["onnx_gzip_bytes"]
+    assert notes["artifact_bytes"] < 0.6 * entries["fp32"]["onnx_gzip_bytes"]
+    # the layer behind the 1e4 channel keeps its exact zeros (and stays frozen): no leak into the logits
+    assert entry["accuracy_drop_points"] <= 5.0
+
+
+def test_kmeans_keeps_pruned_zeros_exactly_zero():
+    from builder.variants.clustered import kmeans_1d
+
+    values = np.random.default_rng(0).normal(size=4000).astype(np.float32)
+    values[::2] = 0.0  # half the weights pruned
+    centroids, index = kmeans_1d(values, 16)
+    assert (centroids[index[values == 0]] == 0).all() and len(centroids) == 16
