@@ -166,6 +166,11 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    from .roofline import achieved, machine_peak, precision_of
+
+    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
+    entry["cpu_isa"] = peak["isa"]
+    entry["roofline"] = achieved(entry["macs"], latency, peak, precision_of(variant))
     from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")

@@ -143,3 +143,53 @@ def test_kmeans_keeps_pruned_zeros_exactly_zero():
     values[::2] = 0.0  # half the weights pruned
     centroids, index = kmeans_1d(values, 16)
     assert (centroids[index[values == 0]] == 0).all() and len(centroids) == 16
+
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse2 avx avx2 fma bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse2 avx avx2 fma bmi2
+"""
+
+
+def test_isa_is_read_from_cpuinfo_flags():
+    from builder.roofline import cpu_isa
+
+    isa = cpu_isa(CPUINFO)
+    assert isa == {"model": "AMD EPYC 7B13", "flags": ["avx2", "fma"], "summary": "AVX2 (no VNNI)"}
+    vnni = cpu_isa(CPUINFO.replace("bmi2", "bmi2 avx512f avx512_vnni"))
+    assert vnni["summary"] == "AVX-512 VNNI" and "avx512_vnni" in vnni["flags"]
+    assert cpu_isa("")["summary"] == "unknown"
+
+
+def test_achieved_fraction_is_flops_over_the_peak_of_the_same_threads_and_precision():
+    from builder.roofline import achieved, precision_of
+
+    peak = {"gflops": {"fp32": {"1": 100.0, "2": 200.0}, "int8": {"1": 400.0, "2": 800.0}}}
+    # 1e6 MACs = 2e6 FLOPs in 0.1 ms = 20 GFLOP/s; batch 32 in 1 ms = 64 GFLOP/s
+    result = achieved(1_000_000, {"b1_t1": 0.1, "b32_t2": 1.0}, peak, "fp32")["by_latency"]
+    assert result["b1_t1"] == {"gflops": 20.0, "fraction_of_peak": 0.2}
+    assert result["b32_t2"] == {"gflops": 64.0, "fraction_of_peak": 0.32}
+    assert achieved(1_000_000, {"b1_t1": 0.1}, peak, "int8")["by_latency"]["b1_t1"]["fraction_of_peak"] == 0.05
+    assert [precision_of(v) for v in ("int8", "distilled+int8-static", "qat", "fp16", "clustered")] == [
+        "int8", "int8", "int8", "fp32", "fp32"]
+
+
+def test_machine_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from builder import roofline
+
+    calls = []
+    monkeypatch.setattr(roofline, "gemm_flops", lambda precision, threads: calls.append(precision) or 1e11)
+    first = roofline.machine_peak(tmp_path, progress=lambda m: None)
+    again = roofline.machine_peak(tmp_path, progress=lambda m: None)
+    assert first == again and len(calls) == 2 * len(roofline.thread_counts())
+    assert first["gflops"]["fp32"]["1"] == 100.0
+
+
+def test_the_gemm_peak_is_a_real_measurement():
+    from builder.roofline import gemm_flops
+
+    for precision in ("fp32", "int8"):
+        assert 1e8 < gemm_flops(precision, 1, size=256, runs=3) < 1e13  # a CPU core: 0.1 GFLOP/s .. 10 TFLOP/s
