@@ -26,6 +26,9 @@ from ..errors import VariantError
 STAGE = "onnx"
 METHODS = ("auto", "dynamic", "static")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+RANKINGS = ("auto", "leave-one-out", "sqnr")
+LEAVE_ONE_OUT_MAX = 24  # nodes; beyond, auto ranks a static graph by SQNR in one pass
+SQNR_EXAMPLES = 32  # validation examples the SQNR pass stores every activation of
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
 
 
@@ -42,6 +45,9 @@ class Config:
     max_trials: int = 10  # revert trials after the full int8 one
     search_group: int = 1  # nodes returned to float per trial
     search_examples: int = 512  # validation examples the search scores on (spread over the split)
+    # how quantized nodes are ordered: leave-one-out (one quantization per node), sqnr (static only: one pass of
+    # ONNX Runtime's qdq_loss_debug), auto (leave-one-out up to LEAVE_ONE_OUT_MAX nodes, else sqnr when static)
+    ranking: str = "auto"
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -50,6 +56,8 @@ class Config:
             raise VariantError(f"int8: calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if self.calibration_examples < 1:
             raise VariantError(f"int8: calibration_examples must be >= 1, got {self.calibration_examples}")
+        if self.ranking not in RANKINGS:
+            raise VariantError(f"int8: ranking must be one of {RANKINGS}, got {self.ranking!r}")
         if self.max_trials < 1 or self.search_group < 1 or self.search_examples < 1:
             raise VariantError("int8: max_trials, search_group and search_examples must be >= 1, got "
                                f"{self.max_trials}, {self.search_group}, {self.search_examples}")
@@ -63,6 +71,9 @@ class SplitReader:
 
     def get_next(self):
         return next(self._batches, None)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader instead
+        return self._batches
 
 
 def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
@@ -197,9 +208,24 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     batch1 = fixed_batch(spec, split, 1)
     full = quantize_reverting([])
     candidates = quantized_nodes(onnx.load(str(prepared)), onnx.load(str(full)))
+    static = any(n.op_type == "DequantizeLinear" for n in onnx.load(str(full)).graph.node)
+    ranking_method = config.ranking
+    if ranking_method == "auto":
+        ranking_method = "sqnr" if static and len(candidates) > LEAVE_ONE_OUT_MAX else "leave-one-out"
+    if ranking_method == "sqnr" and not static:
+        raise VariantError("int8: ranking `sqnr` needs a static (QDQ) graph; dynamic quantization has no "
+                           "activations to compare", hint="use ranking: leave-one-out, or method: static")
+
+    def rank_sqnr(full_path: pathlib.Path):
+        context.progress(f"int8 search: ranking {len(candidates)} nodes by quantization SQNR (qdq_loss_debug, "
+                         f"{SQNR_EXAMPLES} examples)")
+        return int8_search.rank_by_sqnr(node_tensors(onnx.load(str(prepared)), candidates),
+                                        activation_sqnr(full_path, split.spread(SQNR_EXAMPLES), spec, scratch))
+
     chosen, trials, ranking = int8_search.search(
         candidates, quantize_reverting, evaluate, lambda path: latency_p50_ms(path, batch1, 1), reference,
-        budget, config.max_trials, config.search_group, context.progress)
+        budget, config.max_trials, config.search_group, context.progress,
+        rank=rank_sqnr if ranking_method == "sqnr" else None)
     shutil.move(str(chosen), str(output))
     shutil.rmtree(scratch)
     last = trials[-1]
@@ -214,7 +240,31 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
         "trials": [{"trial": t.number, "reverted": len(t.reverted), "new": [n for n in t.reverted
                     if n not in (trials[i - 1].reverted if i else ())], "accuracy": t.accuracy,
                     "drop_points": t.drop_points, "b1_ms": t.b1_ms} for i, t in enumerate(trials)],
-        "ranking": [{"node": n, "accuracy_without": s.accuracy, "error_without": s.error} for n, s in ranking],
+        "ranking_method": ranking_method if len(trials) > 1 else None,
+        "ranking": [{"node": n, **figures} for n, figures in ranking],
         "speed_cost_b1": round(last.b1_ms / trials[0].b1_ms, 3) if trials[0].b1_ms else None,
         "table": table,
     }
+
+
+def node_tensors(prepared, names: list[str]) -> dict[str, list[str]]:
+    """Each named node's input and output tensor names."""
+    wanted = set(names)
+    return {n.name: [*n.input, *n.output] for n in prepared.graph.node if n.name in wanted}
+
+
+def activation_sqnr(qdq_file: pathlib.Path, split, spec, scratch: pathlib.Path) -> dict[str, float]:
+    """SQNR (dB) of every quantized activation of a QDQ model: the tensor before its QuantizeLinear against the
+    value after its DequantizeLinear, over `split` (ONNX Runtime's qdq_loss_debug)."""
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    augmented = scratch / "sqnr_augmented.onnx"
+    modify_model_output_intermediate_tensors(str(qdq_file), str(augmented))
+    # one example at a time: trimmed sequences differ in length, and the pass keeps every activation
+    activations = collect_activations(str(augmented), SplitReader(split, spec.sequence_mask, batch_size=1))
+    matching = create_activation_matching(activations)
+    augmented.unlink(missing_ok=True)
+    return {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
+            for name, m in matching.items() if m.get("pre_qdq") is not None and m.get("post_qdq") is not None}

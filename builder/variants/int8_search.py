@@ -2,11 +2,13 @@
 the nodes that hurt most to float until it fits (Intel Neural Compressor's `tolerable_loss` with per-op fallback,
 NNCF's `quantize_with_accuracy_control`).
 
-Ranking is leave-one-out on the validation split: for each quantized node, the model quantized with all but that
-node, scored by the accuracy it recovers and then by how much closer its metric output comes to the float model's
-(mean squared error), so nodes that flip no prediction on their own are still ordered by the error they carry.
-One quantization per node: cheap for CNNs and small MLPs, minutes for a transformer's ~40 MatMuls (the ranking only
-runs when full int8 breaks the budget). Then trial k returns the `group` x k worst nodes to float, until the drop
+Ranking, by default leave-one-out on the validation split: for each quantized node, the model quantized with all
+but that node, scored by the accuracy it recovers and then by how much closer its metric output comes to the float
+model's (mean squared error), so nodes that flip no prediction on their own are still ordered by the error they
+carry. One quantization per node: cheap for CNNs and small MLPs, minutes for a transformer (the ranking only runs
+when full int8 breaks the budget). For static QDQ graphs with many nodes, one pass of ONNX Runtime's
+qdq_loss_debug instead: the signal-to-quantization-noise ratio of every quantized activation, each node scored by
+the worst one it touches (`rank_by_sqnr`). Then trial k returns the `group` x k worst nodes to float, until the drop
 fits or `max_trials` is spent. Each trial's b1 latency is measured, so the record shows what each revert cost.
 
 The search is a function of three callables (quantize, evaluate, speed) so its logic is tested without ONNX.
@@ -37,7 +39,7 @@ class Trial:
 
 
 def rank_nodes(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
-               evaluate: Callable[[pathlib.Path], Score], progress=print) -> list[tuple[str, Score]]:
+               evaluate: Callable[[pathlib.Path], Score], progress=print) -> list[tuple[str, dict]]:
     """Leave-one-out: each candidate with the model quantized except it; worst (most recovered) first."""
     scored = []
     for i, node in enumerate(candidates, 1):
@@ -45,19 +47,32 @@ def rank_nodes(candidates: list[str], quantize: Callable[[list[str]], pathlib.Pa
         scored.append((node, score))
         progress(f"int8 search: ranking {i}/{len(candidates)} {node}: accuracy {score.accuracy:.4f} "
                  f"error {score.error:.3g} without it")
-    return sorted(scored, key=lambda item: (-item[1].accuracy, item[1].error))
+    scored.sort(key=lambda item: (-item[1].accuracy, item[1].error))
+    return [(node, {"accuracy_without": s.accuracy, "error_without": s.error}) for node, s in scored]
+
+
+def rank_by_sqnr(node_tensors: dict[str, list[str]], sqnr_db: dict[str, float]) -> list[tuple[str, dict]]:
+    """One pass instead of one quantization per node (static QDQ): each node scored by the lowest signal-to-
+    quantization-noise ratio (dB, from ONNX Runtime's qdq_loss_debug) among the quantized activations it reads or
+    writes; lowest first. Nodes none of whose tensors were measured come last."""
+    scored = [(node, min((sqnr_db[t] for t in tensors if t in sqnr_db), default=float("inf")))
+              for node, tensors in node_tensors.items()]
+    scored.sort(key=lambda item: item[1])
+    return [(node, {"sqnr_db": round(db, 2) if db != float("inf") else None}) for node, db in scored]
 
 
 def search(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
            evaluate: Callable[[pathlib.Path], Score], speed: Callable[[pathlib.Path], float],
            reference_accuracy: float, max_drop_points: float, max_trials: int = 10, group: int = 1,
-           progress=print) -> tuple[pathlib.Path, list[Trial], list[tuple[str, Score]]]:
+           progress=print, rank: Callable[[pathlib.Path], list[tuple[str, dict]]] | None = None,
+           ) -> tuple[pathlib.Path, list[Trial], list[tuple[str, dict]]]:
     """Quantize all `candidates`; while the drop against `reference_accuracy` exceeds `max_drop_points`, revert the
     worst-ranked ones, `group` more per trial, at most `max_trials` trials after the full one.
 
     `quantize(reverted)` writes a model with those nodes in float and returns its path (a new path per call);
-    `evaluate(path)` scores it; `speed(path)` is its latency in ms. Returns the chosen model (the first within
-    budget, else the last tried), every trial (trial 0: nothing reverted), and the ranking ([] when not needed).
+    `evaluate(path)` scores it; `speed(path)` is its latency in ms; `rank(full_int8_path)` orders the candidates,
+    worst first (default: leave-one-out, `rank_nodes`). Returns the chosen model (the first within budget, else
+    the last tried), every trial (trial 0: nothing reverted), and the ranking ([] when not needed).
     """
     def trial(number: int, reverted: list[str]) -> tuple[pathlib.Path, Trial]:
         path = quantize(reverted)
@@ -72,8 +87,8 @@ def search(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
     trials = [first]
     if first.drop_points <= max_drop_points or not candidates:
         return path, trials, []
-    ranking = rank_nodes(candidates, quantize, evaluate, progress)
-    order = [node for node, _ in ranking]
+    ranking = rank(path) if rank else rank_nodes(candidates, quantize, evaluate, progress)
+    order = [node for node, _ in ranking if node in candidates]
     for number in range(1, max_trials + 1):
         count = min(group * number, len(order))
         path, result = trial(number, order[:count])
