@@ -218,3 +218,30 @@ def test_int8_static_search_by_sqnr_runs_on_a_qdq_graph(tmp_path):
     # SQNR measures each tensor's own rounding error: the huge channel dominates the norm of the harmful tensor,
     # so it looks clean (measured: ranked 6th of 7) and the search needs more trials than leave-one-out's one
     assert search["within_budget"] and len(search["reverted"]) < search["quantized_nodes"]
+
+
+def test_group_lasso_pruning_trains_sparse_then_removes_channels(tmp_path, monkeypatch):
+    import torch
+    import torch_pruning as tp
+
+    from builder.build import BuildContext
+    from builder.data import load_splits
+    from builder.spec import load_spec, resolve_callable
+    from builder.variants import steps
+
+    spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
+    workdir = tmp_path / spec.name
+    model = resolve_callable(spec.factory, spec.source)(workdir)
+    context = BuildContext(spec, workdir, load_splits(spec, workdir), tmp_path, teacher=model,
+                           progress=lambda m: None)
+    calls = []
+    regularize = tp.pruner.GroupNormPruner.regularize
+    monkeypatch.setattr(tp.pruner.GroupNormPruner, "regularize",
+                        lambda self, module, *a, **k: calls.append(1) or regularize(self, module, *a, **k))
+    step = steps("pruned")[0]
+    config = step.config({"pruned": {"importance": "group-lasso", "sparse_epochs": 2, "sparse_reg": 0.1,
+                                     "train_epochs": 1}})
+    pruned = step.module.apply(model, context, config)
+    assert len(calls) == 2 * 128 // 32  # every step of the sparse phase (128 examples, batch 32, 2 epochs)
+    widths = [m.out_features for m in pruned.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [16, 16, 16, 3] and context.notes["group_lasso"]["reg"] == 0.1
