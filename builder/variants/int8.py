@@ -43,7 +43,7 @@ class Config:
     exclude_nodes: tuple = ()
     accuracy_search: bool = True  # with a build accuracy budget: return the worst nodes to float until it fits
     max_trials: int = 10  # revert trials after the full int8 one
-    search_group: int = 1  # nodes returned to float per trial
+    search_group: int = 1  # nodes returned to float in the first revert trial, doubled each trial until it fits
     search_examples: int = 512  # validation examples the search scores on (spread over the split)
     # how quantized nodes are ordered: leave-one-out (one quantization per node), sqnr (static only: one pass of
     # ONNX Runtime's qdq_loss_debug), auto (leave-one-out up to LEAVE_ONE_OUT_MAX nodes, else sqnr when static)
@@ -228,7 +228,7 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
         rank=rank_sqnr if ranking_method == "sqnr" else None)
     shutil.move(str(chosen), str(output))
     shutil.rmtree(scratch)
-    last = trials[-1]
+    last = int8_search.chosen_trial(trials, budget)
     table = int8_search.tuning_table(trials, len(candidates))
     if len(trials) > 1:
         for line in ["int8 search (validation split, drop vs fp32 in points):", *table]:

@@ -8,8 +8,8 @@ model's (mean squared error), so nodes that flip no prediction on their own are 
 carry. One quantization per node: cheap for CNNs and small MLPs, minutes for a transformer (the ranking only runs
 when full int8 breaks the budget). For static QDQ graphs with many nodes, one pass of ONNX Runtime's
 qdq_loss_debug instead: the signal-to-quantization-noise ratio of every quantized activation, each node scored by
-the worst one it touches (`rank_by_sqnr`). Then trial k returns the `group` x k worst nodes to float, until the drop
-fits or `max_trials` is spent. Each trial's b1 latency is measured, so the record shows what each revert cost.
+the worst one it touches (`rank_by_sqnr`). Then the worst `group`, 2 x `group`, 4 x `group`, ... nodes return to
+float until the drop fits, and bisection finds the smallest such count, within `max_trials` trials. Each trial's b1 latency is measured, so the record shows what each revert cost.
 
 The search is a function of three callables (quantize, evaluate, speed) so its logic is tested without ONNX.
 """
@@ -67,12 +67,13 @@ def search(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
            progress=print, rank: Callable[[pathlib.Path], list[tuple[str, dict]]] | None = None,
            ) -> tuple[pathlib.Path, list[Trial], list[tuple[str, dict]]]:
     """Quantize all `candidates`; while the drop against `reference_accuracy` exceeds `max_drop_points`, revert the
-    worst-ranked ones, `group` more per trial, at most `max_trials` trials after the full one.
+    worst-ranked ones, doubling from `group` until it fits, then bisecting to the fewest that fit, at most
+    `max_trials` trials after the full one.
 
     `quantize(reverted)` writes a model with those nodes in float and returns its path (a new path per call);
     `evaluate(path)` scores it; `speed(path)` is its latency in ms; `rank(full_int8_path)` orders the candidates,
-    worst first (default: leave-one-out, `rank_nodes`). Returns the chosen model (the first within budget, else
-    the last tried), every trial (trial 0: nothing reverted), and the ranking ([] when not needed).
+    worst first (default: leave-one-out, `rank_nodes`). Returns the chosen model (the one within budget with the fewest
+    float nodes, else the last tried), every trial (trial 0: nothing reverted), and the ranking ([] when not needed).
     """
     def trial(number: int, reverted: list[str]) -> tuple[pathlib.Path, Trial]:
         path = quantize(reverted)
@@ -89,12 +90,27 @@ def search(candidates: list[str], quantize: Callable[[list[str]], pathlib.Path],
         return path, trials, []
     ranking = rank(path) if rank else rank_nodes(candidates, quantize, evaluate, progress)
     order = [node for node, _ in ranking if node in candidates]
+    # the worst `count` nodes in float: `group`, 2 x `group`, 4 x ... until the drop fits (a transformer's 200
+    # static nodes in 6 trials from 8), then bisection between the last count that failed and the first that fit
+    failing, fitting, best = 0, None, None
+    count = min(group, len(order))
     for number in range(1, max_trials + 1):
-        count = min(group * number, len(order))
-        path, result = trial(number, order[:count])
+        candidate_path, result = trial(number, order[:count])
         trials.append(result)
-        if result.drop_points <= max_drop_points or count == len(order):
-            break
+        if result.drop_points <= max_drop_points:
+            fitting, best = count, candidate_path
+        else:
+            failing, path = count, candidate_path
+        if fitting is None:
+            if count == len(order):
+                break
+            count = min(count * 2, len(order))
+        else:
+            if fitting - failing <= 1:
+                break
+            count = (failing + fitting) // 2
+    if best is not None:
+        return best, trials, ranking
     return path, trials, ranking
 
 
@@ -112,3 +128,9 @@ def tuning_table(trials: list[Trial], float_nodes_total: int) -> list[str]:
 
 def output_error(outputs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean((outputs.astype(np.float64) - reference.astype(np.float64)) ** 2))
+
+
+def chosen_trial(trials: list[Trial], max_drop_points: float) -> Trial:
+    """The trial `search` chose: within budget with the fewest float nodes, else the last."""
+    fitting = [t for t in trials if t.drop_points <= max_drop_points]
+    return min(fitting, key=lambda t: len(t.reverted)) if fitting else trials[-1]

@@ -34,6 +34,16 @@ def test_search_reverts_the_worst_nodes_first_and_stops_within_budget():
     assert trials[-1].drop_points <= 1.0 and len(trials) == 3
 
 
+def test_search_doubles_then_bisects_to_the_fewest_float_nodes():
+    harm = {**{f"big{i}": 0.05 for i in range(5)}, **{f"small{i}": 0.001 for i in range(7)}}
+    quantize, evaluate, _ = fake_quantizer(harm)
+    chosen, trials, _ = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0,
+                                           progress=lambda m: None)
+    assert [len(t.reverted) for t in trials] == [0, 1, 2, 4, 8, 6, 5]
+    assert sorted(chosen) == [f"big{i}" for i in range(5)]
+    assert int8_search.chosen_trial(trials, 1.0).reverted == chosen
+
+
 def test_search_does_nothing_when_full_int8_fits():
     quantize, evaluate, made = fake_quantizer({"a": 0.001})
     _, trials, ranking = int8_search.search(["a"], quantize, evaluate, lambda p: 1.0, 1.0, 1.0, progress=lambda m: None)
@@ -51,9 +61,9 @@ def test_search_stops_at_the_trial_bound():
 def test_search_reverts_in_groups():
     harm = {n: 0.1 for n in "abcdef"}
     quantize, evaluate, _ = fake_quantizer(harm)
-    _, trials, _ = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0, group=4,
-                                      progress=lambda m: None)
-    assert [len(t.reverted) for t in trials] == [0, 4, 6]
+    chosen, trials, _ = int8_search.search(list(harm), quantize, evaluate, lambda p: 1.0, 1.0, 1.0, group=4,
+                                           progress=lambda m: None)
+    assert [len(t.reverted) for t in trials] == [0, 4, 6, 5] and len(chosen) == 6  # only all six in float fit
 
 
 def build(spec_path, variants, tmp_path, drop=1.0):
