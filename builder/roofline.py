@@ -27,6 +27,7 @@ import numpy as np
 
 GEMM_SIZE = 1024
 PEAK_RUNS = 10
+PEAK_SECONDS = 2.0
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -80,7 +81,8 @@ def _gemm_model(precision: str, size: int):
 
 
 def gemm_flops(precision: str, threads: int, size: int = GEMM_SIZE, runs: int = PEAK_RUNS) -> float:
-    """Best FLOP/s (2 x size^3 per run) of one size^3 GEMM in ONNX Runtime with `threads` intra-op threads."""
+    """Best FLOP/s (2 x size^3 per run) of one size^3 GEMM in ONNX Runtime with `threads` intra-op threads. On a
+    machine shared with other work it is a lower bound of the peak (a variant's fraction can then exceed 1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -95,11 +97,13 @@ def gemm_flops(precision: str, threads: int, size: int = GEMM_SIZE, runs: int = 
         feeds = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8),
                  "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
     session.run(None, feeds)  # warm-up: packing, thread pool start
-    best = float("inf")
-    for _ in range(runs):
+    best, began, done = float("inf"), time.perf_counter(), 0
+    # the best of at least `runs` runs and PEAK_SECONDS: on a shared machine only the uncontended runs show the peak
+    while done < runs or time.perf_counter() - began < PEAK_SECONDS:
         started = time.perf_counter()
         session.run(None, feeds)
         best = min(best, time.perf_counter() - started)
+        done += 1
     return 2.0 * size ** 3 / best
 
 

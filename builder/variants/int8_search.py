@@ -120,8 +120,10 @@ def tuning_table(trials: list[Trial], float_nodes_total: int) -> list[str]:
     previous: tuple = ()
     for t in trials:
         new = [n for n in t.reverted if n not in previous]
+        back = len([n for n in previous if n not in t.reverted])  # bisection: these are quantized again
+        change = ("+ " + ", ".join(new)) if new else (f"{back} quantized again" if back else "-")
         lines.append(f"{t.number:5} {len(t.reverted):5}/{float_nodes_total:<5} {t.accuracy:8.4f} {t.drop_points:6.2f} "
-                     f"{t.b1_ms:8.3f}  " + (("+ " + ", ".join(new)) if new else "-"))
+                     f"{t.b1_ms:8.3f}  " + change)
         previous = t.reverted
     return lines
 
