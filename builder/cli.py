@@ -135,19 +135,33 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
         splits = list(rows[0]["accuracy"])
         print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
               + f" {'drop':>6} {'±se':>5} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
-              f" {'s':>5}  gate")
+              f" {'%pk1':>5} {'%pk32':>5} {'s':>5}  gate")
         for e in rows:
             print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
                   + f" {e['accuracy_drop_points']:6.2f} {e.get('accuracy_drop_se_points', 0):5.2f}"
                   f" {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
                   f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"
                   f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
+                  f" {peak_percent(e, 'b1_t1'):>5} {peak_percent(e, 'b32_t1'):>5}"
                   f" {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
                   + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
-              "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread)")
+              "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread; %pk: achieved FLOP/s as % of "
+              "this machine's measured GEMM peak of the variant's precision, batch 1 and 32, 1 thread"
+              + (f"; CPU {rows[0]['cpu_isa']['summary']}" if rows[0].get("cpu_isa") else "") + ")")
+    for e in rows:  # int8's accuracy search, as INC prints its tuning: only when it had to revert nodes
+        search = e.get("notes", {}).get("int8_search")
+        if search and len(search["trials"]) > 1:
+            print(f"\n{e['triton_model']}: int8 accuracy search on `{search['split']}` ({search['examples']} examples, "
+                  f"budget {search['budget_points']} points vs fp32 {search['fp32_accuracy']:.4f}):")
+            print("\n".join("  " + line for line in search["table"]))
     for variant, command in failed:
         print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
+
+
+def peak_percent(entry: dict, key: str) -> str:
+    roofline = entry.get("roofline", {}).get("by_latency", {}).get(key)
+    return "-" if roofline is None else f"{roofline['fraction_of_peak'] * 100:.1f}"
 
 
 def cmd_serve(args) -> int:

@@ -8,6 +8,8 @@ variants perform the same multiply-accumulates in lower precision, so they inher
 
 from __future__ import annotations
 
+import gzip
+import pathlib
 import time
 
 import numpy as np
@@ -90,3 +92,9 @@ def agreement(spec, outputs: dict, reference: dict) -> dict:
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
             result[f"cosine_{t.name}"] = float(np.mean(cos))
     return result
+
+
+def gzip_bytes(path: pathlib.Path) -> int:
+    """Size of the file after gzip at level 6: what a download or a registry layer carries (clustered weights take
+    few distinct values, so they compress far better than fp32's)."""
+    return len(gzip.compress(pathlib.Path(path).read_bytes(), compresslevel=6))

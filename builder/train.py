@@ -87,9 +87,11 @@ def _rendezvous() -> None:
 
 
 def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
-          what: str = "training", augment: Callable | None = None):
+          what: str = "training", augment: Callable | None = None, after_backward: Callable | None = None):
     """Train `model` in place on `split`; `loss_fn(model, inputs: dict of tensors, labels: tensor) -> scalar`.
     `augment(batch: dict of arrays, rng) -> batch` changes each batch first (e.g. `shift_images`).
+    `after_backward(model)` runs between each backward pass and optimizer step, on the gradients (e.g. a
+    sparsity regularizer that adds its own gradient, as Torch-Pruning's GroupNormPruner.regularize does).
 
     Returns the trained model in eval mode. Raises VariantError when the loss becomes NaN or infinite.
     """
@@ -130,6 +132,8 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
                 raise VariantError(f"{what}: the loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
                                    "training diverged", hint="lower the learning rate (training: {lr: ...})")
             engine.backward(loss)
+            if after_backward is not None:
+                after_backward(model)
             if config.schedule == "cosine":
                 done = max(step / total_steps, (time.perf_counter() - started) / config.max_seconds)
                 for group in optimizer.param_groups:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from ..errors import VariantError, unknown_name
-from . import distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd
+from . import clustered, distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ VARIANTS = {
     "reparam": [Step(reparam)],  # MobileOne-style student, branches folded into one conv per block
     "embed-factorized": [Step(embed_factorized)],  # ALBERT's factorized embedding
     "shared": [Step(shared)],  # ALBERT's cross-layer sharing
+    "clustered": [Step(clustered)],  # k-means weight sharing: dense ONNX, far smaller compressed
     # min-max calibration: the activation ranges QAT trained with are min-max ranges too
     "qat": [Step(qat), Step(int8, {"method": "static", "calibration": "minmax"})],
 }

@@ -7,6 +7,11 @@ static when the graph has convolutions and dynamic otherwise. quant_pre_process 
 optimisation) runs first, as ONNX Runtime recommends. Nodes listed in `exclude_nodes`, of an op type in
 `exclude_op_types`, or (with `exclude_last`) the last MatMul/Gemm/Conv - the classifier, whose errors flip
 predictions directly - stay in float; the record lists them.
+
+With an accuracy budget (`builder build --max-accuracy-drop`, the build's own gate) and `accuracy_search` on, a
+quantized model whose drop against fp32 on the validation split exceeds the budget is searched: the nodes that hurt
+most return to float until it fits (builder/variants/int8_search.py). The record's `int8_search` holds the ranking,
+every trial (reverted nodes, accuracy, b1 latency) and the speed the reverts cost.
 """
 
 from __future__ import annotations
@@ -14,11 +19,16 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import VariantError
 
 STAGE = "onnx"
 METHODS = ("auto", "dynamic", "static")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+RANKINGS = ("auto", "leave-one-out", "sqnr")
+LEAVE_ONE_OUT_MAX = 24  # nodes; beyond, auto ranks a static graph by SQNR in one pass
+SQNR_EXAMPLES = 32  # validation examples the SQNR pass stores every activation of
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
 
 
@@ -31,6 +41,16 @@ class Config:
     exclude_last: bool = False
     exclude_op_types: tuple = ()
     exclude_nodes: tuple = ()
+    accuracy_search: bool = True  # with a build accuracy budget: return the worst nodes to float until it fits
+    max_trials: int = 10  # revert trials after the full int8 one
+    search_group: int = 1  # nodes returned to float in the first revert trial, doubled each trial until it fits
+    search_examples: int = 512  # validation examples the search scores on (spread over the split)
+    # how quantized nodes are ordered: leave-one-out (one quantization per node), sqnr (static only: one pass of
+    # ONNX Runtime's qdq_loss_debug), auto (leave-one-out up to LEAVE_ONE_OUT_MAX nodes, else sqnr when static)
+    ranking: str = "auto"
+    # points the search keeps in reserve below the gate: it fits on the validation split, the gate judges the
+    # first evaluation split, and a drop that just fits on one can exceed on the other (MiniLM static: 0.78 vs 1.57)
+    search_margin: float = 0.0
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -39,6 +59,13 @@ class Config:
             raise VariantError(f"int8: calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if self.calibration_examples < 1:
             raise VariantError(f"int8: calibration_examples must be >= 1, got {self.calibration_examples}")
+        if self.search_margin < 0:
+            raise VariantError(f"int8: search_margin must be >= 0 points, got {self.search_margin}")
+        if self.ranking not in RANKINGS:
+            raise VariantError(f"int8: ranking must be one of {RANKINGS}, got {self.ranking!r}")
+        if self.max_trials < 1 or self.search_group < 1 or self.search_examples < 1:
+            raise VariantError("int8: max_trials, search_group and search_examples must be >= 1, got "
+                               f"{self.max_trials}, {self.search_group}, {self.search_examples}")
 
 
 class SplitReader:
@@ -49,6 +76,9 @@ class SplitReader:
 
     def get_next(self):
         return next(self._batches, None)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader instead
+        return self._batches
 
 
 def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
@@ -83,23 +113,164 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
         raise VariantError(f"int8: exclude_nodes names nodes the graph does not have: {unknown}",
                            hint="node names are those of the ONNX graph after quant_pre_process")
     output = context.out / "model.int8.onnx"
-    if method == "dynamic":
-        quantize_dynamic(str(prepared), str(output), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=excluded)
-    else:
+    calibration = None
+    if method == "static":
         split = context.splits.get(context.spec.calibration_split)
         if split is None or len(split) == 0:
             raise VariantError(f"int8-static needs calibration data: split `{context.spec.calibration_split}` is "
                                "missing or empty", hint="set calibration_split in the model spec")
-        reader = SplitReader(split.spread(config.calibration_examples), context.spec.sequence_mask)
-        method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}[config.calibration]
-        # activations uint8 + weights int8 (U8S8): the fast path of ONNX Runtime's x86 integer kernels
-        quantize_static(str(prepared), str(output), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=config.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=method_enum, nodes_to_exclude=excluded,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        calibration = split.spread(config.calibration_examples)
+
+    gemms = {n.name for n in nodes if n.op_type == "Gemm"}
+
+    def quantize(target: pathlib.Path, excluded_nodes: list[str]) -> pathlib.Path:
+        if method == "dynamic":
+            # dynamic quantization first rewrites each Gemm as `<name>_MatMul` + Add and then matches the
+            # exclusions against the new names: name both, or an excluded Gemm is quantized anyway
+            gemm_names = [f"{n}_MatMul" for n in excluded_nodes if n in gemms]
+            quantize_dynamic(str(prepared), str(target), per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[*excluded_nodes, *gemm_names])
+        else:
+            reader = SplitReader(calibration, context.spec.sequence_mask)
+            method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                           "percentile": CalibrationMethod.Percentile}[config.calibration]
+            # activations uint8 + weights int8 (U8S8): the fast path of ONNX Runtime's x86 integer kernels
+            quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=config.per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=method_enum, nodes_to_exclude=excluded_nodes,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return target
+
+    budget = getattr(context, "max_accuracy_drop", None)
+    if config.accuracy_search and budget is not None:
+        output, search_notes = searched(quantize, prepared, excluded, output, context, config,
+                                        max(budget - config.search_margin, 0.0))
+        excluded = excluded + list(search_notes["reverted"])
+        context.notes["int8_search"] = search_notes
+    else:
+        quantize(output, excluded)
     context.notes.update({"int8_method": method, "int8_excluded_nodes": excluded,
                           "int8_calibration": config.calibration if method == "static" else None})
     prepared.unlink(missing_ok=True)
     return output
+
+
+def quantized_nodes(prepared, quantized) -> list[str]:
+    """Names of the prepared graph's nodes that quantization changed: replaced by an integer op (dynamic: the node
+    is gone under its name) or fed through a DequantizeLinear (static QDQ)."""
+    kept = {n.name: n for n in quantized.graph.node}
+    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    found = []
+    for node in prepared.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if node.name not in kept or any(i in dequantized for i in kept[node.name].input):
+            found.append(node.name)
+    return found
+
+
+def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: pathlib.Path, context, config: Config,
+             budget: float) -> tuple[pathlib.Path, dict]:
+    """Quantize with the accuracy search of int8_search against fp32 on the validation split; the chosen model is
+    moved to `output`. Returns it and the record's notes."""
+    import shutil
+
+    import onnx
+
+    from ..evaluate import onnx_predictor, onnx_session, run_split, score
+    from ..measure import fixed_batch, latency_p50_ms
+    from . import int8_search
+
+    spec = context.spec
+    split = context.splits[spec.validation_split].spread(config.search_examples)
+    metric = spec.metric
+
+    def outputs_of(path) -> np.ndarray:
+        return run_split(onnx_predictor(onnx_session(path)), split, spec.sequence_mask)[metric.output]
+
+    floating = outputs_of(prepared)
+    fp32_file = context.workdir / "fp32" / "model.onnx"
+    reference = score(metric, {metric.output: outputs_of(fp32_file) if fp32_file.is_file() else floating}, split.labels)
+    float_drop = round((reference - score(metric, {metric.output: floating}, split.labels)) * 100, 2)
+    if float_drop > budget:  # e.g. a distilled student already below the gate: no float node could win it back
+        context.progress(f"int8 search: skipped, the float model before int8 already drops {float_drop:.2f} points "
+                         f"vs fp32 on `{spec.validation_split}` (budget {budget})")
+        quantize(output, excluded)
+        return output, {"split": spec.validation_split, "examples": len(split), "budget_points": budget,
+                        "fp32_accuracy": reference, "skipped": f"the float model already drops {float_drop} points",
+                        "reverted": [], "trials": []}
+    scratch = context.out / "int8_search"
+    scratch.mkdir(exist_ok=True)
+    counter = iter(range(10**6))
+
+    def quantize_reverting(reverted: list[str]) -> pathlib.Path:
+        return quantize(scratch / f"q{next(counter)}.onnx", excluded + list(reverted))
+
+    def evaluate(path) -> int8_search.Score:
+        out = outputs_of(path)
+        return int8_search.Score(score(metric, {metric.output: out}, split.labels),
+                                 int8_search.output_error(out, floating))
+
+    batch1 = fixed_batch(spec, split, 1)
+    full = quantize_reverting([])
+    candidates = quantized_nodes(onnx.load(str(prepared)), onnx.load(str(full)))
+    static = any(n.op_type == "DequantizeLinear" for n in onnx.load(str(full)).graph.node)
+    ranking_method = config.ranking
+    if ranking_method == "auto":
+        ranking_method = "sqnr" if static and len(candidates) > LEAVE_ONE_OUT_MAX else "leave-one-out"
+    if ranking_method == "sqnr" and not static:
+        raise VariantError("int8: ranking `sqnr` needs a static (QDQ) graph; dynamic quantization has no "
+                           "activations to compare", hint="use ranking: leave-one-out, or method: static")
+
+    def rank_sqnr(full_path: pathlib.Path):
+        context.progress(f"int8 search: ranking {len(candidates)} nodes by quantization SQNR (qdq_loss_debug, "
+                         f"{SQNR_EXAMPLES} examples)")
+        return int8_search.rank_by_sqnr(node_tensors(onnx.load(str(prepared)), candidates),
+                                        activation_sqnr(full_path, split.spread(SQNR_EXAMPLES), spec, scratch))
+
+    chosen, trials, ranking = int8_search.search(
+        candidates, quantize_reverting, evaluate, lambda path: latency_p50_ms(path, batch1, 1), reference,
+        budget, config.max_trials, config.search_group, context.progress,
+        rank=rank_sqnr if ranking_method == "sqnr" else None)
+    shutil.move(str(chosen), str(output))
+    shutil.rmtree(scratch)
+    last = int8_search.chosen_trial(trials, budget)
+    table = int8_search.tuning_table(trials, len(candidates))
+    if len(trials) > 1:
+        for line in ["int8 search (validation split, drop vs fp32 in points):", *table]:
+            context.progress(line)
+    return output, {
+        "split": spec.validation_split, "examples": len(split), "budget_points": budget,
+        "fp32_accuracy": reference, "float_drop_points": float_drop, "quantized_nodes": len(candidates), "within_budget": last.drop_points <= budget,
+        "reverted": list(last.reverted),
+        "trials": [{"trial": t.number, "reverted": len(t.reverted), "new": [n for n in t.reverted
+                    if n not in (trials[i - 1].reverted if i else ())], "accuracy": t.accuracy,
+                    "drop_points": t.drop_points, "b1_ms": t.b1_ms} for i, t in enumerate(trials)],
+        "ranking_method": ranking_method if len(trials) > 1 else None,
+        "ranking": [{"node": n, **figures} for n, figures in ranking],
+        "speed_cost_b1": round(last.b1_ms / trials[0].b1_ms, 3) if trials[0].b1_ms else None,
+        "table": table,
+    }
+
+
+def node_tensors(prepared, names: list[str]) -> dict[str, list[str]]:
+    """Each named node's input and output tensor names."""
+    wanted = set(names)
+    return {n.name: [*n.input, *n.output] for n in prepared.graph.node if n.name in wanted}
+
+
+def activation_sqnr(qdq_file: pathlib.Path, split, spec, scratch: pathlib.Path) -> dict[str, float]:
+    """SQNR (dB) of every quantized activation of a QDQ model: the tensor before its QuantizeLinear against the
+    value after its DequantizeLinear, over `split` (ONNX Runtime's qdq_loss_debug)."""
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    augmented = scratch / "sqnr_augmented.onnx"
+    modify_model_output_intermediate_tensors(str(qdq_file), str(augmented))
+    # one example at a time: trimmed sequences differ in length, and the pass keeps every activation
+    activations = collect_activations(str(augmented), SplitReader(split, spec.sequence_mask, batch_size=1))
+    matching = create_activation_matching(activations)
+    augmented.unlink(missing_ok=True)
+    return {name: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"])
+            for name, m in matching.items() if m.get("pre_qdq") is not None and m.get("post_qdq") is not None}

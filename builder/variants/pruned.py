@@ -4,7 +4,12 @@
 `ratio` is the fraction removed per layer: conv channels and hidden Linear neurons; for transformers, attention
 heads (whole heads, via Torch-Pruning's head grouping; the attention modules' head counts are patched afterwards)
 and FFN neurons. Widths that the model's outputs or its residual stream depend on are kept: embeddings, every
-Linear that writes the embedding width, and the last Linear (the classifier). Importance: L2 magnitude.
+Linear that writes the embedding width, and the last Linear (the classifier). Importance: L2 magnitude (`l2`,
+`l1`), or `group-lasso`: a short sparse-training phase first (`sparse_epochs`, distillation from the unpruned model
+plus Torch-Pruning's GroupNormPruner regularizer over the very groups it removes: each group's weights get the
+extra gradient `sparse_reg` x gamma_g x w, gamma_g rising to 2^4 for the weakest groups, DepGraph's group-norm
+sparse learning, which drives whole channel/head groups towards zero), then pruning at `ratio` by group L2 norm,
+then the usual fine-tune.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from dataclasses import dataclass
 from ..errors import VariantError
 
 STAGE = "torch"
+IMPORTANCES = ("l2", "l1", "group-lasso")
 
 
 @dataclass(frozen=True)
 class Config:
     ratio: float = 0.5
-    importance: str = "l2"  # l2 | l1 weight magnitude
+    importance: str = "l2"  # l2 | l1 weight magnitude | group-lasso (sparse training first, then L2 groups)
+    sparse_epochs: int = 2  # group-lasso: epochs of sparse training before pruning
+    sparse_reg: float = 1e-3  # group-lasso: regularization coefficient (GroupNormPruner's `reg`)
     temperature: float = 2.0
     alpha: float = 0.5
     train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
@@ -30,8 +38,11 @@ class Config:
     def check(self) -> None:
         if not 0 < self.ratio < 1:
             raise VariantError(f"pruned: ratio must be in (0, 1), got {self.ratio}")
-        if self.importance not in ("l1", "l2"):
-            raise VariantError(f"pruned: importance must be l1 or l2, got {self.importance!r}")
+        if self.importance not in IMPORTANCES:
+            raise VariantError(f"pruned: importance must be one of {IMPORTANCES}, got {self.importance!r}")
+        if self.sparse_epochs < 1 or self.sparse_reg <= 0:
+            raise VariantError(f"pruned: sparse_epochs must be >= 1 and sparse_reg > 0, got {self.sparse_epochs}, "
+                               f"{self.sparse_reg}")
 
 
 def attention_modules(model):
@@ -75,11 +86,19 @@ def apply(model, context, config: Config):
     widths = {e.embedding_dim for e in embeddings}
     ignored = embeddings + linears[-1:] + [m for m in linears if m.out_features in widths and m not in heads]
     before = channel_summary(student)
-    pruner = tp.pruner.MetaPruner(
-        student, example, importance=tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2),
-        pruning_ratio=config.ratio, ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads),
-        prune_head_dims=False, head_pruning_ratio=config.ratio,
-        output_transform=lambda out: out.sum() if isinstance(out, torch.Tensor) else sum(o.sum() for o in out))
+    settings = dict(pruning_ratio=config.ratio, ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads),
+                    prune_head_dims=False, head_pruning_ratio=config.ratio,
+                    output_transform=lambda out: out.sum() if isinstance(out, torch.Tensor) else sum(o.sum() for o in out))
+    importance = tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2)
+    if config.importance == "group-lasso":
+        pruner = tp.pruner.GroupNormPruner(student, example, importance=importance, reg=config.sparse_reg, **settings)
+        sparse = {**training_overrides(config), "epochs": config.sparse_epochs}
+        student = train(student, recovery_loss(context, config.temperature, config.alpha),
+                        context.splits[spec.train_split], spec, train_config(spec, sparse), context.progress,
+                        "group-lasso sparse training", after_backward=pruner.regularize)
+        context.notes["group_lasso"] = {"sparse_epochs": config.sparse_epochs, "reg": config.sparse_reg}
+    else:
+        pruner = tp.pruner.MetaPruner(student, example, importance=importance, **settings)
     try:
         pruner.step()
     except Exception as e:
