@@ -1,6 +1,6 @@
 """Build one variant of a model: load -> torch steps -> export -> verify -> ONNX steps -> measure -> gate -> write.
 
-The build record (`<artifacts>/<model>/record.json`) lives outside the Triton repository so it never disturbs
+The build record (`<artifacts>/<model>/record.json`, written through builder/core/artifacts.py) lives outside the Triton repository so it never disturbs
 loading; it holds, per variant, what was measured and the command and resolved config that reproduce it. Every
 variant is compared with fp32 measured in the same run (latency) and on the same examples (accuracy, agreement).
 """
@@ -17,11 +17,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import repository as repo
-from .data import load_splits, trim_padding
-from .evaluate import onnx_predictor, onnx_session, run_split, score
-from .spec import ModelSpec, resolve_callable
-from .tritonconfig import ServingConfig, build_config, to_text
+from .serving import repository as repo
+from .core.artifacts import load_splits, write_entry
+from .core.data import trim_padding
+from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.spec import ModelSpec, resolve_callable
+from .serving.tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
@@ -194,7 +195,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
                  f"{entry['text_endpoint']['max_tokens']} tokens)")
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    update_record(workdir, spec.name, variant, entry)
+    write_entry(artifacts, spec.name, variant, entry)
     return entry
 
 
@@ -237,7 +238,7 @@ def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: 
 def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:
     """Export, check against PyTorch, count what only the torch model knows (parameters, MACs)."""
     from .measure import count_macs, fixed_batch
-    from .torch2onnx import export, verify
+    from .torch2onnx import example_batch, export, verify
 
     onnx_path = out / "model.onnx"
     step("exporting to ONNX")
@@ -263,15 +264,10 @@ def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, 
 
 
 def raise_missing_baseline(spec: ModelSpec):
-    from .errors import VariantError
+    from .core.errors import VariantError
 
     raise VariantError(f"{spec.name}: the fp32 baseline is not built yet; every variant is measured against it",
                        hint=f"build it first: builder build --model {spec.name} --variant fp32 (or --variant all)")
-
-
-def example_batch(spec: ModelSpec, batch: int = 2) -> dict:
-    """Export example: batch and dynamic axes > 1 so the exporter keeps them symbolic."""
-    return {t.name: np.ones(spec.example_shape(t, batch), dtype=t.dtype) for t in spec.inputs}
 
 
 def spec_dict(spec: ModelSpec) -> dict:
@@ -285,20 +281,3 @@ def library_versions() -> dict:
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
-
-def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
-    return artifacts / model / "record.json"
-
-
-def read_record(artifacts: pathlib.Path, model: str) -> dict:
-    path = record_path(artifacts, model)
-    return json.loads(path.read_text()) if path.is_file() else {"model": model, "variants": {}}
-
-
-def update_record(workdir: pathlib.Path, model: str, variant: str, entry: dict) -> None:
-    record = read_record(workdir.parent, model)
-    record["variants"][variant] = entry
-    path = record_path(workdir.parent, model)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)

@@ -1,7 +1,7 @@
 """`builder`: build optimized variants of a model into a Triton repository, and serve them.
 
   builder build --model minilm --variant fp32        (a demo model)
-  builder build --config my_model.yaml --variant fp32 (your model: see builder/spec.py)
+  builder build --config my_model.yaml --variant fp32 (your model: see builder/core/spec.py)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
 """
@@ -14,7 +14,7 @@ import shlex
 import signal
 import sys
 
-from .errors import BuilderError
+from .core.errors import BuilderError
 
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")
 DEFAULT_ARTIFACTS = pathlib.Path("artifacts")
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_build(args) -> int:
     from .build import Gates, build_variant
-    from .errors import ConfigError
+    from .core.errors import ConfigError
     from .models import resolve_spec
-    from .tritonconfig import ServingConfig
+    from .serving.tritonconfig import ServingConfig
     from .variants import steps
 
     spec = resolve_spec(args.model, args.config)
@@ -151,8 +151,8 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .repository import list_models
-    from .server import EmbeddedServer
+    from .serving.repository import list_models
+    from .serving.server import EmbeddedServer
 
     models = list_models(args.repository)
     if args.repository.is_dir() and not models:

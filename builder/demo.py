@@ -7,12 +7,12 @@ from __future__ import annotations
 import pathlib
 import time
 
-from . import repository as repo
+from .serving import repository as repo
 from .build import build_variant, model_name
-from .data import load_splits
-from .evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.data import load_splits
+from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .models import resolve_spec
-from .server import EmbeddedServer, free_port
+from .serving.server import EmbeddedServer, free_port
 
 DEMO_MODELS = ("digits", "minilm")
 QUICK_VARIANTS = ("fp32", "int8")
@@ -39,7 +39,7 @@ def compare_accuracy(client, model: str, spec, split, onnx_file: pathlib.Path) -
 def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: bool, rebuild: bool,
               progress) -> list[str]:
     """Build each demo model's variants that are not in the repository yet; return the failures' rebuild commands."""
-    from .errors import BuilderError
+    from .core.errors import BuilderError
 
     failed = []
     for spec in specs:

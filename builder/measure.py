@@ -53,7 +53,7 @@ def fixed_batch(spec, split, batch: int) -> dict:
 
 def latency_p50_ms(onnx_file, inputs: dict, threads: int) -> float:
     """Median ms of one run in a fresh, warmed-up session with `threads` intra-op threads."""
-    from .evaluate import onnx_session
+    from .core.evaluate import onnx_session
 
     session = onnx_session(onnx_file, threads=threads)
     names = [o.name for o in session.get_outputs()]

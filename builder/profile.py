@@ -101,7 +101,7 @@ def operator_profile(onnx_file, inputs: dict, threads: int = 1, runs: int = PROF
     "threads": threads, "by_category": {category: percent} (every category of CATEGORIES, in its order),
     "by_op_type": {op type: percent} (largest first)}; percents of kernel time, summing to 100 up to rounding.
     """
-    from .evaluate import onnx_session
+    from .core.evaluate import onnx_session
 
     with tempfile.TemporaryDirectory(prefix="ort_profile_") as tmp:
         session = onnx_session(onnx_file, threads=threads, profile_prefix=str(pathlib.Path(tmp) / "ort"))

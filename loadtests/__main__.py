@@ -55,7 +55,7 @@ def add_target_arguments(parser) -> None:
 
 def memory_size(text: str) -> str:
     """A memory size such as 16GB, 512MiB or 2G, checked and kept as written (the report shows it)."""
-    from builder.footprint import FootprintError, parse_size
+    from builder.serving.footprint import FootprintError, parse_size
 
     try:
         parse_size(text)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     add_target_arguments(footprint)
     args = parser.parse_args(argv)
 
-    from builder.errors import BuilderError
+    from builder.core.errors import BuilderError
 
     try:
         return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
@@ -157,7 +157,7 @@ def target_for(args):
         http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
         yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
         return
-    from builder.server import EmbeddedServer, free_port
+    from builder.serving.server import EmbeddedServer, free_port
 
     print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
     with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
@@ -240,8 +240,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from builder.errors import unknown_name
-    from builder.repository import list_models
+    from builder.core.errors import unknown_name
+    from builder.serving.repository import list_models
 
     from .bench import print_table, run_bench
 
@@ -259,7 +259,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_footprint(args) -> int:
-    from builder.footprint import measure_models, write_footprint
+    from builder.serving.footprint import measure_models, write_footprint
 
     from .report import footprint_rows
     from .run import check_target, has_record

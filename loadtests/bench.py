@@ -44,7 +44,7 @@ def timed_loop(call, seconds: float, warmup: int = 20) -> list[float]:
 
 def example_requests(model: str, artifacts: pathlib.Path, count: int = 64) -> list[dict]:
     """Real single-example requests: test images for digits, test texts cut to exactly 32 tokens for MiniLM."""
-    from builder.data import read_split
+    from builder.core.data import read_split
 
     source = model.rsplit("_", 1)[0]
     split = read_split(artifacts / source / "data" / "test.npz")
@@ -60,13 +60,13 @@ def stack(requests: list[dict], batch: int) -> dict:
 
 
 def threads_of(config_text: str) -> int:
-    from builder.tritonconfig import parse_text
+    from builder.serving.tritonconfig import parse_text
 
     return int(parse_text(config_text).parameters["intra_op_thread_count"].string_value)
 
 
 def in_process(onnx_file: pathlib.Path, threads: int, requests: list[dict], seconds: float) -> dict:
-    from builder.evaluate import onnx_session
+    from builder.core.evaluate import onnx_session
 
     session = onnx_session(onnx_file, threads=threads)
     names = [o.name for o in session.get_outputs()]
@@ -168,8 +168,8 @@ def with_queue_delay(url: str, model: str, config: dict, delay_us: int) -> None:
 
 def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Path, seconds: float,
               progress=print) -> dict:
-    from builder.repository import latest_model_file
-    from builder.server import EmbeddedServer, free_port
+    from builder.serving.repository import latest_model_file
+    from builder.serving.server import EmbeddedServer, free_port
     from client import TritonClient
 
     from .run import machine

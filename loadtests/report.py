@@ -34,18 +34,6 @@ class VariantRow:
     accuracy_drop_se_points: float | None = None  # the drop's paired standard error (builder/build.py)
 
 
-def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
-    """Build-record entries by served model name (`minilm_int8` -> its entry, plus `source`/`variant`)."""
-    entries = {}
-    for path in sorted(artifacts.glob("*/record.json")):
-        record = json.loads(path.read_text())
-        for variant, entry in record.get("variants", {}).items():
-            if entry.get("triton_model"):
-                entries[entry["triton_model"]] = entry | {"source": record.get("model", path.parent.name),
-                                                          "variant": variant}
-    return entries
-
-
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
     rows = []
     for model in results["models"]:
@@ -268,9 +256,9 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
 
 
 def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[list[str], list[list[str]]]:
-    """Deployment footprint per served model (builder/footprint.py): file size, load time, resident memory per
+    """Deployment footprint per served model (builder/serving/footprint.py): file size, load time, resident memory per
     instance and how many instances fit in `memory_budget`."""
-    from builder.footprint import fits, parse_size
+    from builder.serving.footprint import fits, parse_size
 
     budget = parse_size(memory_budget)
     header = ["model", "file MB", "load s", "instances", "RSS/instance MB", "peak RSS MB", f"fit in {memory_budget}"]

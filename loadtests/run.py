@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from builder.errors import BuilderError, unknown_name
+from builder.core.errors import ArtifactsError, BuilderError, unknown_name
 
 from . import metrics
 
@@ -99,7 +99,7 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
            "--exit-code-on-error", "0"]
     if settings.workers == 0:
         return [common + run]
-    from builder.server import free_port
+    from builder.serving.server import free_port
 
     port = free_port()
     master = common + run + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
@@ -207,12 +207,11 @@ def machine() -> dict:
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
     """Whether `model` has a build record (the users replay its test split): with `skip`, say so and leave it out;
     otherwise no record is an error before any load."""
-    from client import ClientError
-    from client.examples import find_record
+    from builder.core.artifacts import find_record
 
     try:
         return bool(find_record(artifacts, model))
-    except ClientError as e:
+    except ArtifactsError as e:
         if not skip:
             raise LoadTestError(str(e), hint=e.hint) from e
         progress(f"skipping {model}: no build record under {artifacts}/ (no test data to replay)")
@@ -226,7 +225,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     collection of names, or True for all). Results so far are written after each step, so Ctrl-C keeps them.
     `models == ["all"]`: every READY model that has a build record (the users replay its test split).
     With `footprint` (`python -m loadtests run` turns it on), first each model's load time and memory per
-    instance (builder/footprint.py; reloads the model once), kept under "footprint" and in its build record;
+    instance (builder/serving/footprint.py; reloads the model once), kept under "footprint" and in its build record;
     `memory_budget` is kept for the report."""
     everything = models == ["all"]
     models = check_target(target, models)
@@ -242,7 +241,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     total = len(models) * len(settings.users)
     try:
         if footprint:
-            from builder.footprint import measure_models, write_footprint
+            from builder.serving.footprint import measure_models, write_footprint
 
             results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
             for model, measured in results["footprint"].items():
@@ -284,7 +283,7 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
     its data in step, so with mixed lengths it would meet batchable same-shape requests far more often than
     Locust's independent users, and the comparison would measure the data order, not the load generators."""
     from client import ClientError
-    from client.examples import find_record, request_batches
+    from builder.core.artifacts import find_record, request_batches
 
     from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
 

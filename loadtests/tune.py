@@ -69,7 +69,7 @@ def best_point(points: list[dict], slo_p99_ms: float) -> dict | None:
 
 def run_tune(model: str, target: Target, settings: TuneSettings, repository: pathlib.Path, artifacts: pathlib.Path,
              out: pathlib.Path, write: bool = False, progress=print) -> dict:
-    from builder.tritonconfig import parse_text
+    from builder.serving.tritonconfig import parse_text
     from client import ClientError, TritonClient
 
     check_target(target, [model])

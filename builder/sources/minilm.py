@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import torch
 
-from ..data import Split, read_split
+from ..core.data import Split, read_split
 from . import package_dir
 
 SEED = 0

@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .. import repository as repo
-from ..errors import ConfigError, RepositoryError
-from ..tritonconfig import TRITON_DTYPES, to_text
+from ..serving import repository as repo
+from ..core.errors import ConfigError, RepositoryError
+from ..serving.tritonconfig import TRITON_DTYPES, to_text
 
 TEXT_INPUT = "TEXT"
 MODEL_SOURCE = pathlib.Path(__file__).with_name("tokenizer_model.py")

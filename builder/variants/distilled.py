@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 
 STAGE = "torch"
 
@@ -154,7 +154,7 @@ def torch_accuracy(model, spec, split) -> float:
     """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after."""
     import torch
 
-    from ..evaluate import run_split, score
+    from ..core.evaluate import run_split, score
 
     names = [t.name for t in spec.outputs]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 from .svd import break_even_rank
 
 STAGE = "torch"

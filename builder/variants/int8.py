@@ -14,7 +14,7 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 
 STAGE = "onnx"
 METHODS = ("auto", "dynamic", "static")

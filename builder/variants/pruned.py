@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 
 STAGE = "torch"
 

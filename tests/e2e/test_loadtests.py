@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from builder.tritonconfig import parse_text
+from builder.serving.tritonconfig import parse_text
 from client import TritonClient
 from loadtests.report import build_report, read_records, write_report
 from loadtests.run import LoadSettings, LoadTestError, Target, run_load

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from builder.server import EmbeddedServer, free_port
+from builder.serving.server import EmbeddedServer, free_port
 from builder.text_endpoint import write_text_endpoint
 from client import InvalidInputError, TritonClient
-from client.examples import text_inputs
+from builder.core.artifacts import text_inputs
 from tests.conftest import FIXTURES, run_cli
 
 pytestmark = pytest.mark.e2e

@@ -6,10 +6,10 @@ the image; adding one to a list means checking that the image really reads it.""
 import pytest
 
 from builder.models import resolve_spec
-from builder.repository import write_model
-from builder.spec import load_spec
+from builder.serving.repository import write_model
+from builder.core.spec import load_spec
 from builder.text_endpoint import write_text_endpoint
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from tests.conftest import FIXTURES
 
 # Top-level ModelConfig fields the kit writes, per backend / platform.

@@ -1,7 +1,7 @@
 import numpy as np
 
-from builder.data import Split, load_splits, save_split, trim_padding
-from builder.spec import load_spec
+from builder.core.data import Split, load_splits, save_split, trim_padding
+from builder.core.spec import load_spec
 from tests.conftest import TINY_SPEC
 
 

@@ -25,8 +25,8 @@ from packaging.requirements import Requirement
 
 from builder.cli import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
 from builder.models import resolve_spec
-from builder.server import EmbeddedServer
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.server import EmbeddedServer
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -373,7 +373,7 @@ def test_locust_workers_find_their_master_and_target_triton():
 # --- the repository the image serves ----------------------------------------------------------------------------
 
 def test_models_the_builder_writes_are_readable_by_the_images_user(tmp_path):
-    from builder.repository import write_model
+    from builder.serving.repository import write_model
 
     onnx_file = tmp_path / "src.onnx"
     onnx_file.write_bytes(b"onnx")

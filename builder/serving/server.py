@@ -1,7 +1,7 @@
 """The embedded Triton server: the real `tritonserver` 2.51 binary from the nvidia-pytriton wheel, no Docker.
 
 Triton serves models with `backend: "onnxruntime"` through the kit's Python-based backend
-(builder/backends/onnxruntime/model.py). A backend directory is assembled per server in a temporary folder:
+(builder/serving/backends/onnxruntime/model.py). A backend directory is assembled per server in a temporary folder:
 `python/` (the Python backend library, its utils and the stub for this Python version, all from the wheel) and
 `onnxruntime/model.py`. The stub ignores PYTHONPATH and finds this virtual environment through `python3` on
 PATH, so the interpreter's folder goes first on PATH; the server needs LD_LIBRARY_PATH to the wheel's libs.
@@ -30,7 +30,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-from .errors import ServeError
+from ..core.errors import ServeError
 
 BACKEND_SOURCE = pathlib.Path(__file__).parent / "backends" / "onnxruntime"
 SHM_DIR = pathlib.Path("/dev/shm")
