@@ -17,12 +17,17 @@ from typing import Callable
 
 import numpy as np
 
-from .serving import repository as repo
 from .core.artifacts import load_splits, write_entry
 from .core.data import trim_padding
+from .core.errors import VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .core.spec import ModelSpec, resolve_callable
+from .measure import agreement, count_macs, fixed_batch, latency_table
+from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
+from .serving import repository as repo
 from .serving.tritonconfig import ServingConfig, build_config, to_text
+from .text_endpoint import write_text_endpoint
+from .torch2onnx import check_limits, example_batch, export, verify
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
@@ -98,7 +103,6 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         torch_facts["notes"] = dict(context.notes)
         (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
         torch_facts.pop("notes")
-    from .torch2onnx import check_limits
 
     for s, config in zip(plan, configs):
         if s.stage == "onnx":
@@ -120,7 +124,6 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     with np.load(workdir / "fp32" / "outputs.npz") as saved:
         reference = {k: saved[k][index] for k in saved.files}
     step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
-    from .measure import agreement, latency_table
 
     latency = latency_table(onnx_path, spec, splits[first])
     fp32_latency = fp32_latency_table(workdir, spec, splits[first], latency if variant == "fp32" else None)
@@ -164,7 +167,6 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
-    from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
     entry["operator_profile"] = profile_table(onnx_path, spec, splits[first])
@@ -188,8 +190,6 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         if entry["version_dir"] is None:
             step("raw-text endpoint NOT written: its encoder was not written")
         else:
-            from .text_endpoint import write_text_endpoint
-
             entry["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
             step(f"wrote the raw-text ensemble {entry['text_endpoint']['model']} (texts truncated at "
                  f"{entry['text_endpoint']['max_tokens']} tokens)")
@@ -223,7 +223,6 @@ def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: 
     """fp32's latency table, measured once per build run (one process) and reused by every variant of that run:
     `--variant all` compares every variant with the same fp32 figures, and does not spend ~8 s re-measuring MiniLM
     for each. `measured`: the table just measured for fp32 itself."""
-    from .measure import latency_table
 
     path = workdir / "fp32" / "model.onnx"
     stat = path.stat()
@@ -237,9 +236,6 @@ def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: 
 
 def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:
     """Export, check against PyTorch, count what only the torch model knows (parameters, MACs)."""
-    from .measure import count_macs, fixed_batch
-    from .torch2onnx import example_batch, export, verify
-
     onnx_path = out / "model.onnx"
     step("exporting to ONNX")
     export(model, spec, example_batch(spec), onnx_path)
@@ -264,8 +260,6 @@ def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, 
 
 
 def raise_missing_baseline(spec: ModelSpec):
-    from .core.errors import VariantError
-
     raise VariantError(f"{spec.name}: the fp32 baseline is not built yet; every variant is measured against it",
                        hint=f"build it first: builder build --model {spec.name} --variant fp32 (or --variant all)")
 

@@ -14,7 +14,17 @@ import shlex
 import signal
 import sys
 
-from .core.errors import BuilderError
+from loadtests.__main__ import print_summary
+
+from .build import Gates, build_variant
+from .core.errors import BuilderError, ConfigError
+from .demo import run_demo
+from .models import resolve_spec
+from .serving.repository import list_models
+from .serving.server import EmbeddedServer
+from .serving.tritonconfig import ServingConfig
+from .text_endpoint import text_inputs
+from .variants import steps
 
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")
 DEFAULT_ARTIFACTS = pathlib.Path("artifacts")
@@ -84,12 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import Gates, build_variant
-    from .core.errors import ConfigError
-    from .models import resolve_spec
-    from .serving.tritonconfig import ServingConfig
-    from .variants import steps
-
     spec = resolve_spec(args.model, args.config)
     variants = list(spec.standard_variants) if args.variant == "all" else [
         v.strip() for v in args.variant.split(",") if v.strip()]
@@ -106,8 +110,6 @@ def cmd_build(args) -> int:
                             max_queue_delay_us=args.max_queue_delay_us, device=args.device, tensorrt=args.tensorrt,
                             text_endpoint=args.text_endpoint)
     if args.text_endpoint:
-        from .text_endpoint import text_inputs
-
         text_inputs(spec)  # not a text model: fail before any work
     source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
     rows, failed = [], []
@@ -151,9 +153,6 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .serving.repository import list_models
-    from .serving.server import EmbeddedServer
-
     models = list_models(args.repository)
     if args.repository.is_dir() and not models:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)
@@ -195,10 +194,6 @@ def _interrupt(signum, frame):
 
 
 def cmd_demo(args) -> int:
-    from loadtests.__main__ import print_summary
-
-    from .demo import run_demo
-
     result = run_demo(args.repository, args.artifacts, args.reports, args.examples, args.rebuild, args.quick,
                       args.slo_p99_ms, args.max_accuracy_drop)
     rows = result["accuracy"]

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from .errors import ClientError
+from .examples import find_record, split_example, text_endpoint_record, text_inputs
 from .triton import DEFAULT_PORTS, TritonClient
 
 
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_infer(client: TritonClient, args) -> int:
-    from .examples import find_record, split_example, text_endpoint_record, text_inputs
-
     text_input = raw_text_input(client, args.model) if args.text is not None else None
     if text_input is not None:  # the server tokenizes: nothing local is needed; a build record adds class names
         folder, entry = None, text_endpoint_record(args.artifacts, args.model)

@@ -19,6 +19,17 @@ import pathlib
 import sys
 import time
 
+from builder.core.errors import BuilderError, unknown_name
+from builder.serving.footprint import FootprintError, measure_models, parse_size, write_footprint
+from builder.serving.repository import list_models
+from builder.serving.server import EmbeddedServer, free_port
+from client.triton import parse_url
+
+from .bench import print_table, run_bench
+from .report import build_report, footprint_rows, footprint_table, summary_table, write_report
+from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
+from .tune import TuneSettings, print_tune, run_tune
+
 
 def duration(text: str) -> float:
     """`30s`, `2m` or `45` (seconds)."""
@@ -55,7 +66,6 @@ def add_target_arguments(parser) -> None:
 
 def memory_size(text: str) -> str:
     """A memory size such as 16GB, 512MiB or 2G, checked and kept as written (the report shows it)."""
-    from builder.serving.footprint import FootprintError, parse_size
 
     try:
         parse_size(text)
@@ -130,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     add_target_arguments(footprint)
     args = parser.parse_args(argv)
 
-    from builder.core.errors import BuilderError
 
     try:
         return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
@@ -146,18 +155,14 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def target_for(args):
     """The Target given by --url, or one of an embedded server started (and stopped) here."""
-    from .run import Target
 
     if args.url:
-        from client.triton import parse_url
-
         protocol, address = parse_url(args.url)
         host = address.rsplit(":", 1)[0]
         grpc_url = args.url if protocol == "grpc" else f"grpc://{host}:8001"
         http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
         yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
         return
-    from builder.serving.server import EmbeddedServer, free_port
 
     print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
     with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
@@ -165,9 +170,6 @@ def target_for(args):
 
 
 def cmd_run(args) -> int:
-    from .report import build_report, read_records, write_report
-    from .run import LoadSettings, LoadTestError, run_load
-
     if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
         raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
@@ -193,8 +195,6 @@ def cmd_run(args) -> int:
 
 
 def print_summary(report: dict) -> None:
-    from .report import footprint_table, summary_table
-
     for source in report["sources"]:
         header, body = summary_table(report, source)
         keep = [0, 1, 2, 3, 7, 9, 10, 11, 13]
@@ -211,9 +211,6 @@ def print_summary(report: dict) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report, read_records, write_report
-    from .run import LoadTestError
-
     path = args.run_dir / "results.json"
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
@@ -226,8 +223,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import TuneSettings, print_tune, run_tune
-
     out = args.out or pathlib.Path("reports") / f"tune-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = TuneSettings(users=args.users, duration_s=args.duration, budget_s=args.budget, protocol=args.protocol,
                             slo_p99_ms=args.slo_p99_ms)
@@ -240,11 +235,6 @@ def cmd_tune(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from builder.core.errors import unknown_name
-    from builder.serving.repository import list_models
-
-    from .bench import print_table, run_bench
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     known = list_models(args.repository)
     for model in models:
@@ -259,11 +249,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_footprint(args) -> int:
-    from builder.serving.footprint import measure_models, write_footprint
-
-    from .report import footprint_rows
-    from .run import check_target, has_record
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     with target_for(args) as target:
         everything = models == ["all"]

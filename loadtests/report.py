@@ -16,6 +16,8 @@ import html
 import json
 import pathlib
 
+from builder.serving.footprint import fits, parse_size
+
 
 @dataclasses.dataclass(frozen=True)
 class VariantRow:
@@ -258,7 +260,6 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
 def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[list[str], list[list[str]]]:
     """Deployment footprint per served model (builder/serving/footprint.py): file size, load time, resident memory per
     instance and how many instances fit in `memory_budget`."""
-    from builder.serving.footprint import fits, parse_size
 
     budget = parse_size(memory_budget)
     header = ["model", "file MB", "load s", "instances", "RSS/instance MB", "peak RSS MB", f"fit in {memory_budget}"]

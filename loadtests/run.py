@@ -17,9 +17,14 @@ import subprocess
 import sys
 import time
 
+from builder.core.artifacts import find_record, request_batches
 from builder.core.errors import ArtifactsError, BuilderError, unknown_name
+from builder.serving.footprint import measure_models, write_footprint
+from builder.serving.server import free_port
+from client import ClientError, TritonClient
 
 from . import metrics
+from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
@@ -61,7 +66,6 @@ class Target:
 
 def check_target(target: Target, models: list[str]) -> list[str]:
     """Before any load: the server answers and every model is READY. `models == ["all"]` means every READY one."""
-    from client import ClientError, TritonClient
 
     try:
         with TritonClient(target.http_url, timeout=10) as client:
@@ -99,7 +103,6 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
            "--exit-code-on-error", "0"]
     if settings.workers == 0:
         return [common + run]
-    from builder.serving.server import free_port
 
     port = free_port()
     master = common + run + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
@@ -207,7 +210,6 @@ def machine() -> dict:
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
     """Whether `model` has a build record (the users replay its test split): with `skip`, say so and leave it out;
     otherwise no record is an error before any load."""
-    from builder.core.artifacts import find_record
 
     try:
         return bool(find_record(artifacts, model))
@@ -241,8 +243,6 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     total = len(models) * len(settings.users)
     try:
         if footprint:
-            from builder.serving.footprint import measure_models, write_footprint
-
             results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
             for model, measured in results["footprint"].items():
                 write_footprint(artifacts, model, measured)
@@ -282,11 +282,6 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
     step) and requests. Text requests are cut to one length for both: perf_analyzer's concurrent contexts walk
     its data in step, so with mixed lengths it would meet batchable same-shape requests far more often than
     Locust's independent users, and the comparison would measure the data order, not the load generators."""
-    from client import ClientError
-    from builder.core.artifacts import find_record, request_batches
-
-    from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
-
     concurrency = max(settings.users)
     if settings.mode == "open":
         return {"skipped": "perf_analyzer's concurrency mode is closed loop; this run was open loop"}

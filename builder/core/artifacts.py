@@ -5,7 +5,7 @@
   <artifacts>/<model>/tokenizer.json   a text model's tokenizer
 
 Every read and write of these goes through this module. A record is changed only under an exclusive lock
-(`fcntl.flock` on `<model>/.record.lock`: a build and a footprint run of the same model never lose each other's
+(`fcntl.flock` on the `<model>/` folder: a build and a footprint run of the same model never lose each other's
 entries) and replaced atomically (`atomic_write`: readers see the old file or the new one, never half of it).
 Also here: real inputs built from these files (a split's examples as requests, a text tokenized with the model's
 own tokenizer) for the client command, the load tests and the footprint. Raises ArtifactsError.
@@ -46,12 +46,12 @@ def locked(folder: pathlib.Path):
     """Hold the exclusive lock of a model's artifacts folder (created if missing) for a read-modify-write."""
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".record.lock", "w") as handle:
+    handle = os.open(folder, os.O_RDONLY)  # the folder itself: no lock file is left behind
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
 
 
 def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:

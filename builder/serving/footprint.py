@@ -41,7 +41,11 @@ import pathlib
 import re
 import time
 
+from client import ClientError, TritonClient
+
+from ..core.artifacts import find_record, request_batches, update_entry
 from ..core.errors import ArtifactsError, BuilderError, unknown_name
+from .server import cpu_fallback_config
 
 STUB = "triton_python_backend_stub"
 DEFAULT_BUDGET = "16GB"
@@ -128,7 +132,6 @@ def process_memory(pid: int) -> dict:
 def warmup_request(artifacts: pathlib.Path, model: str) -> dict:
     """One real request of batch 1 from the build's test split: the largest of its first WARMUP_CANDIDATES (the
     longest text; every image is alike), since ONNX Runtime's arena grows with the largest input it has run."""
-    from builder.core.artifacts import find_record, request_batches
 
     try:
         folder, _ = find_record(pathlib.Path(artifacts), model)
@@ -173,7 +176,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
     "rss_bytes_per_instance", ... "per_instance": [...]} (bytes; means over instances). Every model loaded
     before is loaded afterwards (a model only loaded here is unloaded again). Raises FootprintError.
     """
-    from client import ClientError, TritonClient
 
     http_url = server_or_urls if isinstance(server_or_urls, str) else server_or_urls.http_url
     process = getattr(server_or_urls, "process", None)
@@ -196,7 +198,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             present = {s.pid for s in find_stubs(model, server_pid)}  # not ours: another server's, or ending
             config = None
             if fallback:  # an EmbeddedServer's: load it as the server did, with KIND_CPU instances
-                from .server import cpu_fallback_config
 
                 config = cpu_fallback_config(server_or_urls.repository / model / "config.pbtxt")
             started = time.perf_counter()
@@ -241,7 +242,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
 def restore(client, before: dict[str, str], model: str) -> None:
     """Load again every model READY in `before` that is not now (`model`, a dependent ensemble); unload `model` if
     it was not loaded before."""
-    from client import ClientError
 
     for _ in range(2):  # a second pass: an ensemble whose composing model came back only in the first
         now = {m["name"]: m["state"] for m in client.models()}

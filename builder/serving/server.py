@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..core.errors import ServeError
+from .tritonconfig import parse_text
 
 BACKEND_SOURCE = pathlib.Path(__file__).parent / "backends" / "onnxruntime"
 SHM_DIR = pathlib.Path("/dev/shm")
@@ -250,7 +251,6 @@ def cpu_fallback_config(config_file: pathlib.Path) -> dict:
     backend told why (FALLBACK_PARAMETER)."""
     from google.protobuf import json_format
 
-    from .tritonconfig import parse_text
 
     config = json_format.MessageToDict(parse_text(config_file.read_text(), where=str(config_file)),
                                        preserving_proto_field_name=True)

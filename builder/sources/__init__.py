@@ -2,6 +2,8 @@
 
 import pathlib
 
+from ..core.errors import ConfigError
+
 _HERE = pathlib.Path(__file__).parent
 
 DEMO_SPECS = {
@@ -16,7 +18,5 @@ def package_dir(name: str) -> pathlib.Path:
 
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        from ..core.errors import ConfigError
-
         raise ConfigError(f"package `{name}` is not installed", hint="run `make install` (demo data packages are installed --no-deps)")
     return pathlib.Path(spec.submodule_search_locations[0])

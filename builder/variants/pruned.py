@@ -13,6 +13,8 @@ import copy
 from dataclasses import dataclass
 
 from ..core.errors import VariantError
+from ..measure import fixed_batch
+from ..train import recovery_loss, train, train_config, training_overrides
 
 STAGE = "torch"
 
@@ -58,8 +60,6 @@ def apply(model, context, config: Config):
     import torch
     import torch_pruning as tp
 
-    from ..measure import fixed_batch
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     spec = context.spec

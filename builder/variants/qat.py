@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from ..train import recovery_loss, train, train_config, training_overrides
+
 STAGE = "torch"
 
 
@@ -69,7 +71,6 @@ def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
 
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     spec = context.spec
     student = copy.deepcopy(model)

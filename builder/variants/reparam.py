@@ -26,6 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import VariantError
+from ..measure import count_macs, fixed_batch, latency_p50_ms
+from ..torch2onnx import example_batch, export, verify
+from ..train import distillation_loss, shift_images, train, train_config, training_overrides
+from .distilled import torch_accuracy
 
 STAGE = "torch"
 
@@ -265,10 +269,6 @@ def session_memory_mib(onnx_path: pathlib.Path, input_name: str, batch: np.ndarr
 def apply(model, context, config: Config):
     import torch
 
-    from ..measure import count_macs, fixed_batch, latency_p50_ms
-    from ..torch2onnx import example_batch, export, verify
-    from ..train import distillation_loss, shift_images, train, train_config, training_overrides
-    from .distilled import torch_accuracy
 
     config.check()
     spec = context.spec

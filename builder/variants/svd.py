@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.errors import VariantError
+from ..train import recovery_loss, train, train_config, training_overrides
 
 STAGE = "torch"
 
@@ -64,7 +65,6 @@ def apply(model, context, config: Config):
 
     import torch
 
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     model = copy.deepcopy(model)

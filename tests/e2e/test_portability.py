@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from builder.build import BuildContext
-from builder.core.data import load_splits, trim_padding
+from builder.core.artifacts import load_splits
+from builder.core.data import trim_padding
 from builder.core.evaluate import onnx_predictor, onnx_session
 from builder.portability import CONTAINER_ORT, RuntimeUnavailable, container_runtime, run_models
 from builder.serving.repository import latest_model_file, list_models

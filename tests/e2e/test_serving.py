@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from builder.core.data import load_splits
+from builder.core.artifacts import load_splits
 from builder.demo import compare_accuracy
 from builder.core.evaluate import onnx_predictor, onnx_session
 from builder.serving.repository import latest_model_file

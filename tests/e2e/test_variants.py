@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from builder.build import Gates, build_variant
-from builder.core.data import load_splits
+from builder.core.artifacts import load_splits
 from builder.demo import compare_accuracy
 from builder.serving.repository import latest_model_file
 from builder.serving.server import EmbeddedServer, free_port
