@@ -17,7 +17,7 @@ import sys
 from loadtests.__main__ import print_summary
 
 from .build import Gates, build_variant
-from .core.errors import BuilderError, ConfigError
+from .core.errors import BuilderError, ConfigError, run_command
 from .demo import run_demo
 from .models import resolve_spec
 from .serving.repository import list_models
@@ -77,20 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-accuracy-drop", type=float, default=1.0, help="accuracy budget, points below fp32")
 
     args = parser.parse_args(argv)
-    try:
-        return {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
-    except BuilderError as e:
-        if args.verbose:
-            import traceback
-
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    command = {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command]
+    return run_command(lambda: command(args), verbose=args.verbose)
 
 
 def cmd_build(args) -> int:

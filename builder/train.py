@@ -201,7 +201,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
         import torch
 
-
         spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
                            "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
                            "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],

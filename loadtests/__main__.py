@@ -19,7 +19,7 @@ import pathlib
 import sys
 import time
 
-from builder.core.errors import BuilderError, unknown_name
+from builder.core.errors import run_command, unknown_name
 from builder.serving.footprint import FootprintError, measure_models, parse_size, write_footprint
 from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port
@@ -89,6 +89,7 @@ def add_budget_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="Locust load test of served models, then the report")
@@ -139,17 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     add_memory_budget_argument(footprint)
     add_target_arguments(footprint)
     args = parser.parse_args(argv)
-
-
-    try:
-        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
-                "footprint": cmd_footprint}[args.command](args)
-    except BuilderError as e:
-        print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: Locust and any server this command started are stopped", file=sys.stderr)
-        return 130
+    command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
+               "footprint": cmd_footprint}[args.command]
+    return run_command(lambda: command(args), verbose=args.verbose,
+                       interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
 
 @contextlib.contextmanager

@@ -251,7 +251,6 @@ def cpu_fallback_config(config_file: pathlib.Path) -> dict:
     backend told why (FALLBACK_PARAMETER)."""
     from google.protobuf import json_format
 
-
     config = json_format.MessageToDict(parse_text(config_file.read_text(), where=str(config_file)),
                                        preserving_proto_field_name=True)
     for group in config.get("instance_group", []):

@@ -113,7 +113,6 @@ def separable_macs(model, student, replaced: list[str], example: dict) -> dict:
     hook): standard D_K*D_K*M*N*D_F*D_F, separable D_K*D_K*M*D_F*D_F + M*N*D_F*D_F."""
     import torch
 
-
     modules = dict(model.named_modules())
     sizes, hooks = {}, []
 
@@ -154,7 +153,6 @@ def apply(model, context, config: Config):
 def torch_accuracy(model, spec, split) -> float:
     """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after."""
     import torch
-
 
     names = [t.name for t in spec.outputs]
 

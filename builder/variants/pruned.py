@@ -60,7 +60,6 @@ def apply(model, context, config: Config):
     import torch
     import torch_pruning as tp
 
-
     config.check()
     spec = context.spec
     student = copy.deepcopy(model).eval()

@@ -71,7 +71,6 @@ def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
 
-
     spec = context.spec
     student = copy.deepcopy(model)
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

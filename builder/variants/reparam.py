@@ -269,7 +269,6 @@ def session_memory_mib(onnx_path: pathlib.Path, input_name: str, batch: np.ndarr
 def apply(model, context, config: Config):
     import torch
 
-
     config.check()
     spec = context.spec
     input_name, channels, classes = image_classifier(spec)

@@ -65,7 +65,6 @@ def apply(model, context, config: Config):
 
     import torch
 
-
     config.check()
     model = copy.deepcopy(model)
     factored, skipped = {}, {}
