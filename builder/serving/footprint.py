@@ -198,7 +198,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             present = {s.pid for s in find_stubs(model, server_pid)}  # not ours: another server's, or ending
             config = None
             if fallback:  # an EmbeddedServer's: load it as the server did, with KIND_CPU instances
-
                 config = cpu_fallback_config(server_or_urls.repository / model / "config.pbtxt")
             started = time.perf_counter()
             client.load_model(model, config=config)

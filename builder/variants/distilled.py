@@ -144,7 +144,6 @@ def apply(model, context, config: Config):
     config.check()
     student, info = make_student(model, config)
     if info.get("student") == "depthwise-separable":  # a standard-conv student of the same width is the teacher
-
         example = fixed_batch(context.spec, context.splits[context.spec.evaluate[0]], 1)
         info["macs"] = separable_macs(model, student, info["separable_convs"], example)
     return distill(student, info, context, config, "distilled")
