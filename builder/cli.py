@@ -17,7 +17,8 @@ import sys
 from loadtests.__main__ import print_summary
 
 from .build import Gates, build_variant
-from .core.errors import BuilderError, ConfigError, run_command
+from .core.errors import BuilderError, ConfigError
+from .core.handler import run_command
 from .demo import run_demo
 from .models import resolve_spec
 from .serving.repository import list_models

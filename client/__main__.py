@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from builder.core.artifacts import find_record, split_example, text_endpoint_record, text_inputs
-from builder.core.errors import run_command
+from builder.core.handler import run_command
 
 from .errors import ClientError
 from .triton import DEFAULT_PORTS, TritonClient

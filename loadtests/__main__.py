@@ -19,7 +19,8 @@ import pathlib
 import sys
 import time
 
-from builder.core.errors import run_command, unknown_name
+from builder.core.errors import unknown_name
+from builder.core.handler import run_command
 from builder.serving.footprint import FootprintError, measure_models, parse_size, write_footprint
 from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port

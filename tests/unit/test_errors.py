@@ -5,7 +5,8 @@ import pytest
 
 import builder.demo as demo
 from builder import cli
-from builder.core.errors import EXIT_ERROR, ArtifactsError, BuilderError, KitError
+from builder.core.errors import ArtifactsError, BuilderError, KitError
+from builder.core.handler import EXIT_ERROR
 from builder.core.spec import load_spec
 from builder.serving.server import free_port
 from client import ClientError, ServerUnavailableError
