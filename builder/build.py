@@ -26,7 +26,7 @@ from .measure import agreement, count_macs, fixed_batch, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .serving import repository as repo
 from .serving.tritonconfig import ServingConfig, build_config, to_text
-from .text_endpoint import write_text_endpoint
+from .serving.text_endpoint import write_text_endpoint
 from .torch2onnx import check_limits, example_batch, export, verify
 from .variants import steps
 

@@ -24,7 +24,7 @@ from .models import resolve_spec
 from .serving.repository import list_models
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
-from .text_endpoint import text_inputs
+from .serving.text_endpoint import text_inputs
 from .variants import steps
 
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")

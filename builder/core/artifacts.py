@@ -54,6 +54,11 @@ def locked(folder: pathlib.Path):
         os.close(handle)  # closing releases the lock
 
 
+def tokenizer_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
+    """Where a text model's factory writes its tokenizer.json (read by the raw-text endpoint and `text_inputs`)."""
+    return pathlib.Path(artifacts) / model / "tokenizer.json"
+
+
 def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
     return pathlib.Path(artifacts) / model / "record.json"
 

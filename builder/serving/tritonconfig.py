@@ -45,7 +45,7 @@ class ServingConfig:
     device: str = "cpu"
     # GPU only: the TensorRT execution accelerator of the native backend, FP16 precision, engine cache in /tmp.
     tensorrt: bool = False
-    # Text models: also write the raw-text ensemble `<model>_<variant>_text` (builder/text_endpoint).
+    # Text models: also write the raw-text ensemble `<model>_<variant>_text` (builder/serving/text_endpoint).
     text_endpoint: bool = False
 
     def __post_init__(self):

@@ -15,7 +15,7 @@ import pytest
 from builder.core.evaluate import onnx_predictor, onnx_session
 from builder.serving.repository import latest_model_file, write_model
 from builder.serving.server import EmbeddedServer, free_port
-from builder.text_endpoint import write_text_endpoint
+from builder.serving.text_endpoint import write_text_endpoint
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from client import TritonClient
 from builder.core.artifacts import text_inputs

@@ -21,7 +21,7 @@ from builder.core.data import trim_padding
 from builder.core.evaluate import onnx_predictor, onnx_session
 from builder.portability import CONTAINER_ORT, RuntimeUnavailable, container_runtime, run_models
 from builder.serving.repository import latest_model_file, list_models
-from builder.text_endpoint import postprocess_onnx
+from builder.serving.text_endpoint import postprocess_onnx
 from builder.variants import steps
 from tests.unit.test_config_portability import check_config
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from builder.serving.server import EmbeddedServer, free_port
-from builder.text_endpoint import write_text_endpoint
+from builder.serving.text_endpoint import write_text_endpoint
 from client import InvalidInputError, TritonClient
 from builder.core.artifacts import text_inputs
 from tests.conftest import FIXTURES, run_cli

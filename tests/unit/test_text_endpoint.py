@@ -12,7 +12,7 @@ from builder.core.errors import ConfigError, RepositoryError
 from builder.models import resolve_spec
 from builder.serving.repository import list_models, write_model
 from builder.core.spec import load_spec
-from builder.text_endpoint import max_tokens, postprocess_onnx, write_text_endpoint
+from builder.serving.text_endpoint import max_tokens, postprocess_onnx, write_text_endpoint
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from tests.conftest import FIXTURES
 

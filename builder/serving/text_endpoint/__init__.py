@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-from ..serving import repository as repo
-from ..core.errors import ConfigError, RepositoryError
-from ..serving.tritonconfig import TRITON_DTYPES, to_text
+from ...core.artifacts import tokenizer_path
+from ...core.errors import ConfigError, RepositoryError
+from .. import repository as repo
+from ..tritonconfig import TRITON_DTYPES, to_text
 
 TEXT_INPUT = "TEXT"
 MODEL_SOURCE = pathlib.Path(__file__).with_name("tokenizer_model.py")
@@ -82,7 +83,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                               f"{repository}", hint=f"build the encoder with it: `builder build --model {spec.name} "
                                                     f"--variant {variant} --text-endpoint`")
     workdir = artifacts / spec.name
-    tokenizer_file = workdir / "tokenizer.json"
+    tokenizer_file = tokenizer_path(artifacts, spec.name)
     if not tokenizer_file.is_file():
         raise ConfigError(f"{spec.name}: no tokenizer.json in {workdir}",
                           hint="a text model's factory writes its tokenizer.json to its work folder "
