@@ -169,7 +169,7 @@ def test_client_cli_sends_raw_text(text_server, text_repository, protocol):
 
 def test_client_cli_reports_bad_text(text_server):
     result = run_cli("client", "infer", "--model", MODEL, "--text", "", "--url", text_server.grpc_url, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # every command's handler: an error the user can fix exits 2
     assert "error: in ensemble 'minilm_fp32_text', TEXT[0] is empty" in result.stderr
 
 
