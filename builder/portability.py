@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import BuilderError
+from .core.errors import BuilderError
 
 CONTAINER_ORT = "1.19.2"  # onnxruntime of Triton 24.10's onnxruntime backend
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "triton-deploy-kit" / f"ort-{CONTAINER_ORT}"

@@ -38,6 +38,9 @@ import time
 
 import numpy as np
 
+from .core.evaluate import onnx_session
+from .measure import fixed_batch
+
 PROFILE_BATCHES = (1, 32)
 PROFILE_WARMUP = 1  # runs before the profiled ones: allocation and first-touch costs, excluded from the shares
 # At least RUNS runs and SECONDS, at most MAX_RUNS: one batch-32 MiniLM run (0.6-1.1 s on 2 shared cores) already
@@ -101,7 +104,6 @@ def operator_profile(onnx_file, inputs: dict, threads: int = 1, runs: int = PROF
     "threads": threads, "by_category": {category: percent} (every category of CATEGORIES, in its order),
     "by_op_type": {op type: percent} (largest first)}; percents of kernel time, summing to 100 up to rounding.
     """
-    from .evaluate import onnx_session
 
     with tempfile.TemporaryDirectory(prefix="ort_profile_") as tmp:
         session = onnx_session(onnx_file, threads=threads, profile_prefix=str(pathlib.Path(tmp) / "ort"))
@@ -146,7 +148,6 @@ def summarise_trace(events: list[dict], skip_runs: int = 0) -> dict:
 def profile_table(onnx_file, spec, split) -> dict:
     """{"b1": operator_profile, "b32": operator_profile}: real examples of `split` at the spec's example sizes
     (builder.measure.fixed_batch), one intra-op thread."""
-    from .measure import fixed_batch
 
     return {f"b{batch}": operator_profile(onnx_file, fixed_batch(spec, split, batch), threads=1)
             for batch in PROFILE_BATCHES}
@@ -197,7 +198,6 @@ def macs_by_length(model, spec, split, lengths=MACS_LENGTHS) -> dict | None:
     A length the model refuses (e.g. beyond its position embeddings) is left out and listed in "failed_lengths"
     ({length: first line of the error}); the fit uses the others. This is an analysis: it never fails a build.
     """
-    from .measure import fixed_batch
 
     axes = sequence_axes(spec)
     if not axes:

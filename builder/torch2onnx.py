@@ -6,12 +6,17 @@ import pathlib
 
 import numpy as np
 
-from .errors import ExportError
+from .core.errors import ExportError
 
 OPSET = 18  # torch's exporter's own; <= 21 for ONNX Runtime 1.19
 MAX_OPSET = 21
 MAX_IR_VERSION = 10  # ONNX Runtime 1.19 reads IR <= 10
 RTOL, ATOL = 1e-3, 1e-4  # ONNX Runtime vs PyTorch, fp32 (kernel and fusion order differ; argmax does not)
+
+
+def example_batch(spec, batch: int = 2) -> dict:
+    """Export example: batch and dynamic axes > 1 so the exporter keeps them symbolic."""
+    return {t.name: np.ones(spec.example_shape(t, batch), dtype=t.dtype) for t in spec.inputs}
 
 
 def export(model, spec, example: dict, path: pathlib.Path) -> None:

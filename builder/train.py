@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from .data import trim_padding
-from .errors import ConfigError, VariantError
+from .core.data import Split, trim_padding
+from .core.errors import ConfigError, VariantError, unknown_name
+from .core.spec import parse_spec
+from .serving.server import free_port
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,6 @@ def train_config(spec, overrides: dict | None = None) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        from .errors import unknown_name
-
         raise unknown_name("training option", unknown[0], known)
     config = TrainConfig(**options)
     config.check()
@@ -81,8 +81,6 @@ def _rendezvous() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        from .server import free_port
-
         os.environ["MASTER_PORT"] = str(free_port())
 
 
@@ -206,9 +204,6 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
         import torch
-
-        from .data import Split
-        from .spec import parse_spec
 
         spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
                            "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],

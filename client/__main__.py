@@ -16,6 +16,9 @@ import sys
 
 import numpy as np
 
+from builder.core.artifacts import find_record, split_example, text_endpoint_record, text_inputs
+from builder.core.handler import run_command
+
 from .errors import ClientError
 from .triton import DEFAULT_PORTS, TritonClient
 
@@ -25,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     common.add_argument("--url", help="server URL, e.g. grpc://127.0.0.1:8001 (default: localhost, the protocol's port)")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     infer = commands.add_parser("infer", parents=[common], help="classify one text or one example of a data split")
     infer.add_argument("--model", required=True, help="served model name, e.g. minilm_fp32")
@@ -38,27 +42,23 @@ def main(argv: list[str] | None = None) -> int:
     metadata = commands.add_parser("metadata", parents=[common], help="show a model's inputs and outputs")
     metadata.add_argument("--model", required=True)
     args = parser.parse_args(argv)
+    return run_command(lambda: run(args), verbose=args.verbose)
+
+
+def run(args) -> int:
     url = args.url or f"{args.protocol}://127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-    try:
-        with TritonClient(url) as client:
-            if args.command == "models":
-                for m in client.models():
-                    print(f"{m['name']:32} {m['version'] or '-':>3} {m['state']:12} {m['reason']}")
-            elif args.command == "metadata":
-                print(json.dumps(client.metadata(args.model), indent=2))
-            else:
-                return run_infer(client, args)
-    except ClientError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return 1
+    with TritonClient(url) as client:
+        if args.command == "models":
+            for m in client.models():
+                print(f"{m['name']:32} {m['version'] or '-':>3} {m['state']:12} {m['reason']}")
+        elif args.command == "metadata":
+            print(json.dumps(client.metadata(args.model), indent=2))
+        else:
+            return run_infer(client, args)
     return 0
 
 
 def run_infer(client: TritonClient, args) -> int:
-    from .examples import find_record, split_example, text_endpoint_record, text_inputs
-
     text_input = raw_text_input(client, args.model) if args.text is not None else None
     if text_input is not None:  # the server tokenizes: nothing local is needed; a build record adds class names
         folder, entry = None, text_endpoint_record(args.artifacts, args.model)

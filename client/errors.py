@@ -1,10 +1,14 @@
-"""Typed client errors. Each carries a one-line message and a hint that says what to do."""
+"""Typed client errors. Each carries a one-line message and a hint that says what to do.
+
+They share the kit's one base, `KitError` (builder/core/errors.py: no torch, nothing heavy), so every command's
+handler prints them as it prints the builder's.
+"""
+
+from builder.core.errors import KitError
 
 
-class ClientError(Exception):
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
+class ClientError(KitError):
+    """A request to the Triton server failed; `hint` says what to do."""
 
 
 class ServerUnavailableError(ClientError):

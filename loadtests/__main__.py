@@ -22,6 +22,24 @@ import pathlib
 import sys
 import time
 
+from builder.core.errors import unknown_name
+from builder.core.handler import run_command
+from builder.serving.footprint import FootprintError, measure_models, parse_size, write_footprint
+from builder.serving.repository import list_models
+from builder.serving.server import EmbeddedServer, free_port
+from client.triton import parse_url
+
+from builder.core.artifacts import read_records
+
+from .bench import print_table as print_bench_table, run_bench
+from .compare import compare_runs, tables
+from .deploy import DeployError, models_to_load, write_overlay
+from .plan import DEFAULT_HEADROOM, read_prices
+from .report import (build_report, footprint_rows, footprint_table, plan_table, plan_text, summary_table,
+                     write_report)
+from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
+from .tune import TuneSettings, print_tune, run_tune
+
 
 def duration(text: str) -> float:
     """`30s`, `2m` or `45` (seconds)."""
@@ -58,7 +76,6 @@ def add_target_arguments(parser) -> None:
 
 def memory_size(text: str) -> str:
     """A memory size such as 16GB, 512MiB or 2G, checked and kept as written (the report shows it)."""
-    from builder.footprint import FootprintError, parse_size
 
     try:
         parse_size(text)
@@ -93,8 +110,6 @@ def percent(text: str) -> float:
 
 
 def add_plan_arguments(parser, required: bool = False) -> None:
-    from .plan import DEFAULT_HEADROOM
-
     parser.add_argument("--target-qps", type=float, required=required,
                         help="requests/s to plan for: replicas, cores, memory and cost per variant")
     parser.add_argument("--prices", type=pathlib.Path,
@@ -106,6 +121,7 @@ def add_plan_arguments(parser, required: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="Locust load test of served models, then the report")
@@ -205,36 +221,24 @@ def main(argv: list[str] | None = None) -> int:
     add_memory_budget_argument(footprint)
     add_target_arguments(footprint)
     args = parser.parse_args(argv)
-
-    from builder.errors import BuilderError
-
-    try:
-        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
-                "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
-                "deploy": cmd_deploy}[args.command](args)
-    except BuilderError as e:
-        print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: Locust and any server this command started are stopped", file=sys.stderr)
-        return 130
+    command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
+               "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
+               "deploy": cmd_deploy}[args.command]
+    return run_command(lambda: command(args), verbose=args.verbose,
+                       interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
 
 @contextlib.contextmanager
 def target_for(args):
     """The Target given by --url, or one of an embedded server started (and stopped) here."""
-    from .run import Target
 
     if args.url:
-        from client.triton import parse_url
-
         protocol, address = parse_url(args.url)
         host = address.rsplit(":", 1)[0]
         grpc_url = args.url if protocol == "grpc" else f"grpc://{host}:8001"
         http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
         yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
         return
-    from builder.server import EmbeddedServer, free_port
 
     print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
     with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
@@ -242,9 +246,6 @@ def target_for(args):
 
 
 def cmd_run(args) -> int:
-    from .report import build_report, read_records, write_report
-    from .run import LoadSettings, LoadTestError, run_load
-
     if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
         raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
@@ -273,8 +274,6 @@ def cmd_run(args) -> int:
 
 
 def plan_options(args) -> dict:
-    from .plan import read_prices
-
     return {"min_agreement": args.min_agreement, "target_qps": args.target_qps, "headroom": args.headroom,
             "prices": read_prices(args.prices) if args.prices else ()}
 
@@ -287,8 +286,6 @@ def print_table(header: list[str], body: list[list[str]], indent: str = "") -> N
 
 
 def print_summary(report: dict) -> None:
-    from .report import footprint_table, plan_table, plan_text, summary_table
-
     for source in report["sources"]:
         header, body = summary_table(report, source)
         keep = [0, 1, 2, 4, 8, 10, 11, 12, 13, 14, 16, 17]
@@ -308,9 +305,6 @@ def print_summary(report: dict) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report, read_records, write_report
-    from .run import LoadTestError
-
     path = args.run_dir / "results.json"
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
@@ -323,9 +317,6 @@ def cmd_report(args) -> int:
 
 
 def load_report(args) -> dict:
-    from .report import build_report, read_records
-    from .run import LoadTestError
-
     path = args.report / "results.json"
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
@@ -336,8 +327,6 @@ def load_report(args) -> dict:
 
 
 def cmd_plan(args) -> int:
-    from .report import plan_table, plan_text
-
     report = load_report(args)
     for source in report["sources"]:
         print(f"\n{source}")
@@ -348,9 +337,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_runs, tables
-    from .run import LoadTestError
-
     runs = []
     for path in (args.baseline, args.new):
         if path.is_dir():
@@ -373,8 +359,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from .deploy import DeployError, models_to_load, write_overlay
-
     report = load_report(args)
     sources = report["sources"]
     source = args.model or (sources[0] if len(sources) == 1 else None)
@@ -406,8 +390,6 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import TuneSettings, print_tune, run_tune
-
     out = args.out or pathlib.Path("reports") / f"tune-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = TuneSettings(users=args.users, duration_s=args.duration, budget_s=args.budget, protocol=args.protocol,
                             slo_p99_ms=args.slo_p99_ms)
@@ -420,11 +402,6 @@ def cmd_tune(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from builder.errors import unknown_name
-    from builder.repository import list_models
-
-    from .bench import print_table, run_bench
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     known = list_models(args.repository)
     for model in models:
@@ -433,17 +410,12 @@ def cmd_bench(args) -> int:
     results = run_bench(models, args.repository, args.artifacts, args.seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_table(results)
+    print_bench_table(results)
     print(f"\nwrote {args.out}")
     return 0
 
 
 def cmd_footprint(args) -> int:
-    from builder.footprint import measure_models, write_footprint
-
-    from .report import footprint_rows
-    from .run import check_target, has_record
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     with target_for(args) as target:
         everything = models == ["all"]

@@ -18,6 +18,16 @@ import time
 
 import numpy as np
 
+from builder.core.artifacts import read_split
+from builder.core.evaluate import onnx_session
+from builder.serving.repository import latest_model_file
+from builder.serving.server import EmbeddedServer, free_port
+from builder.serving.tritonconfig import parse_text
+from client import TritonClient
+from client.triton import make_inputs
+
+from .run import machine
+
 SEQUENCE_TOKENS = 32
 CONCURRENCY = 16
 IN_PROCESS_BATCHES = (1, 4, 16, 32)
@@ -44,7 +54,6 @@ def timed_loop(call, seconds: float, warmup: int = 20) -> list[float]:
 
 def example_requests(model: str, artifacts: pathlib.Path, count: int = 64) -> list[dict]:
     """Real single-example requests: test images for digits, test texts cut to exactly 32 tokens for MiniLM."""
-    from builder.data import read_split
 
     source = model.rsplit("_", 1)[0]
     split = read_split(artifacts / source / "data" / "test.npz")
@@ -60,14 +69,10 @@ def stack(requests: list[dict], batch: int) -> dict:
 
 
 def threads_of(config_text: str) -> int:
-    from builder.tritonconfig import parse_text
-
     return int(parse_text(config_text).parameters["intra_op_thread_count"].string_value)
 
 
 def in_process(onnx_file: pathlib.Path, threads: int, requests: list[dict], seconds: float) -> dict:
-    from builder.evaluate import onnx_session
-
     session = onnx_session(onnx_file, threads=threads)
     names = [o.name for o in session.get_outputs()]
     single = requests[0]
@@ -98,7 +103,6 @@ def server_breakdown(client, model: str, before: dict | None = None) -> dict:
 
 def served_latency(url: str, model: str, requests: list[dict], seconds: float) -> dict:
     """Client-side p50/p99 at concurrency 1, and where the server spent the time (Triton's statistics)."""
-    from client import TritonClient
 
     with TritonClient(url) as client:
         names = client.output_names(model)
@@ -118,7 +122,6 @@ def served_throughput(url: str, model: str, requests: list[dict], seconds: float
             import tritonclient.grpc.aio as module
         else:
             import tritonclient.http.aio as module
-        from client.triton import make_inputs
 
         client = module.InferenceServerClient(url.split("://")[1])
         names = [o["name"] for o in (await client.get_model_metadata(model, **({"as_json": True} if protocol == "grpc" else {})))["outputs"]]
@@ -149,8 +152,6 @@ def served_throughput(url: str, model: str, requests: list[dict], seconds: float
 
 
 def execution_stats(url: str, model: str) -> tuple[int, int]:
-    from client import TritonClient
-
     with TritonClient(url) as client:
         stats = client.statistics(model)["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
@@ -158,7 +159,6 @@ def execution_stats(url: str, model: str) -> tuple[int, int]:
 
 def with_queue_delay(url: str, model: str, config: dict, delay_us: int) -> None:
     """Reload `model` in the running server (explicit model control) with another max queue delay."""
-    from client import TritonClient
 
     override = json.loads(json.dumps(config))
     override.setdefault("dynamic_batching", {})["max_queue_delay_microseconds"] = delay_us
@@ -168,12 +168,6 @@ def with_queue_delay(url: str, model: str, config: dict, delay_us: int) -> None:
 
 def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Path, seconds: float,
               progress=print) -> dict:
-    from builder.repository import latest_model_file
-    from builder.server import EmbeddedServer, free_port
-    from client import TritonClient
-
-    from .run import machine
-
     results = {"machine": machine(), "seconds_per_point": seconds, "concurrency": CONCURRENCY,
                "sequence_tokens": SEQUENCE_TOKENS, "models": {}}
     with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:

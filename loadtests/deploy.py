@@ -27,7 +27,7 @@ import os
 import pathlib
 import re
 
-from builder.errors import BuilderError
+from builder.core.errors import BuilderError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE = ROOT / "docker" / "k8s" / "base"

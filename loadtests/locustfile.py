@@ -33,7 +33,7 @@ import locust.stats  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
 from client import TritonClient  # noqa: E402
-from client.examples import find_record, request_batches  # noqa: E402
+from builder.core.artifacts import find_record, request_batches  # noqa: E402
 
 # Locust keeps whole milliseconds below 100 ms, too coarse for a 2 ms model. Two significant digits everywhere
 # (0.1 ms resolution below 10 ms) through Locust's documented bucketing hook.

@@ -25,7 +25,8 @@ import zipfile
 
 import numpy as np
 
-from builder.errors import BuilderError
+from builder.core.errors import BuilderError
+from builder.serving.server import triton_paths
 
 VERSION = "2.51.0"
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "triton-deploy-kit" / f"perf_analyzer-{VERSION}"
@@ -91,8 +92,6 @@ def _download(binary: pathlib.Path) -> None:
 
 
 def _link_libraries(lib: pathlib.Path) -> None:
-    from builder.server import triton_paths
-
     try:
         _, wheel_libs, _ = triton_paths()
     except BuilderError as e:

@@ -30,7 +30,8 @@ import dataclasses
 import math
 import pathlib
 
-from builder.errors import BuilderError, unknown_name
+from builder.core.errors import BuilderError, unknown_name
+from builder.serving.footprint import FootprintError, parse_size
 
 DEFAULT_HEADROOM = 0.3
 DEFAULT_MEMORY_MARGIN = 0.5
@@ -51,8 +52,6 @@ class InstanceType:
 
     @property
     def memory_bytes(self) -> int:
-        from builder.footprint import FootprintError, parse_size
-
         try:
             return parse_size(self.memory)
         except FootprintError as e:

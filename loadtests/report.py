@@ -17,7 +17,8 @@ import json
 import math
 import pathlib
 
-from builder.build import MARGINAL_SPEEDUP
+from builder.core.artifacts import MARGINAL_SPEEDUP
+from builder.serving.footprint import fits, parse_size
 
 from . import plan as capacity
 from .intervals import Interval, merge_repeats
@@ -46,18 +47,6 @@ class VariantRow:
     # mean of batch 1 and 32 at 1 thread: 0.25 = a quarter of fp32's compute; fp32: 1
     compute: float | None = None
     entry: dict = dataclasses.field(default_factory=dict, repr=False)  # the build-record entry (or {})
-
-
-def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
-    """Build-record entries by served model name (`minilm_int8` -> its entry, plus `source`/`variant`)."""
-    entries = {}
-    for path in sorted(artifacts.glob("*/record.json")):
-        record = json.loads(path.read_text())
-        for variant, entry in record.get("variants", {}).items():
-            if entry.get("triton_model"):
-                entries[entry["triton_model"]] = entry | {"source": record.get("model", path.parent.name),
-                                                          "variant": variant}
-    return entries
 
 
 def relative_compute(entry: dict) -> float | None:
@@ -477,9 +466,8 @@ def plan_text(report: dict, source: str) -> str:
 
 
 def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[list[str], list[list[str]]]:
-    """Deployment footprint per served model (builder/footprint.py): file size, load time, resident memory per
+    """Deployment footprint per served model (builder/serving/footprint.py): file size, load time, resident memory per
     instance and how many instances fit in `memory_budget`."""
-    from builder.footprint import fits, parse_size
 
     budget = parse_size(memory_budget)
     header = ["model", "file MB", "load s", "instances", "RSS/instance MB", "peak RSS MB", f"fit in {memory_budget}"]

@@ -17,9 +17,14 @@ import subprocess
 import sys
 import time
 
-from builder.errors import BuilderError, unknown_name
+from builder.core.artifacts import find_record, read_records, request_batches
+from builder.core.errors import ArtifactsError, BuilderError, unknown_name
+from builder.serving.footprint import FootprintError, find_stubs, measure_models, process_memory, write_footprint
+from builder.serving.server import free_port
+from client import ClientError, TritonClient
 
 from . import intervals, metrics
+from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
 # records each request's end time and response time, so a step splits into windows (loadtests/intervals.py)
@@ -69,7 +74,6 @@ class Target:
 
 def check_target(target: Target, models: list[str]) -> list[str]:
     """Before any load: the server answers and every model is READY. `models == ["all"]` means every READY one."""
-    from client import ClientError, TritonClient
 
     try:
         with TritonClient(target.http_url, timeout=10) as client:
@@ -110,7 +114,6 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
            "--exit-code-on-error", "0"] + (["--windows-json", str(windows.resolve())] if windows else [])
     if settings.workers == 0:
         return [common + run]
-    from builder.server import free_port
 
     port = free_port()
     master = common + run + ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
@@ -238,12 +241,10 @@ def machine() -> dict:
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
     """Whether `model` has a build record (the users replay its test split): with `skip`, say so and leave it out;
     otherwise no record is an error before any load."""
-    from client import ClientError
-    from client.examples import find_record
 
     try:
         return bool(find_record(artifacts, model))
-    except ClientError as e:
+    except ArtifactsError as e:
         if not skip:
             raise LoadTestError(str(e), hint=e.hint) from e
         progress(f"skipping {model}: no build record under {artifacts}/ (no test data to replay)")
@@ -257,7 +258,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     collection of names, or True for all). Results so far are written after each step, so Ctrl-C keeps them.
     `models == ["all"]`: every READY model that has a build record (the users replay its test split).
     With `footprint` (`python -m loadtests run` turns it on), first each model's load time and memory per
-    instance (builder/footprint.py; reloads the model once), kept under "footprint" and in its build record;
+    instance (builder/serving/footprint.py; reloads the model once), kept under "footprint" and in its build record;
     `memory_budget` is kept for the report."""
     everything = models == ["all"]
     models = check_target(target, models)
@@ -273,8 +274,6 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     total = len(models) * len(settings.users) * settings.repeats
     try:
         if footprint:
-            from builder.footprint import measure_models, write_footprint
-
             results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
             for model, measured in results["footprint"].items():
                 write_footprint(artifacts, model, measured)
@@ -314,8 +313,6 @@ RECORD_KEYS = ("source", "variant", "triton_model", "accuracy", "accuracy_drop_p
 
 
 def record_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dict]:
-    from .report import read_records
-
     records = read_records(artifacts)
     return {m: {k: records[m][k] for k in RECORD_KEYS if k in records[m]} for m in models if m in records}
 
@@ -324,8 +321,6 @@ def server_rss(models: list[str]) -> int | None:
     """Resident memory of the tritonserver process serving `models` on this machine (found as the parent named
     in its Python-backend stubs' arguments), with every model of the run loaded; None when it runs elsewhere.
     The capacity plan adds it to each replica's memory: the footprint counts only the instances' stubs."""
-    from builder.footprint import FootprintError, find_stubs, process_memory
-
     for model in models:
         for stub in find_stubs(model):
             if stub.server_pid:
@@ -349,11 +344,6 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
     step) and requests. Text requests are cut to one length for both: perf_analyzer's concurrent contexts walk
     its data in step, so with mixed lengths it would meet batchable same-shape requests far more often than
     Locust's independent users, and the comparison would measure the data order, not the load generators."""
-    from client import ClientError
-    from client.examples import find_record, request_batches
-
-    from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
-
     concurrency = max(settings.users)
     if settings.mode == "open":
         return {"skipped": "perf_analyzer's concurrency mode is closed loop; this run was open loop"}

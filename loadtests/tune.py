@@ -16,6 +16,9 @@ import os
 import pathlib
 import time
 
+from builder.serving.tritonconfig import parse_text
+from client import ClientError, TritonClient
+
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_step
 
 QUEUE_DELAYS_US = (0, 500, 2000)
@@ -69,9 +72,6 @@ def best_point(points: list[dict], slo_p99_ms: float) -> dict | None:
 
 def run_tune(model: str, target: Target, settings: TuneSettings, repository: pathlib.Path, artifacts: pathlib.Path,
              out: pathlib.Path, write: bool = False, progress=print) -> dict:
-    from builder.tritonconfig import parse_text
-    from client import ClientError, TritonClient
-
     check_target(target, [model])
     has_record(model, artifacts, skip=False, progress=progress)  # the users replay its test split
     config_path = repository / model / "config.pbtxt"

@@ -1,6 +1,8 @@
-"""The demo models, registered by YAML exactly as a user's model is (see builder/spec.py)."""
+"""The demo models, registered by YAML exactly as a user's model is (see builder/core/spec.py)."""
 
 import pathlib
+
+from ..core.errors import ConfigError
 
 _HERE = pathlib.Path(__file__).parent
 
@@ -16,7 +18,5 @@ def package_dir(name: str) -> pathlib.Path:
 
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        from ..errors import ConfigError
-
         raise ConfigError(f"package `{name}` is not installed", hint="run `make install` (demo data packages are installed --no-deps)")
     return pathlib.Path(spec.submodule_search_locations[0])

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import torch
 
-from ..data import Split
+from ..core.data import Split
 from . import package_dir
 
 SEED = 0

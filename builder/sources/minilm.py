@@ -10,7 +10,8 @@ import pathlib
 import numpy as np
 import torch
 
-from ..data import Split, read_split
+from ..core.artifacts import read_split
+from ..core.data import Split
 from . import package_dir
 
 SEED = 0

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from ..errors import VariantError, unknown_name
+from ..core.errors import VariantError, unknown_name
 from . import clustered, distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd
 
 
@@ -64,6 +64,11 @@ VARIANTS = {
     # min-max calibration: the activation ranges QAT trained with are min-max ranges too
     "qat": [Step(qat), Step(int8, {"method": "static", "calibration": "minmax"})],
 }
+
+
+def module_names() -> set[str]:
+    """The keys a model spec's `variants:` may set options for: every step's name."""
+    return {step.name for steps in VARIANTS.values() for step in steps}
 
 
 def steps(variant: str) -> list[Step]:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 from ..measure import gzip_bytes
+from ..train import recovery_loss, train, train_config, training_overrides
 
 STAGE = "torch"
 # it buys size, not speed (dense fp32 kernels): the build's speed gate only rejects it when it is slower than fp32
@@ -174,8 +175,6 @@ def write_compressed(path: pathlib.Path, student, codebooks: dict, clusters: int
 
 
 def apply(model, context, config: Config):
-    from ..train import recovery_loss, train, train_config, training_overrides
-
     config.check()
     spec = context.spec
     student, codebooks = cluster_model(model, config)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..core.evaluate import run_split, score
+from ..measure import count_macs, fixed_batch
+from ..train import distillation_loss, feature_output_index, shift_images, train, train_config, training_overrides
 
 STAGE = "torch"
 
@@ -110,8 +113,6 @@ def separable_macs(model, student, replaced: list[str], example: dict) -> dict:
     hook): standard D_K*D_K*M*N*D_F*D_F, separable D_K*D_K*M*D_F*D_F + M*N*D_F*D_F."""
     import torch
 
-    from ..measure import count_macs
-
     modules = dict(model.named_modules())
     sizes, hooks = {}, []
 
@@ -143,8 +144,6 @@ def apply(model, context, config: Config):
     config.check()
     student, info = make_student(model, config)
     if info.get("student") == "depthwise-separable":  # a standard-conv student of the same width is the teacher
-        from ..measure import fixed_batch
-
         example = fixed_batch(context.spec, context.splits[context.spec.evaluate[0]], 1)
         info["macs"] = separable_macs(model, student, info["separable_convs"], example)
     return distill(student, info, context, config, "distilled")
@@ -153,8 +152,6 @@ def apply(model, context, config: Config):
 def torch_accuracy(model, spec, split) -> float:
     """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after."""
     import torch
-
-    from ..evaluate import run_split, score
 
     names = [t.name for t in spec.outputs]
 
@@ -171,9 +168,6 @@ def distill(student, info: dict, context, config, what: str):
     """Train `student` from context.teacher with distillation_loss as `config` says (temperature, alpha,
     feature_weight, feature_output, train_seconds, train_lr); record `info` and the student's validation accuracy
     before and after as context.notes[what]. Returns the trained student."""
-    from ..train import (distillation_loss, feature_output_index, shift_images, train, train_config,
-                         training_overrides)
-
     spec = context.spec
     teacher = context.teacher.eval()
     names = [t.name for t in spec.outputs]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..train import recovery_loss, train, train_config, training_overrides
 from .svd import break_even_rank
 
 STAGE = "torch"
@@ -123,8 +124,6 @@ def raise_no_saving(name: str, vocab: int, width: int, rank: int, energy: float 
 
 
 def apply(model, context, config: Config):
-    from ..train import recovery_loss, train, train_config, training_overrides
-
     model, facts = factorize(model, config)
     context.notes["embed-factorized"] = facts
     context.progress(f"embed-factorized: `{facts['embedding']}` {facts['vocab']} x {facts['width']} -> rank "

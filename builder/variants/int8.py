@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..core.evaluate import onnx_predictor, onnx_session, run_split, score
+from ..measure import fixed_batch, latency_p50_ms
+from . import int8_search
 
 STAGE = "onnx"
 METHODS = ("auto", "dynamic", "static")
@@ -176,10 +179,6 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     import shutil
 
     import onnx
-
-    from ..evaluate import onnx_predictor, onnx_session, run_split, score
-    from ..measure import fixed_batch, latency_p50_ms
-    from . import int8_search
 
     spec = context.spec
     split = context.splits[spec.validation_split].spread(config.search_examples)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..measure import fixed_batch
+from ..train import recovery_loss, train, train_config, training_overrides
 
 STAGE = "torch"
 IMPORTANCES = ("l2", "l1", "group-lasso")
@@ -68,9 +70,6 @@ def channel_summary(model) -> dict:
 def apply(model, context, config: Config):
     import torch
     import torch_pruning as tp
-
-    from ..measure import fixed_batch
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     spec = context.spec

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from ..train import recovery_loss, train, train_config, training_overrides
+
 STAGE = "torch"
 
 
@@ -68,8 +70,6 @@ def activation_hook(ema: float):
 def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
-
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     spec = context.spec
     student = copy.deepcopy(model)

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..measure import count_macs, fixed_batch, latency_p50_ms
+from ..torch2onnx import example_batch, export, verify
+from ..train import distillation_loss, shift_images, train, train_config, training_overrides
+from .distilled import torch_accuracy
 
 STAGE = "torch"
 
@@ -264,12 +268,6 @@ def session_memory_mib(onnx_path: pathlib.Path, input_name: str, batch: np.ndarr
 
 def apply(model, context, config: Config):
     import torch
-
-    from ..build import example_batch
-    from ..measure import count_macs, fixed_batch, latency_p50_ms
-    from ..torch2onnx import export, verify
-    from ..train import distillation_loss, shift_images, train, train_config, training_overrides
-    from .distilled import torch_accuracy
 
     config.check()
     spec = context.spec

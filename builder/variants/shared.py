@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import VariantError
+from ..core.errors import VariantError
 from .distilled import DistillationOptions, distill, repeated_blocks
 
 STAGE = "torch"

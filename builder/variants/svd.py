@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import VariantError
+from ..core.errors import VariantError
+from ..train import recovery_loss, train, train_config, training_overrides
 
 STAGE = "torch"
 
@@ -63,8 +64,6 @@ def apply(model, context, config: Config):
     import copy
 
     import torch
-
-    from ..train import recovery_loss, train, train_config, training_overrides
 
     config.check()
     model = copy.deepcopy(model)

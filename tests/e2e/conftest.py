@@ -7,9 +7,9 @@ import pytest
 
 from builder.build import build_variant
 from builder.models import resolve_spec
-from builder.server import EmbeddedServer, free_port
-from builder.spec import load_spec
-from builder.tritonconfig import ServingConfig
+from builder.serving.server import EmbeddedServer, free_port
+from builder.core.spec import load_spec
+from builder.serving.tritonconfig import ServingConfig
 from client import TritonClient
 from tests.conftest import TINY_SPEC
 

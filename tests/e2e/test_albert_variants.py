@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from builder.build import Gates, build_variant
-from builder.repository import latest_model_file
+from builder.serving.repository import latest_model_file
 
 pytestmark = pytest.mark.e2e
 

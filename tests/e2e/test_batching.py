@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from builder.data import load_splits
+from builder.core.artifacts import load_splits
 from client import InferenceError, InvalidInputError, TritonClient
 
 pytestmark = pytest.mark.e2e

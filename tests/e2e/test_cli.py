@@ -29,7 +29,7 @@ def test_client_infer_index(server, built, protocol):
 def test_client_unknown_model(server, built):
     result = run_cli("client", "infer", "--model", "minilm_fp64", "--text", "x", "--url", server.grpc_url,
                      "--artifacts", built["artifacts"], timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # every command's handler: an error the user can fix exits 2
     assert "error: no build record for model `minilm_fp64`" in result.stderr
 
 

@@ -23,9 +23,9 @@ import uuid
 import pytest
 
 from builder.build import build_variant
-from builder.server import BACKEND_SOURCE, free_port, triton_paths
-from builder.spec import load_spec
-from builder.tritonconfig import ServingConfig
+from builder.serving.server import BACKEND_SOURCE, free_port, triton_paths
+from builder.core.spec import load_spec
+from builder.serving.tritonconfig import ServingConfig
 from tests.conftest import TINY_SPEC
 from tests.unit.test_deployment import ADMIN_HEADER, ENTRYPOINT, PROBE, image_args
 

@@ -9,10 +9,11 @@ import pathlib
 
 import pytest
 
-from builder.footprint import FootprintError, find_stubs, fits, measure_models, parse_size, write_footprint
+from builder.serving.footprint import FootprintError, find_stubs, fits, measure_models, parse_size, write_footprint
 from client import TritonClient
-from client.examples import find_record, request_batches
-from loadtests.report import build_report, read_records, write_report
+from builder.core.artifacts import find_record, request_batches
+from builder.core.artifacts import read_records
+from loadtests.report import build_report, write_report
 from loadtests.run import LoadSettings, Target, run_load
 from tests.conftest import run_cli
 

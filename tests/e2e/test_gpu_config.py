@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from builder.evaluate import onnx_predictor, onnx_session
-from builder.repository import latest_model_file, write_model
-from builder.server import EmbeddedServer, free_port
-from builder.text_endpoint import write_text_endpoint
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.core.evaluate import onnx_predictor, onnx_session
+from builder.serving.repository import latest_model_file, write_model
+from builder.serving.server import EmbeddedServer, free_port
+from builder.serving.text_endpoint import write_text_endpoint
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from client import TritonClient
-from client.examples import text_inputs
+from builder.core.artifacts import text_inputs
 from tests.conftest import FIXTURES, run_cli
 from tests.e2e.test_serve_cli import start_serve
 

@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from builder.tritonconfig import parse_text
+from builder.serving.tritonconfig import parse_text
 from client import TritonClient
-from loadtests.report import build_report, read_records, write_report
+from builder.core.artifacts import read_records
+from loadtests.report import build_report, write_report
 from loadtests.run import LoadSettings, LoadTestError, Target, run_load
 from loadtests.tune import TuneSettings, run_tune
 from tests.conftest import ROOT

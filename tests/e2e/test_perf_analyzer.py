@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from builder.data import load_splits
+from builder.core.artifacts import load_splits
 from client import TritonClient
 from loadtests.perf_analyzer import (DEFAULT_CACHE, WINDOWS, PerfAnalyzerError, PerfAnalyzerUnavailable,
                                      ensure_perf_analyzer, run_perf_analyzer, write_input_data)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from builder.build import build_variant
-from builder.repository import versions
-from builder.server import EmbeddedServer, free_port
-from builder.spec import load_spec
+from builder.serving.repository import versions
+from builder.serving.server import EmbeddedServer, free_port
+from builder.core.spec import load_spec
 from client import TritonClient
 from tests.conftest import TINY_SPEC
 

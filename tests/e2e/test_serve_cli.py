@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from builder.server import free_port
+from builder.serving.server import free_port
 from client import TritonClient
 from tests.conftest import ROOT, run_cli
 

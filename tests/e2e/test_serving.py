@@ -5,10 +5,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from builder.data import load_splits
+from builder.core.artifacts import load_splits
 from builder.demo import compare_accuracy
-from builder.evaluate import onnx_predictor, onnx_session
-from builder.repository import latest_model_file
+from builder.core.evaluate import onnx_predictor, onnx_session
+from builder.serving.repository import latest_model_file
 from client import AsyncTritonClient
 
 pytestmark = pytest.mark.e2e

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from builder.server import EmbeddedServer, free_port
-from builder.text_endpoint import write_text_endpoint
+from builder.serving.server import EmbeddedServer, free_port
+from builder.serving.text_endpoint import write_text_endpoint
 from client import InvalidInputError, TritonClient
-from client.examples import text_inputs
+from builder.core.artifacts import text_inputs
 from tests.conftest import FIXTURES, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -169,7 +169,7 @@ def test_client_cli_sends_raw_text(text_server, text_repository, protocol):
 
 def test_client_cli_reports_bad_text(text_server):
     result = run_cli("client", "infer", "--model", MODEL, "--text", "", "--url", text_server.grpc_url, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # every command's handler: an error the user can fix exits 2
     assert "error: in ensemble 'minilm_fp32_text', TEXT[0] is empty" in result.stderr
 
 

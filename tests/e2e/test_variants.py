@@ -9,10 +9,10 @@ import onnx
 import pytest
 
 from builder.build import Gates, build_variant
-from builder.data import load_splits
+from builder.core.artifacts import load_splits
 from builder.demo import compare_accuracy
-from builder.repository import latest_model_file
-from builder.server import EmbeddedServer, free_port
+from builder.serving.repository import latest_model_file
+from builder.serving.server import EmbeddedServer, free_port
 from client import TritonClient
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,7 @@ objects at the teacher's depth. Tiny models, no training."""
 import pytest
 import torch
 
-from builder.errors import VariantError
+from builder.core.errors import VariantError
 from builder.variants import embed_factorized as ef
 from builder.variants import shared, steps
 from tests.fixtures.tiny.tiny_model import VOCAB, BagOfTokens

@@ -68,7 +68,7 @@ def test_search_reverts_in_groups():
 
 def build(spec_path, variants, tmp_path, drop=1.0):
     from builder.build import Gates, build_variant
-    from builder.spec import load_spec
+    from builder.core.spec import load_spec
 
     spec = load_spec(spec_path)
     return {v: build_variant(spec, v, tmp_path / "repo", tmp_path / "art", gates=Gates(drop, force=True),
@@ -91,8 +91,8 @@ def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path):
 
 def test_int8_search_is_off_without_a_budget_and_by_option(tmp_path):
     from builder.build import BuildContext
-    from builder.data import load_splits
-    from builder.spec import load_spec
+    from builder.core.artifacts import load_splits
+    from builder.core.spec import load_spec
     from builder.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
@@ -212,8 +212,8 @@ def test_sqnr_ranking_puts_the_noisiest_node_first():
 
 def test_int8_static_search_by_sqnr_runs_on_a_qdq_graph(tmp_path):
     from builder.build import BuildContext
-    from builder.data import load_splits
-    from builder.spec import load_spec
+    from builder.core.artifacts import load_splits
+    from builder.core.spec import load_spec
     from builder.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
@@ -235,8 +235,8 @@ def test_group_lasso_pruning_trains_sparse_then_removes_channels(tmp_path, monke
     import torch_pruning as tp
 
     from builder.build import BuildContext
-    from builder.data import load_splits
-    from builder.spec import load_spec, resolve_callable
+    from builder.core.artifacts import load_splits
+    from builder.core.spec import load_spec, resolve_callable
     from builder.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")

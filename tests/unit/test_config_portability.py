@@ -6,10 +6,10 @@ the image; adding one to a list means checking that the image really reads it.""
 import pytest
 
 from builder.models import resolve_spec
-from builder.repository import write_model
-from builder.spec import load_spec
-from builder.text_endpoint import write_text_endpoint
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.repository import write_model
+from builder.core.spec import load_spec
+from builder.serving.text_endpoint import write_text_endpoint
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from tests.conftest import FIXTURES
 
 # Top-level ModelConfig fields the kit writes, per backend / platform.
@@ -27,7 +27,7 @@ ORT_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_m
 # Its TensorRT accelerator's keys (same README, "ONNX Runtime with TensorRT optimization"), those the kit may use.
 TENSORRT_PARAMETERS = {"precision_mode", "max_workspace_size_bytes", "trt_engine_cache_enable",
                        "trt_engine_cache_path"}
-# What builder/text_endpoint/tokenizer_model.py reads.
+# What builder/serving/text_endpoint/tokenizer_model.py reads.
 TOKENIZER_PARAMETERS = {"ids_output", "mask_output", "max_length"}
 SERVINGS = [ServingConfig(), ServingConfig(instances=2, intra_op_threads=1, max_queue_delay_us=500),
             ServingConfig(device="gpu"), ServingConfig(device="gpu", tensorrt=True)]

@@ -1,7 +1,8 @@
 import numpy as np
 
-from builder.data import Split, load_splits, save_split, trim_padding
-from builder.spec import load_spec
+from builder.core.artifacts import load_splits, save_split
+from builder.core.data import Split, trim_padding
+from builder.core.spec import load_spec
 from tests.conftest import TINY_SPEC
 
 

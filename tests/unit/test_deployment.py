@@ -31,8 +31,8 @@ from packaging.requirements import Requirement
 
 from builder.cli import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
 from builder.models import resolve_spec
-from builder.server import EmbeddedServer
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.server import EmbeddedServer
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -347,9 +347,10 @@ def test_build_context_keeps_what_copy_needs_and_nothing_private(dockerfile):
 
 
 def test_locust_image_pins_satisfy_the_kits_requirements():
-    # the installed kit's metadata: pyproject.toml's dependencies as of `make install`
+    # the installed kit's metadata: pyproject.toml's dependencies as of `make install`, with its `client` and `kit`
+    # extras (the load generator needs the client's)
     declared = {r.name.lower(): r for r in map(Requirement, importlib.metadata.requires("triton-deploy-kit"))
-                if r.marker is None}
+                if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("client", "kit"))}
     pins, kit_without_deps = {}, False
     for run in instruction(DOCKER / "Dockerfile.locust", "RUN"):
         for command in run.split("&&"):
@@ -861,7 +862,7 @@ def test_locust_workers_find_their_master_and_target_triton():
 # --- the repository the image serves ----------------------------------------------------------------------------
 
 def test_models_the_builder_writes_are_readable_by_the_images_user(tmp_path):
-    from builder.repository import write_model
+    from builder.serving.repository import write_model
 
     onnx_file = tmp_path / "src.onnx"
     onnx_file.write_bytes(b"onnx")

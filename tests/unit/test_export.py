@@ -3,8 +3,8 @@ import onnx
 import pytest
 import torch
 
-from builder.errors import ExportError
-from builder.spec import parse_spec
+from builder.core.errors import ExportError
+from builder.core.spec import parse_spec
 from builder.torch2onnx import MAX_IR_VERSION, MAX_OPSET, export, verify
 
 SPEC = parse_spec({

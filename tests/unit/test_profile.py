@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from builder.data import Split
+from builder.core.data import Split
 from builder.measure import fixed_batch
 from builder.profile import (CATEGORIES, category, macs_by_length, operator_profile, profile_table,
                              summarise_trace)
-from builder.spec import parse_spec
+from builder.core.spec import parse_spec
 from builder.torch2onnx import export
 
 D, FFN, LAYERS, VOCAB = 32, 64, 2, 50

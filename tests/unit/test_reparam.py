@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from builder.errors import VariantError
-from builder.spec import parse_spec
+from builder.core.errors import VariantError
+from builder.core.spec import parse_spec
 from builder.variants import reparam
 
 IMAGE_SPEC = parse_spec({"name": "img", "factory": "a:b", "data": "a:b",

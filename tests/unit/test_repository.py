@@ -1,7 +1,7 @@
 import pytest
 
-from builder.errors import RepositoryError
-from builder.repository import latest_model_file, list_models, versions, write_model
+from builder.core.errors import RepositoryError
+from builder.serving.repository import latest_model_file, list_models, versions, write_model
 
 CONFIG = 'name: "m"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
 

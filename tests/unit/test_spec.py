@@ -1,9 +1,9 @@
 import pytest
 
-from builder.errors import ConfigError
+from builder.core.errors import ConfigError
 from builder.models import resolve_spec
 from builder.sources import DEMO_SPECS
-from builder.spec import load_spec, resolve_callable
+from builder.core.spec import load_spec, resolve_callable
 from tests.conftest import FIXTURES, TINY_SPEC
 
 BAD = FIXTURES / "bad_specs"
@@ -74,11 +74,13 @@ def test_missing_spec_file():
 def test_a_misspelt_variants_key_is_an_error_not_ignored():
     import yaml
 
-    from builder.spec import parse_spec
+    from builder.core.spec import parse_spec
+    from builder.variants import module_names
 
     values = yaml.safe_load(TINY_SPEC.read_text()) | {"variants": {"embed_factorized": {"rank": 4}}}
     with pytest.raises(ConfigError) as info:
-        parse_spec(values, where="my.yaml")
+        parse_spec(values, where="my.yaml", variant_modules=module_names())
     assert "my.yaml" in str(info.value) and "embed_factorized" in str(info.value)
     assert "did you mean `embed-factorized`" in info.value.hint
-    assert parse_spec(values | {"variants": {"embed-factorized": {"rank": 4}}}, where="my.yaml").variants
+    assert parse_spec(values | {"variants": {"embed-factorized": {"rank": 4}}}, where="my.yaml",
+                      variant_modules=module_names()).variants

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from builder.errors import ConfigError, RepositoryError
+from builder.core.errors import ConfigError, RepositoryError
 from builder.models import resolve_spec
-from builder.repository import list_models, write_model
-from builder.spec import load_spec
-from builder.text_endpoint import max_tokens, postprocess_onnx, write_text_endpoint
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.repository import list_models, write_model
+from builder.core.spec import load_spec
+from builder.serving.text_endpoint import max_tokens, postprocess_onnx, write_text_endpoint
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from tests.conftest import FIXTURES
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from builder.data import Split
-from builder.errors import ConfigError, VariantError
-from builder.spec import parse_spec
+from builder.core.data import Split
+from builder.core.errors import ConfigError, VariantError
+from builder.core.spec import parse_spec
 from builder.train import TrainConfig, cross_entropy_loss, train, train_config
 from builder.variants import distilled, pruned, svd
 

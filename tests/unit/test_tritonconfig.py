@@ -1,10 +1,10 @@
 import pytest
 from google.protobuf import json_format, text_format
 
-from builder.errors import ConfigError, RepositoryError
+from builder.core.errors import ConfigError, RepositoryError
 from builder.models import resolve_spec
-from builder.server import cpu_fallback_config
-from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+from builder.serving.server import cpu_fallback_config
+from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 
 
 def test_config_round_trips_through_the_2_51_schema():

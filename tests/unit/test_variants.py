@@ -1,6 +1,6 @@
 import pytest
 
-from builder.errors import VariantError
+from builder.core.errors import VariantError
 from builder.variants import VARIANTS, steps
 
 

@@ -4,7 +4,7 @@ The demo models are described by the same YAML files a user writes (builder/sour
 
     name: digits
     factory: builder.sources.digits:load_model   # (workdir: Path) -> torch.nn.Module
-    data: builder.sources.digits:load_data       # (workdir: Path) -> dict[str, builder.data.Split]
+    data: builder.sources.digits:load_data       # (workdir: Path) -> dict[str, builder.core.data.Split]
     inputs:
       - {name: image, dtype: float32, shape: [batch, 1, 28, 28]}
     outputs:
@@ -24,6 +24,7 @@ import importlib
 import pathlib
 import sys
 from dataclasses import dataclass, field
+from typing import Collection
 
 from .errors import ConfigError, unknown_name
 
@@ -77,8 +78,11 @@ class ModelSpec:
         return [batch if d == "batch" else self.example_sizes[d] if isinstance(d, str) else d for d in tensor.shape]
 
 
-def load_spec(path: str | pathlib.Path) -> ModelSpec:
-    """Read and strictly validate a model spec. Raises ConfigError naming the file, the field and the bad value."""
+def load_spec(path: str | pathlib.Path, variant_modules: Collection[str] = ()) -> ModelSpec:
+    """Read and strictly validate a model spec. Raises ConfigError naming the file, the field and the bad value.
+
+    `variant_modules`: the keys `variants:` may use (the variant registry's, `builder.variants.module_names()`);
+    the core does not import the registry, so its caller passes them. Empty: the keys are not checked."""
     import yaml
 
     path = pathlib.Path(path)
@@ -90,10 +94,10 @@ def load_spec(path: str | pathlib.Path) -> ModelSpec:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level, got {type(raw).__name__}")
-    return parse_spec(raw, where=str(path))
+    return parse_spec(raw, where=str(path), variant_modules=variant_modules)
 
 
-def parse_spec(raw: dict, where: str) -> ModelSpec:
+def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> ModelSpec:
     values = _check_fields(ModelSpec, raw, where, skip={"source"})
     values["inputs"] = _tensors(values.get("inputs"), f"{where}: inputs")
     values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs")
@@ -114,12 +118,10 @@ def parse_spec(raw: dict, where: str) -> ModelSpec:
     if not isinstance(values.get("variants", {}), dict) or not all(
             isinstance(v, dict) for v in values.get("variants", {}).values()):
         raise ConfigError(f"{where}: variants must map a variant module to its options, e.g. {{pruned: {{ratio: 0.5}}}}")
-    from .variants import VARIANTS
-
-    modules = {step.name for steps in VARIANTS.values() for step in steps}
     for key in values.get("variants", {}):
-        if key not in modules:  # a misspelt key would otherwise be ignored, and its options silently not used
-            err = unknown_name("variant module", key, modules)
+        # a misspelt key would otherwise be ignored, and its options silently not used
+        if variant_modules and key not in variant_modules:
+            err = unknown_name("variant module", key, variant_modules)
             raise ConfigError(f"{where}: variants: {err}", hint=err.hint)
     for key in ("factory", "data"):
         if not isinstance(values.get(key), str) or values[key].count(":") != 1:

@@ -1,7 +1,7 @@
 """The embedded Triton server: the real `tritonserver` 2.51 binary from the nvidia-pytriton wheel, no Docker.
 
 Triton serves models with `backend: "onnxruntime"` through the kit's Python-based backend
-(builder/backends/onnxruntime/model.py). A backend directory is assembled per server in a temporary folder:
+(builder/serving/backends/onnxruntime/model.py). A backend directory is assembled per server in a temporary folder:
 `python/` (the Python backend library, its utils and the stub for this Python version, all from the wheel) and
 `onnxruntime/model.py`. The stub ignores PYTHONPATH and finds this virtual environment through `python3` on
 PATH, so the interpreter's folder goes first on PATH; the server needs LD_LIBRARY_PATH to the wheel's libs.
@@ -30,7 +30,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-from .errors import ServeError
+from ..core.errors import ServeError
+from .tritonconfig import parse_text
 
 BACKEND_SOURCE = pathlib.Path(__file__).parent / "backends" / "onnxruntime"
 SHM_DIR = pathlib.Path("/dev/shm")
@@ -249,8 +250,6 @@ def cpu_fallback_config(config_file: pathlib.Path) -> dict:
     """The model's config.pbtxt as Triton's JSON, its KIND_GPU instance groups made KIND_CPU (same count), and the
     backend told why (FALLBACK_PARAMETER)."""
     from google.protobuf import json_format
-
-    from .tritonconfig import parse_text
 
     config = json_format.MessageToDict(parse_text(config_file.read_text(), where=str(config_file)),
                                        preserving_proto_field_name=True)

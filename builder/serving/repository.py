@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 
-from .errors import RepositoryError
+from ..core.errors import RepositoryError
 from .tritonconfig import parse_text
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

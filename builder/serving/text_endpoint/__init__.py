@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import pathlib
 
+from ...core.artifacts import tokenizer_path
+from ...core.errors import ConfigError, RepositoryError
 from .. import repository as repo
-from ..errors import ConfigError, RepositoryError
 from ..tritonconfig import TRITON_DTYPES, to_text
 
 TEXT_INPUT = "TEXT"
@@ -82,7 +83,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                               f"{repository}", hint=f"build the encoder with it: `builder build --model {spec.name} "
                                                     f"--variant {variant} --text-endpoint`")
     workdir = artifacts / spec.name
-    tokenizer_file = workdir / "tokenizer.json"
+    tokenizer_file = tokenizer_path(artifacts, spec.name)
     if not tokenizer_file.is_file():
         raise ConfigError(f"{spec.name}: no tokenizer.json in {workdir}",
                           hint="a text model's factory writes its tokenizer.json to its work folder "

@@ -1,12 +1,18 @@
-"""The one error hierarchy of the builder. The library raises; only the CLI prints and exits."""
+"""The one error hierarchy of the kit. The library raises; only a command prints and exits (core/handler.py).
+
+`KitError` is the base of the builder's errors and of the client's (client/errors.py)."""
 
 
-class BuilderError(Exception):
+class KitError(Exception):
     """An error the user can fix. `hint` says how."""
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+class BuilderError(KitError):
+    """An error of the builder: its spec, export, variants, repository or server."""
 
 
 class ConfigError(BuilderError):
@@ -29,6 +35,10 @@ class VariantError(BuilderError):
     """A variant could not be built."""
 
 
+class ArtifactsError(BuilderError):
+    """A build record or a cached data split is missing or unreadable."""
+
+
 def unknown_name(kind: str, name: str, known, error=ConfigError, hint: str | None = None) -> BuilderError:
     """An error for a name that is not one of `known`, with the known ones and the closest match."""
     import difflib
@@ -37,3 +47,4 @@ def unknown_name(kind: str, name: str, known, error=ConfigError, hint: str | Non
     close = difflib.get_close_matches(name, known, n=1)
     guess = f"did you mean `{close[0]}`? " if close else ""
     return error(f"unknown {kind} `{name}`", hint=f"{guess}known: {', '.join(known) or '(none)'}" + (f"; {hint}" if hint else ""))
+

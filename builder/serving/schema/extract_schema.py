@@ -2,7 +2,7 @@
 
 The serialized FileDescriptorProto is taken from the tritonclient 2.51.0 wheel, which was built from the same
 release branch as the server. Newer tritonclient protos know fields that server 2.51 rejects, so the kit never
-validates against them. Run:  python builder/schema/extract_schema.py
+validates against them. Run:  python builder/serving/schema/extract_schema.py
 """
 
 import ast

@@ -12,7 +12,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from .errors import ConfigError, RepositoryError
+from ..core.errors import ConfigError, RepositoryError
 
 SCHEMA = pathlib.Path(__file__).parent / "schema" / "model_config_2_51.binpb"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -45,7 +45,7 @@ class ServingConfig:
     device: str = "cpu"
     # GPU only: the TensorRT execution accelerator of the native backend, FP16 precision, engine cache in /tmp.
     tensorrt: bool = False
-    # Text models: also write the raw-text ensemble `<model>_<variant>_text` (builder/text_endpoint).
+    # Text models: also write the raw-text ensemble `<model>_<variant>_text` (builder/serving/text_endpoint).
     text_endpoint: bool = False
 
     def __post_init__(self):

@@ -14,7 +14,7 @@ Method (measured on the running server, never estimated from the file):
   appeared during our load count (and, for a server started here, only children of that server), so stubs of
   another server on the same machine are never mixed in. Their VmRSS (and VmHWM, RssAnon, RssFile) come from
   /proc/<pid>/status, right after the load and again after one warm-up inference: a real batch-1 request of the
-  build's test split (client/examples.py; the longest text of its first 256), since ONNX Runtime allocates its
+  build's test split (builder/core/artifacts.py; the longest text of its first 256), since ONNX Runtime allocates its
   arena on the first run and grows it for larger inputs. (A config's `model_warmup` may have done that already.)
   Resident memory per instance is the mean over the model's stubs after that inference; `peak_rss_bytes` (VmHWM)
   is higher while a large model loads (ONNX Runtime holds the parsed file and the session's weights at once).
@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
-import os
 import pathlib
 import re
 import time
-import uuid
 
-from .errors import BuilderError, unknown_name
+from client import ClientError, TritonClient
+
+from ..core.artifacts import find_record, request_batches, update_entry
+from ..core.errors import ArtifactsError, BuilderError, unknown_name
+from .server import cpu_fallback_config
 
 STUB = "triton_python_backend_stub"
 DEFAULT_BUDGET = "16GB"
@@ -131,14 +132,12 @@ def process_memory(pid: int) -> dict:
 def warmup_request(artifacts: pathlib.Path, model: str) -> dict:
     """One real request of batch 1 from the build's test split: the largest of its first WARMUP_CANDIDATES (the
     longest text; every image is alike), since ONNX Runtime's arena grows with the largest input it has run."""
-    from client import ClientError
-    from client.examples import find_record, request_batches
 
     try:
         folder, _ = find_record(pathlib.Path(artifacts), model)
         requests = request_batches(folder, WARMUP_SPLIT, batch_size=1, count=WARMUP_CANDIDATES)
         return max(requests, key=lambda r: sum(v.size for v in r.values()))
-    except ClientError as e:
+    except ArtifactsError as e:
         raise FootprintError(f"no warm-up request for {model}: {e}", hint=e.hint) from e
 
 
@@ -177,7 +176,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
     "rss_bytes_per_instance", ... "per_instance": [...]} (bytes; means over instances). Every model loaded
     before is loaded afterwards (a model only loaded here is unloaded again). Raises FootprintError.
     """
-    from client import ClientError, TritonClient
 
     http_url = server_or_urls if isinstance(server_or_urls, str) else server_or_urls.http_url
     process = getattr(server_or_urls, "process", None)
@@ -200,8 +198,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             present = {s.pid for s in find_stubs(model, server_pid)}  # not ours: another server's, or ending
             config = None
             if fallback:  # an EmbeddedServer's: load it as the server did, with KIND_CPU instances
-                from .server import cpu_fallback_config
-
                 config = cpu_fallback_config(server_or_urls.repository / model / "config.pbtxt")
             started = time.perf_counter()
             client.load_model(model, config=config)
@@ -245,7 +241,6 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
 def restore(client, before: dict[str, str], model: str) -> None:
     """Load again every model READY in `before` that is not now (`model`, a dependent ensemble); unload `model` if
     it was not loaded before."""
-    from client import ClientError
 
     for _ in range(2):  # a second pass: an ensemble whose composing model came back only in the first
         now = {m["name"]: m["state"] for m in client.models()}
@@ -286,23 +281,9 @@ def measure_models(server_or_urls, repository: pathlib.Path | None, models: list
 
 def write_footprint(artifacts: pathlib.Path, triton_model: str, footprint: dict) -> pathlib.Path:
     """Store `footprint` as `served_footprint` of the build-record entry of `triton_model` (`minilm_fp32`: model
-    `minilm`, variant `fp32`); the record file is replaced atomically. Returns its path. Raises FootprintError."""
-    from .build import read_record, record_path
-
-    artifacts = pathlib.Path(artifacts)
-    for folder in sorted(p.parent for p in artifacts.glob("*/record.json")):
-        if not triton_model.startswith(folder.name + "_"):
-            continue
-        variant = triton_model[len(folder.name) + 1:]
-        record = read_record(artifacts, folder.name)
-        entry = record["variants"].get(variant)
-        if entry is None or entry.get("triton_model", triton_model) != triton_model:
-            continue
-        entry["served_footprint"] = footprint
-        path = record_path(artifacts, folder.name)
-        staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        staged.write_text(json.dumps(record, indent=2))
-        os.replace(staged, path)  # readers see the old record or the new one, never half of it
+    `minilm`, variant `fp32`); the record is updated under its lock and replaced atomically (the artifacts store). Returns its path. Raises FootprintError."""
+    path = update_entry(artifacts, triton_model, "served_footprint", footprint)
+    if path is not None:
         return path
     raise FootprintError(f"no build record for model `{triton_model}` under {artifacts}/",
                          hint="build it with `builder build`, or pass --artifacts where it was built")

@@ -8,7 +8,7 @@ both. This backend therefore reads the native backend's config parameters with t
 model's first instance only, to Triton's log; it runs on the ONNX Runtime CPU provider.
 
 Triton itself refuses a KIND_GPU instance group on a machine without GPUs ("has kind KIND_GPU but no GPUs are
-available"). The embedded server (builder/server.py) then loads such a model again with KIND_CPU instances and the
+available"). The embedded server (builder/serving/server.py) then loads such a model again with KIND_CPU instances and the
 parameter `embedded_cpu_fallback` (never written to a config.pbtxt), which this backend reports in that warning.
 
 Dynamic batching hands `execute()` several requests: those whose inputs have the same non-batch shape are
@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
                         "enable_mem_arena", "enable_mem_pattern"}
-FALLBACK_PARAMETER = "embedded_cpu_fallback"  # set by builder/server.py only: what was asked for instead of CPU
+FALLBACK_PARAMETER = "embedded_cpu_fallback"  # set by builder/serving/server.py only: what was asked for instead of CPU
 GRAPH_LEVELS = {  # the native backend's meaning of optimization.graph.level
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

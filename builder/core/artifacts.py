@@ -1,0 +1,253 @@
+"""The artifacts store: the one owner of what the builder keeps on disk beside the Triton repository.
+
+  <artifacts>/<model>/record.json      the build record: per variant, what was measured and how to reproduce it
+  <artifacts>/<model>/data/<split>.npz the cached data splits (`splits.json` lists them; written last)
+  <artifacts>/<model>/tokenizer.json   a text model's tokenizer
+
+Every read and write of these goes through this module. A record is changed only under an exclusive lock
+(`fcntl.flock` on the `<model>/` folder: a build and a footprint run of the same model never lose each other's
+entries) and replaced atomically (`atomic_write`: readers see the old file or the new one, never half of it).
+Also here: real inputs built from these files (a split's examples as requests, a text tokenized with the model's
+own tokenizer) for the client command, the load tests and the footprint. Raises ArtifactsError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import uuid
+from typing import Callable
+
+import numpy as np
+
+from .data import Split
+from .errors import ArtifactsError, ConfigError, unknown_name
+from .spec import resolve_callable
+
+MAX_TOKENS = 256
+# a record's speedup within this of 1.0 is noise: the build re-measures it beside fp32 before its speed gate, and
+# the report counts in-process compute within it as equal
+MARGINAL_SPEEDUP = 0.1
+
+
+def atomic_write(path: pathlib.Path, text: str) -> None:
+    """Replace `path` with `text` atomically: a uniquely named file beside it, then `os.replace`."""
+    path = pathlib.Path(path)
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        staged.write_text(text)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked(folder: pathlib.Path):
+    """Hold the exclusive lock of a model's artifacts folder (created if missing) for a read-modify-write."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)  # the folder itself: no lock file is left behind
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+def tokenizer_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
+    """Where a text model's factory writes its tokenizer.json (read by the raw-text endpoint and `text_inputs`)."""
+    return pathlib.Path(artifacts) / model / "tokenizer.json"
+
+
+def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
+    return pathlib.Path(artifacts) / model / "record.json"
+
+
+def read_record(artifacts: pathlib.Path, model: str) -> dict:
+    """The build record of `model` ({"model", "variants": {variant: entry}}); an empty one if none is written."""
+    path = record_path(artifacts, model)
+    if not path.is_file():
+        return {"model": model, "variants": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactsError(f"{path} is not a build record: {e}",
+                             hint=f"rebuild the model: builder build --model {model} --variant all") from e
+
+
+def update_record(artifacts: pathlib.Path, model: str, change: Callable[[dict], None]) -> pathlib.Path:
+    """Apply `change` to the build record of `model` in place, under the lock, and write it atomically."""
+    path = record_path(artifacts, model)
+    with locked(path.parent):
+        record = read_record(artifacts, model)
+        change(record)
+        atomic_write(path, json.dumps(record, indent=2))
+    return path
+
+
+def write_entry(artifacts: pathlib.Path, model: str, variant: str, entry: dict) -> pathlib.Path:
+    """Set the build-record entry of `variant` of `model`."""
+    return update_record(artifacts, model, lambda record: record["variants"].__setitem__(variant, entry))
+
+
+def update_entry(artifacts: pathlib.Path, triton_model: str, key: str, value) -> pathlib.Path | None:
+    """Set `key` in the build-record entry of the served model `triton_model` (`minilm_fp32`: model `minilm`,
+    variant `fp32`). Returns the record's path, or None if no record has that entry."""
+    artifacts = pathlib.Path(artifacts)
+    for folder in sorted(p.parent for p in artifacts.glob("*/record.json")):
+        if not triton_model.startswith(folder.name + "_"):
+            continue
+        variant = triton_model[len(folder.name) + 1:]
+        found = []
+
+        def change(record):
+            entry = record["variants"].get(variant)
+            if entry is not None and entry.get("triton_model", triton_model) == triton_model:
+                entry[key] = value
+                found.append(True)
+
+        path = update_record(artifacts, folder.name, change)
+        if found:
+            return path
+    return None
+
+
+def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
+    """Build-record entries by served model name (`minilm_int8` -> its entry, plus `source`/`variant`)."""
+    entries = {}
+    for path in sorted(pathlib.Path(artifacts).glob("*/record.json")):
+        record = read_record(path.parent.parent, path.parent.name)
+        for variant, entry in record.get("variants", {}).items():
+            if entry.get("triton_model"):
+                entries[entry["triton_model"]] = entry | {"source": record.get("model", path.parent.name),
+                                                          "variant": variant}
+    return entries
+
+
+def save_split(split: Split, path: pathlib.Path) -> None:
+    arrays = {f"input.{k}": v for k, v in split.inputs.items()}
+    np.savez(path, labels=split.labels, **arrays)
+
+
+def read_split(path: pathlib.Path) -> Split:
+    with np.load(path) as data:
+        inputs = {k[len("input."):]: data[k] for k in data.files if k.startswith("input.")}
+        return Split(inputs, data["labels"])
+
+
+def load_splits(spec, workdir: pathlib.Path) -> dict[str, Split]:
+    """The spec's splits, from the cache in `workdir/data` or, the first time, from its data function."""
+    folder = workdir / "data"
+    index = folder / "splits.json"
+    if index.is_file():
+        names = json.loads(index.read_text())
+        return {name: read_split(folder / f"{name}.npz") for name in names}
+    splits = resolve_callable(spec.data, spec.source)(workdir)
+    if not isinstance(splits, dict) or not all(isinstance(s, Split) for s in splits.values()):
+        raise ConfigError(f"{spec.source}: data function `{spec.data}` must return a dict of name -> builder.core.data.Split")
+    for role in (spec.train_split, spec.validation_split, spec.calibration_split, *spec.evaluate):
+        if role not in splits:
+            raise unknown_name("split", role, splits, hint=f"the data function `{spec.data}` returned these")
+    expected = {t.name for t in spec.inputs}
+    for name, split in splits.items():
+        if set(split.inputs) != expected:
+            raise ConfigError(f"{spec.source}: split `{name}` has inputs {sorted(split.inputs)}, the spec declares {sorted(expected)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        save_split(split, folder / f"{name}.npz")
+    index.write_text(json.dumps(sorted(splits)))  # written last: its presence means the cache is complete
+    return splits
+
+
+def find_record(artifacts: pathlib.Path, triton_model: str) -> tuple[pathlib.Path, dict]:
+    """(the model's artifacts folder, its build-record entry) for a served model name such as `minilm_fp32`."""
+    for path in sorted(pathlib.Path(artifacts).glob("*/record.json")):
+        record = read_record(path.parent.parent, path.parent.name)
+        for entry in record.get("variants", {}).values():
+            if entry.get("triton_model") == triton_model:
+                return path.parent, entry
+    raise ArtifactsError(f"no build record for model `{triton_model}` under {artifacts}/",
+                      hint="build it with `builder build`, or pass --artifacts where it was built")
+
+
+def text_endpoint_record(artifacts: pathlib.Path, text_model: str) -> dict:
+    """The build-record entry of the encoder whose raw-text endpoint is `text_model` (`minilm_fp32_text`), or {}."""
+    for path in sorted(pathlib.Path(artifacts).glob("*/record.json")):
+        for entry in read_record(path.parent.parent, path.parent.name).get("variants", {}).values():
+            if (entry.get("text_endpoint") or {}).get("model") == text_model:
+                return entry
+    return {}
+
+
+def text_inputs(folder: pathlib.Path, text: str) -> dict:
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ArtifactsError(f"model in {folder} has no tokenizer.json; --text needs a text model")
+    if not text.strip():
+        raise ArtifactsError("--text is empty", hint="pass the sentence to classify")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, int]:
+    path = folder / "data" / f"{split}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in (folder / "data").glob("*.npz"))
+        raise ArtifactsError(f"no split `{split}` for this model", hint=f"splits: {', '.join(known)}")
+    with np.load(path) as data:
+        count = len(data["labels"])
+        if not 0 <= index < count:
+            raise ArtifactsError(f"--index {index} is out of range: split `{split}` has {count} examples")
+        inputs = {k[len("input."):]: data[k][index:index + 1] for k in data.files if k.startswith("input.")}
+        label = int(data["labels"][index])
+    mask = inputs.get("attention_mask")
+    if mask is not None:  # cached splits are padded to their longest text: send only this one's tokens
+        length = int(mask.sum())
+        inputs = {k: v[:, :length] for k, v in inputs.items()}
+    return inputs, label
+
+
+def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int = 1, count: int = 256,
+                    tokens: int = 0) -> list[dict]:
+    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests.
+
+    Text requests keep only the tokens their longest example needs (cached splits are padded to the split's
+    longest text), so traffic has the split's own mix of lengths. With `tokens`, only texts at least that long
+    are used, cut to exactly `tokens`: every request has the same shape, which Triton's dynamic batcher needs
+    to group requests (it never batches different sequence lengths together).
+    """
+    if batch_size < 1:
+        raise ArtifactsError(f"batch size must be at least 1, got {batch_size}")
+    path = folder / "data" / f"{split}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in (folder / "data").glob("*.npz"))
+        raise ArtifactsError(f"no split `{split}` for this model", hint=f"splits: {', '.join(known) or 'none cached'}")
+    with np.load(path) as data:
+        inputs = {k[len("input."):]: data[k] for k in data.files if k.startswith("input.")}
+    total = len(next(iter(inputs.values())))
+    if total < batch_size:
+        raise ArtifactsError(f"split `{split}` has {total} examples, fewer than the batch size {batch_size}")
+    mask = inputs.get("attention_mask")
+    if tokens and mask is not None:
+        long_enough = np.flatnonzero(mask.sum(axis=1) >= tokens)
+        if len(long_enough) < batch_size:
+            raise ArtifactsError(f"split `{split}` has {len(long_enough)} texts of {tokens} tokens or more",
+                              hint="ask for fewer tokens")
+        inputs = {k: v[long_enough, :tokens] for k, v in inputs.items()}
+        mask, total = inputs["attention_mask"], len(long_enough)
+    batches = []
+    for start in range(0, min(count * batch_size, total - batch_size + 1), batch_size):
+        batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
+        if mask is not None:
+            length = max(int(mask[start:start + batch_size].sum(axis=1).max()), 1)
+            batch = {k: np.ascontiguousarray(v[:, :length]) for k, v in batch.items()}
+        batches.append(batch)
+    return batches
