@@ -20,6 +20,8 @@ import numpy as np
 from . import repository as repo
 from .data import load_splits, trim_padding
 from .evaluate import onnx_predictor, onnx_session, run_split, score
+from .limits import derive_limits
+from .names import model_name
 from .spec import ModelSpec, resolve_callable
 from .tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
@@ -49,10 +51,6 @@ class Gates:
     force: bool = False  # write to the repository even when a gate fails
 
 
-def model_name(spec: ModelSpec, variant: str) -> str:
-    return f"{spec.name}_{variant}"
-
-
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
                   serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
                   progress: Callable[[str], None] = print, eval_limit: int | None = None) -> dict:
@@ -71,7 +69,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     started = time.perf_counter()
 
     def step(message: str) -> None:
-        progress(f"[{spec.name}_{variant} {time.perf_counter() - started:6.1f}s] {message}")
+        progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
 
     if variant != "fp32" and not (workdir / "fp32" / "outputs.npz").is_file():
         raise_missing_baseline(spec)
@@ -144,7 +142,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
             context.notes["speed_gate"] = "not applied: slower than fp32 on CPU, but built for --device gpu"
 
     entry = {
-        "triton_model": model_name(spec, variant),
+        "triton_model": model_name(spec.name, variant),
         "accuracy": accuracy,
         "accuracy_drop_points": drop,
         "accuracy_drop_se_points": drop_se,
@@ -163,6 +161,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    step("deriving input limits (token ids, sequence lengths) from the ONNX file")
+    entry["input_limits"] = derive_limits(spec, onnx_path)
     from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
@@ -174,11 +174,14 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
         entry["version_dir"] = None
     else:
-        name = model_name(spec, variant)
-        version_dir = repo.write_model(repository, name, to_text(build_config(name, spec, serving, onnx_path)),
-                                       onnx_path)
+        name = model_name(spec.name, variant)
+        config = build_config(name, spec, serving, onnx_path, limits=entry["input_limits"])
+        version_dir = repo.write_model(repository, name, to_text(config), onnx_path)
         entry["version_dir"] = str(version_dir)
         step(f"wrote {version_dir}")
+        legacy = repo.remove_legacy(repository, name)
+        if legacy is not None:
+            step(f"removed {legacy}: the same variant under its old name (names no longer hold `+`)")
         if serving.device == "gpu":
             step("KIND_GPU instances" + (", TensorRT FP16" if serving.tensorrt else "") + ": for Triton on a GPU "
                  "machine (docker/); the embedded server has no GPU support and serves it on CPU, with a warning")

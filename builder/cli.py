@@ -131,6 +131,8 @@ def cmd_build(args) -> int:
 
 
 def print_build_summary(model: str, rows: list, failed: list) -> None:
+    from .names import model_name
+
     if rows:
         splits = list(rows[0]["accuracy"])
         print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
@@ -147,13 +149,14 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
               "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread)")
     for variant, command in failed:
-        print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
+        print(f"FAILED {model_name(model, variant)}; rebuild just it with:\n  {command}")
 
 
 def cmd_serve(args) -> int:
-    from .repository import list_models
+    from .repository import check_no_legacy_names, list_models
     from .server import EmbeddedServer
 
+    check_no_legacy_names(args.repository)
     models = list_models(args.repository)
     if args.repository.is_dir() and not models:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)

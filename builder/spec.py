@@ -36,6 +36,9 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple  # of int | str; shape[0] == "batch"
+    # inputs only, checked by the embedded backend before ONNX Runtime runs (builder/limits.py):
+    range: tuple | None = None  # (min, max), inclusive, e.g. pixel intensities (0, 255)
+    finite: bool = True  # float inputs: refuse NaN and inf; false for a model that reads NaN as "missing"
 
     @property
     def dynamic_dims(self) -> dict[int, str]:
@@ -95,8 +98,16 @@ def load_spec(path: str | pathlib.Path) -> ModelSpec:
 
 def parse_spec(raw: dict, where: str) -> ModelSpec:
     values = _check_fields(ModelSpec, raw, where, skip={"source"})
+    from .names import SERVED_NAME, max_model_name_length
+
+    name = values.get("name")
+    if not isinstance(name, str) or not SERVED_NAME.match(name) or len(name) > max_model_name_length():
+        raise ConfigError(f"{where}: name {name!r} must be letters, digits and `_ . -` inside, at most "
+                          f"{max_model_name_length()} characters",
+                          hint="it starts every served model's name (`<name>_<variant>_text`), which Kubernetes "
+                               "labels and URL paths must hold")
     values["inputs"] = _tensors(values.get("inputs"), f"{where}: inputs")
-    values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs")
+    values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs", limits=False)
     metric = values.get("metric")
     if not isinstance(metric, dict):
         raise ConfigError(f"{where}: metric must be a mapping like {{name: accuracy, output: logits}}, got {metric!r}")
@@ -139,7 +150,8 @@ def parse_spec(raw: dict, where: str) -> ModelSpec:
     return ModelSpec(**values, source=where)
 
 
-def _tensors(raw, where: str) -> tuple[TensorSpec, ...]:
+def _tensors(raw, where: str, limits: bool = True) -> tuple[TensorSpec, ...]:
+    """TensorSpecs of a list of {name, dtype, shape}; inputs (`limits`) may add `range` and `finite`."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a non-empty list of {{name, dtype, shape}}, got {raw!r}")
     tensors = []
@@ -154,7 +166,22 @@ def _tensors(raw, where: str) -> tuple[TensorSpec, ...]:
             raise ConfigError(f"{where}[{i}] `{values['name']}`: shape must be a list starting with `batch`, got {shape!r}")
         if any(not isinstance(d, (int, str)) or (isinstance(d, int) and d < 1) for d in shape):
             raise ConfigError(f"{where}[{i}] `{values['name']}`: dimensions are positive integers or names, got {shape!r}")
-        tensors.append(TensorSpec(name=values["name"], dtype=values["dtype"], shape=tuple(shape)))
+        if not limits and {"range", "finite"} & set(values):
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: range and finite apply to inputs only")
+        value_range = values.get("range")
+        if value_range is not None:
+            if (not isinstance(value_range, list) or len(value_range) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+                    or value_range[0] > value_range[1]):
+                raise ConfigError(f"{where}[{i}] `{values['name']}`: range must be [min, max] with min <= max, "
+                                  f"got {value_range!r}")
+            value_range = tuple(value_range)
+        finite = values.get("finite", True)
+        if not isinstance(finite, bool) or (not finite and not values["dtype"].startswith("float")):
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: finite is true or false, for float inputs only, "
+                              f"got {finite!r}")
+        tensors.append(TensorSpec(name=values["name"], dtype=values["dtype"], shape=tuple(shape),
+                                  range=value_range, finite=finite))
     return tuple(tensors)
 
 

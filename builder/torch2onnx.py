@@ -11,6 +11,8 @@ from .errors import ExportError
 OPSET = 18  # torch's exporter's own; <= 21 for ONNX Runtime 1.19
 MAX_OPSET = 21
 MAX_IR_VERSION = 10  # ONNX Runtime 1.19 reads IR <= 10
+# every dynamic non-batch axis is exported as Dim(min=1, max=MAX_DYNAMIC_SIZE): the sizes the graph is made for
+MAX_DYNAMIC_SIZE = 4096
 RTOL, ATOL = 1e-3, 1e-4  # ONNX Runtime vs PyTorch, fp32 (kernel and fusion order differ; argmax does not)
 
 
@@ -35,7 +37,7 @@ def export(model, spec, example: dict, path: pathlib.Path) -> None:
     for t in spec.inputs:
         axes = {}
         for axis, name in t.dynamic_dims.items():
-            axes[axis] = batch if name == "batch" else dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
+            axes[axis] = batch if name == "batch" else dims.setdefault(name, torch.export.Dim(name, min=1, max=MAX_DYNAMIC_SIZE))
         dynamic_shapes[t.name] = axes
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from builder.names import split_model_name
+
 SEQUENCE_TOKENS = 32
 CONCURRENCY = 16
 IN_PROCESS_BATCHES = (1, 4, 16, 32)
@@ -46,7 +48,7 @@ def example_requests(model: str, artifacts: pathlib.Path, count: int = 64) -> li
     """Real single-example requests: test images for digits, test texts cut to exactly 32 tokens for MiniLM."""
     from builder.data import read_split
 
-    source = model.rsplit("_", 1)[0]
+    source, _ = split_model_name(model)
     split = read_split(artifacts / source / "data" / "test.npz")
     if "attention_mask" in split.inputs:
         long_enough = np.flatnonzero(split.inputs["attention_mask"].sum(axis=1) >= SEQUENCE_TOKENS)

@@ -16,6 +16,9 @@ import html
 import json
 import pathlib
 
+from builder.errors import ConfigError
+from builder.names import split_model_name
+
 
 @dataclasses.dataclass(frozen=True)
 class VariantRow:
@@ -46,6 +49,16 @@ def read_records(artifacts: pathlib.Path) -> dict[str, dict]:
     return entries
 
 
+def entry_names(model: str, entry: dict) -> tuple[str, str]:
+    """(source model, variant as the CLI writes it) of a served model: from its build record, else from its name."""
+    if "source" in entry and "variant" in entry:
+        return entry["source"], entry["variant"]
+    try:
+        return split_model_name(model)
+    except ConfigError:  # not a name the builder gives (a model from elsewhere): show it whole
+        return model, ""
+
+
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
     rows = []
     for model in results["models"]:
@@ -53,8 +66,9 @@ def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
         entry = records.get(model, {})
         first = next(iter(entry.get("accuracy", {})), None)
         drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
+        source, variant = entry_names(model, entry)
         rows.append(VariantRow(
-            source=entry.get("source", model.rsplit("_", 1)[0]), variant=entry.get("variant", model.rsplit("_", 1)[-1]),
+            source=source, variant=variant,
             triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
             eval_examples=entry.get("eval_examples", {}).get(first),
             params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),

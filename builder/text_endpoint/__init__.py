@@ -26,6 +26,7 @@ import pathlib
 
 from .. import repository as repo
 from ..errors import ConfigError, RepositoryError
+from ..names import model_name
 from ..tritonconfig import TRITON_DTYPES, to_text
 
 TEXT_INPUT = "TEXT"
@@ -75,7 +76,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
     is not in the repository (an ensemble without it could never load).
     """
     ids, mask = text_inputs(spec)
-    encoder = f"{spec.name}_{variant}"
+    encoder = model_name(spec.name, variant)
     text_model = text_model_name(encoder)
     if not (repository / encoder / "config.pbtxt").is_file():
         raise RepositoryError(f"cannot write the ensemble `{text_model}`: its encoder model `{encoder}` is not in "
