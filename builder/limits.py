@@ -53,7 +53,7 @@ def derive_limits(spec, onnx_path: pathlib.Path) -> dict:
         if not t.dtype.startswith("float") and t.dtype != "bool":
             rows = indexed_rows(model.graph, t.name)
             if rows:
-                limit.update(min=0, max=rows - 1, why=f"the model's table has {rows} rows (token ids 0..{rows - 1})")
+                limit.update(min=0, max=rows - 1, why=f"the model's token table has {rows} rows")
         if t.name == spec.sequence_mask:
             limit.update(min=max(limit.get("min", 0), 0), max=min(limit.get("max", 1), 1), nonzero_rows=True,
                          why="an attention mask: 1 for a token, 0 for padding, at least one 1 per example")
@@ -76,7 +76,7 @@ def derive_limits(spec, onnx_path: pathlib.Path) -> dict:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         for name, dim in dims.items():
             dim["max"] = longest_size(session, spec, name, inputs)
-            dim["why"] = ("the longest the model runs" if dim["max"] < MAX_DYNAMIC_SIZE
+            dim["why"] = ("the longest the exported model runs" if dim["max"] < MAX_DYNAMIC_SIZE
                           else "the export's limit for dynamic axes")
     return {"inputs": inputs, "dims": dims}
 
