@@ -181,3 +181,23 @@ def test_bad_floats_are_named(input_checks, value, message):
 def test_limits_naming_an_input_the_model_lacks_are_refused_at_load(input_checks):
     with pytest.raises(ValueError, match="tokens"):
         input_checks({"inputs": {"tokens": {"min": 0}}, "dims": {}}, ["input_ids"])
+
+
+def test_a_text_endpoint_whose_tokenizer_outruns_the_encoder_is_refused(tmp_path, positions_limits):
+    from builder.errors import ConfigError
+    from builder.repository import write_model
+    from builder.text_endpoint import write_text_endpoint
+    from tokenizers import Tokenizer, models
+
+    repository, artifacts = tmp_path / "repo", tmp_path / "artifacts"
+    stand_in = tmp_path / "model.onnx"
+    stand_in.write_bytes(b"stand-in")
+    write_model(repository, "positions_fp32",
+                to_text(build_config("positions_fp32", TEXT_SPEC, ServingConfig(), limits=positions_limits)), stand_in)
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tokenizer.enable_truncation(max_length=POSITIONS + 1)
+    (artifacts / "positions").mkdir(parents=True)
+    tokenizer.save(str(artifacts / "positions" / "tokenizer.json"))
+    with pytest.raises(ConfigError, match=f"truncates at {POSITIONS + 1} tokens, but `positions_fp32` runs at most "
+                                          f"{POSITIONS}"):
+        write_text_endpoint(TEXT_SPEC, "fp32", repository, artifacts)
