@@ -27,7 +27,7 @@ import pathlib
 from .. import repository as repo
 from ..errors import ConfigError, RepositoryError
 from ..names import model_name
-from ..limits import PARAMETER as LIMITS_PARAMETER
+from ..limits import PARAMETER as LIMITS_PARAMETER, to_parameter
 from ..tritonconfig import TRITON_DTYPES, parse_text, to_text
 
 TEXT_INPUT = "TEXT"
@@ -149,7 +149,9 @@ def postprocess_config(name: str, spec, logits: str, classes: int) -> dict:
         "dynamic_batching": {},
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # two element-wise nodes: never worth a GPU copy
         "parameters": {"intra_op_thread_count": {"string_value": "1"},
-                       "inter_op_thread_count": {"string_value": "1"}},
+                       "inter_op_thread_count": {"string_value": "1"},
+                       # it takes the encoder's logits, finite unless the encoder broke (builder/limits.py)
+                       **to_parameter({"inputs": {logits: {"finite": True}}, "dims": {}})},
     }
 
 
