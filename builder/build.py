@@ -21,11 +21,13 @@ from .core.artifacts import MARGINAL_SPEEDUP, load_splits, write_entry
 from .core.data import trim_padding
 from .core.errors import VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.names import model_name
 from .core.spec import ModelSpec, resolve_callable
 from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .roofline import achieved, machine_peak, precision_of
 from .serving import repository as repo
+from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
 from .serving.text_endpoint import write_text_endpoint
 from .torch2onnx import check_limits, example_batch, export, verify
@@ -56,10 +58,6 @@ class Gates:
     force: bool = False  # write to the repository even when a gate fails
 
 
-def model_name(spec: ModelSpec, variant: str) -> str:
-    return f"{spec.name}_{variant}"
-
-
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
                   serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
                   progress: Callable[[str], None] = print, eval_limit: int | None = None) -> dict:
@@ -77,7 +75,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     started = time.perf_counter()
 
     def step(message: str) -> None:
-        progress(f"[{spec.name}_{variant} {time.perf_counter() - started:6.1f}s] {message}")
+        progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
 
     if variant != "fp32" and not (workdir / "fp32" / "outputs.npz").is_file():
         raise_missing_baseline(spec)
@@ -95,7 +93,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     latency = measure_latency(onnx_path, variant, context)
     failed_gates = check_gates(variant, plan, scores, latency, serving, gates, context)
     entry = {
-        "triton_model": model_name(spec, variant),
+        "triton_model": model_name(spec.name, variant),
         "accuracy": scores["accuracy"],
         "accuracy_drop_points": scores["drop"],
         "accuracy_drop_se_points": scores["drop_se"],
@@ -115,11 +113,14 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    step("deriving input limits (token ids, sequence lengths) from the ONNX file")
+    entry["input_limits"] = derive_limits(spec, onnx_path)
     peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
     entry["cpu_isa"] = peak["isa"]
     entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, precision_of(variant))
     entry |= profile_variant(model, onnx_path, variant, context)
-    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context)
+    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
+                     limits=entry["input_limits"])
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_entry(artifacts, spec.name, variant, entry)
@@ -240,7 +241,8 @@ def profile_variant(model, onnx_path: pathlib.Path, variant: str, context: Build
 
 
 def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
-            serving: ServingConfig, failed_gates: list[str], gates: Gates, context: BuildContext) -> dict:
+            serving: ServingConfig, failed_gates: list[str], gates: Gates, context: BuildContext,
+            limits: dict) -> dict:
     """Write the model (and its raw-text ensemble, if asked) to the repository unless a gate failed and not
     forced. Returns the record's `version_dir` (None: not written) and, if asked, `text_endpoint`."""
     spec, step = context.spec, context.progress
@@ -249,11 +251,14 @@ def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, art
         step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
         facts["version_dir"] = None
     else:
-        name = model_name(spec, variant)
-        version_dir = repo.write_model(repository, name, to_text(build_config(name, spec, serving, onnx_path)),
-                                       onnx_path)
+        name = model_name(spec.name, variant)
+        config = build_config(name, spec, serving, onnx_path, limits=limits)
+        version_dir = repo.write_model(repository, name, to_text(config), onnx_path)
         facts["version_dir"] = str(version_dir)
         step(f"wrote {version_dir}")
+        legacy = repo.remove_legacy(repository, spec.name, variant)
+        if legacy is not None:
+            step(f"removed {legacy}: the same variant under its old name (names no longer hold `+`)")
         if serving.device == "gpu":
             step("KIND_GPU instances" + (", TensorRT FP16" if serving.tensorrt else "") + ": for Triton on a GPU "
                  "machine (docker/); the embedded server has no GPU support and serves it on CPU, with a warning")

@@ -19,9 +19,10 @@ from loadtests.__main__ import print_summary
 from .build import Gates, build_variant
 from .core.errors import BuilderError, ConfigError
 from .core.handler import run_command
+from .core.names import model_name
 from .demo import run_demo
 from .models import resolve_spec
-from .serving.repository import list_models
+from .serving.repository import check_no_legacy_names, list_models
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
@@ -147,7 +148,7 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
                   f"budget {search['budget_points']} points vs fp32 {search['fp32_accuracy']:.4f}):")
             print("\n".join("  " + line for line in search["table"]))
     for variant, command in failed:
-        print(f"FAILED {model}_{variant}; rebuild just it with:\n  {command}")
+        print(f"FAILED {model_name(model, variant)}; rebuild just it with:\n  {command}")
 
 
 def peak_percent(entry: dict, key: str) -> str:
@@ -156,6 +157,7 @@ def peak_percent(entry: dict, key: str) -> str:
 
 
 def cmd_serve(args) -> int:
+    check_no_legacy_names(args.repository)
     models = list_models(args.repository)
     if args.repository.is_dir() and not models:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)

@@ -11,9 +11,10 @@ from client import TritonClient
 from loadtests.report import build_report, write_report
 from loadtests.run import LoadSettings, Target, run_load
 
-from .build import build_variant, model_name
+from .build import build_variant
 from .core.artifacts import load_splits, read_records
 from .core.errors import BuilderError
+from .core.names import model_name
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .models import resolve_spec
 from .serving import repository as repo
@@ -49,7 +50,7 @@ def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: b
     for spec in specs:
         variants = QUICK_VARIANTS if quick else spec.standard_variants
         for variant in variants:
-            name = model_name(spec, variant)
+            name = model_name(spec.name, variant)
             command = f"builder build --model {spec.name} --variant {variant}"
             if not rebuild and name in repo.list_models(repository):
                 progress(f"[{name}] already in {repository}; `builder demo --rebuild` rebuilds it")
@@ -72,7 +73,7 @@ def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.P
 
     rows = []
     for spec in specs:
-        name = model_name(spec, "fp32")
+        name = model_name(spec.name, "fp32")
         onnx_file = repo.latest_model_file(repository, name)
         splits = load_splits(spec, artifacts / spec.name)
         for split_name in spec.evaluate:
@@ -108,7 +109,7 @@ def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib
         settings = LoadSettings(users=(1, 4), duration_s=4 if quick else 5)
         results = run_load(["all"], Target(server.http_url, server.grpc_url, server.metrics_url), settings, artifacts,
                            out, progress=progress, footprint=True, repository=repository,
-                           perf_analyzer=() if quick else [model_name(s, "fp32") for s in specs])
+                           perf_analyzer=() if quick else [model_name(s.name, "fp32") for s in specs])
     phase("4/4 writing the report")
     report = build_report(results, read_records(artifacts), slo_p99_ms, max_accuracy_drop)
     md, html = write_report(report, out)

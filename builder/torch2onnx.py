@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 
 from .core.errors import ExportError
+from .core.spec import MAX_DYNAMIC_SIZE
 
 OPSET = 18  # torch's exporter's own; <= 21 for ONNX Runtime 1.19
 MAX_OPSET = 21
@@ -40,7 +41,7 @@ def export(model, spec, example: dict, path: pathlib.Path) -> None:
     for t in spec.inputs:
         axes = {}
         for axis, name in t.dynamic_dims.items():
-            axes[axis] = batch if name == "batch" else dims.setdefault(name, torch.export.Dim(name, min=1, max=4096))
+            axes[axis] = batch if name == "batch" else dims.setdefault(name, torch.export.Dim(name, min=1, max=MAX_DYNAMIC_SIZE))
         dynamic_shapes[t.name] = axes
     try:
         with torch.no_grad(), warnings.catch_warnings():

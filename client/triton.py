@@ -35,23 +35,7 @@ def _protocol_module(protocol: str, aio: bool = False):
             import tritonclient.http.aio as module
         else:
             import tritonclient.http as module
-        _keep_plus_in_http_paths()
     return module
-
-
-def _keep_plus_in_http_paths() -> None:
-    """tritonclient percent-encodes model names in HTTP paths (`pruned+int8` -> `pruned%2Bint8`), but Triton's HTTP
-    server matches the raw path without decoding it, so every HTTP call for a combined variant's model answered
-    "not found" / "not ready". `+` is legal in a URL path (RFC 3986 sub-delims): send it as it is."""
-    import functools
-    import urllib.parse
-
-    import tritonclient.http._client
-    import tritonclient.http.aio
-
-    quote = functools.partial(urllib.parse.quote, safe="/+")
-    tritonclient.http._client.quote = quote
-    tritonclient.http.aio.quote = quote
 
 
 def make_inputs(module, inputs: dict) -> list:

@@ -20,6 +20,7 @@ import numpy as np
 
 from builder.core.artifacts import read_split
 from builder.core.evaluate import onnx_session
+from builder.core.names import source_of
 from builder.serving.repository import latest_model_file
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.tritonconfig import parse_text
@@ -55,7 +56,7 @@ def timed_loop(call, seconds: float, warmup: int = 20) -> list[float]:
 def example_requests(model: str, artifacts: pathlib.Path, count: int = 64) -> list[dict]:
     """Real single-example requests: test images for digits, test texts cut to exactly 32 tokens for MiniLM."""
 
-    source = model.rsplit("_", 1)[0]
+    source = source_of(model)
     split = read_split(artifacts / source / "data" / "test.npz")
     if "attention_mask" in split.inputs:
         long_enough = np.flatnonzero(split.inputs["attention_mask"].sum(axis=1) >= SEQUENCE_TOKENS)

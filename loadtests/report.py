@@ -18,6 +18,7 @@ import math
 import pathlib
 
 from builder.core.artifacts import MARGINAL_SPEEDUP
+from builder.core.names import source_of
 from builder.serving.footprint import fits, parse_size
 
 from . import plan as capacity
@@ -65,6 +66,15 @@ def top1_agreement(entry: dict) -> float | None:
     return (entry.get("agreement_with_fp32") or {}).get("top1")
 
 
+def entry_names(model: str, entry: dict) -> tuple[str, str]:
+    """(source model, variant as the CLI writes it) of a served model: from its build record, else from its name."""
+    if "source" in entry and "variant" in entry:
+        return entry["source"], entry["variant"]
+    # no record (a model from elsewhere): its name's parts, the variant as served
+    source = source_of(model)
+    return source, model[len(source) + 1:]
+
+
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
     rows = []
     for model in results["models"]:
@@ -73,8 +83,9 @@ def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
         entry = records.get(model) or results.get("records", {}).get(model, {})
         first = next(iter(entry.get("accuracy", {})), None)
         drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
+        source, variant = entry_names(model, entry)
         rows.append(VariantRow(
-            source=entry.get("source", model.rsplit("_", 1)[0]), variant=entry.get("variant", model.rsplit("_", 1)[-1]),
+            source=source, variant=variant,
             triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
             eval_examples=entry.get("eval_examples", {}).get(first),
             params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),

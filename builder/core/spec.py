@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Collection
 
 from .errors import ConfigError, unknown_name
+from .names import MAX_MODEL_NAME, SERVED_NAME
+
+# every dynamic non-batch axis is exported as Dim(min=1, max=MAX_DYNAMIC_SIZE): the sizes the graph is made for
+MAX_DYNAMIC_SIZE = 4096
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 METRICS = ("accuracy",)
@@ -37,6 +41,9 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple  # of int | str; shape[0] == "batch"
+    # inputs only, checked by the embedded backend before ONNX Runtime runs (builder/limits.py):
+    range: tuple | None = None  # (min, max), inclusive, e.g. pixel intensities (0, 255)
+    finite: bool = True  # float inputs: refuse NaN and inf; false for a model that reads NaN as "missing"
 
     @property
     def dynamic_dims(self) -> dict[int, str]:
@@ -99,8 +106,14 @@ def load_spec(path: str | pathlib.Path, variant_modules: Collection[str] = ()) -
 
 def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> ModelSpec:
     values = _check_fields(ModelSpec, raw, where, skip={"source"})
+    name = values.get("name")
+    if not isinstance(name, str) or not SERVED_NAME.match(name) or len(name) > MAX_MODEL_NAME:
+        raise ConfigError(f"{where}: name {name!r} must be letters, digits and `_ . -` inside, at most "
+                          f"{MAX_MODEL_NAME} characters",
+                          hint="it starts every served model's name (`<name>_<variant>_text`), which Kubernetes "
+                               "labels and URL paths must hold")
     values["inputs"] = _tensors(values.get("inputs"), f"{where}: inputs")
-    values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs")
+    values["outputs"] = _tensors(values.get("outputs"), f"{where}: outputs", limits=False)
     metric = values.get("metric")
     if not isinstance(metric, dict):
         raise ConfigError(f"{where}: metric must be a mapping like {{name: accuracy, output: logits}}, got {metric!r}")
@@ -141,7 +154,8 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     return ModelSpec(**values, source=where)
 
 
-def _tensors(raw, where: str) -> tuple[TensorSpec, ...]:
+def _tensors(raw, where: str, limits: bool = True) -> tuple[TensorSpec, ...]:
+    """TensorSpecs of a list of {name, dtype, shape}; inputs (`limits`) may add `range` and `finite`."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a non-empty list of {{name, dtype, shape}}, got {raw!r}")
     tensors = []
@@ -156,7 +170,22 @@ def _tensors(raw, where: str) -> tuple[TensorSpec, ...]:
             raise ConfigError(f"{where}[{i}] `{values['name']}`: shape must be a list starting with `batch`, got {shape!r}")
         if any(not isinstance(d, (int, str)) or (isinstance(d, int) and d < 1) for d in shape):
             raise ConfigError(f"{where}[{i}] `{values['name']}`: dimensions are positive integers or names, got {shape!r}")
-        tensors.append(TensorSpec(name=values["name"], dtype=values["dtype"], shape=tuple(shape)))
+        if not limits and {"range", "finite"} & set(values):
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: range and finite apply to inputs only")
+        value_range = values.get("range")
+        if value_range is not None:
+            if (not isinstance(value_range, list) or len(value_range) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+                    or value_range[0] > value_range[1]):
+                raise ConfigError(f"{where}[{i}] `{values['name']}`: range must be [min, max] with min <= max, "
+                                  f"got {value_range!r}")
+            value_range = tuple(value_range)
+        finite = values.get("finite", True)
+        if not isinstance(finite, bool) or (not finite and not values["dtype"].startswith("float")):
+            raise ConfigError(f"{where}[{i}] `{values['name']}`: finite is true or false, for float inputs only, "
+                              f"got {finite!r}")
+        tensors.append(TensorSpec(name=values["name"], dtype=values["dtype"], shape=tuple(shape),
+                                  range=value_range, finite=finite))
     return tuple(tensors)
 
 

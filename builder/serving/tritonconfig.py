@@ -12,7 +12,10 @@ import os
 import pathlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..core.errors import ConfigError, RepositoryError
+from .limits import to_parameter
 
 SCHEMA = pathlib.Path(__file__).parent / "schema" / "model_config_2_51.binpb"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -20,6 +23,7 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_
 
 
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+ONES_FILE = "ones"  # warm-up data files `ones_<dtype>_<count>` (model directory's warmup/): that many ones
 # The TensorRT engine cache goes to a directory ONNX Runtime creates (one level only: it calls create_directory) in
 # the server's writable /tmp, named by the model and a digest of its ONNX file: ONNX Runtime keys cached engines by
 # file name and graph structure only, not by weights, so a rebuilt model with the same graph would otherwise load
@@ -70,10 +74,12 @@ def model_config_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
 
 
-def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Path | None = None) -> dict:
+def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Path | None = None,
+                 limits: dict | None = None) -> dict:
     """The config of model `name` (a ModelSpec served with `serving`) as a dict in ModelConfig's field names.
 
     `model_file` (the ONNX file to be served) is needed with TensorRT: its digest names the engine cache.
+    `limits` (builder/limits.py derive_limits) become the parameter the embedded backend checks requests against.
     """
     def tensor(t):
         return {"name": t.name, "data_type": TRITON_DTYPES[t.dtype], "dims": [-1 if isinstance(d, str) else d for d in t.shape[1:]]}
@@ -92,6 +98,8 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
             "execution_mode": {"string_value": "0"},
         },
     }
+    if limits is not None:
+        config["parameters"] |= to_parameter(limits)
     if serving.tensorrt:
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             tensorrt_accelerator(name, model_file)]}}
@@ -100,11 +108,31 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
             "name": "batch_1",
             "batch_size": 1,
             "inputs": {t.name: {"data_type": TRITON_DTYPES[t.dtype], "dims": spec.example_shape(t)[1:],
-                                # zeros are valid token ids and masks; random floats exercise real arithmetic
-                                **({"random_data": True} if t.dtype.startswith("float") else {"zero_data": True})}
+                                **warmup_data(spec, t)}
                        for t in spec.inputs},
         }]
     return config
+
+
+def warmup_data(spec, tensor) -> dict:
+    """A warm-up input that the backend's input checks accept: zeros (valid token ids and pixels), but ones for
+    an attention mask (an all-zero mask is refused) from a file `ones_<dtype>_<count>` that write_model writes."""
+    if tensor.name == spec.sequence_mask:
+        count = int(np.prod(spec.example_shape(tensor)))
+        return {"input_data_file": f"{ONES_FILE}_{tensor.dtype}_{count}"}
+    return {"zero_data": True}
+
+
+def warmup_files(config) -> dict[str, bytes]:
+    """{path in the model directory: content} of the `ones_<dtype>_<count>` warm-up files a parsed config uses."""
+    files = {}
+    for sample in config.model_warmup:
+        for warmup_input in sample.inputs.values():
+            prefix, _, rest = warmup_input.input_data_file.partition("_")
+            dtype, _, count = rest.rpartition("_")
+            if prefix == ONES_FILE and dtype in TRITON_DTYPES and count.isdigit():
+                files[f"warmup/{warmup_input.input_data_file}"] = np.ones(int(count), dtype=dtype).tobytes()
+    return files
 
 
 def tensorrt_accelerator(name: str, model_file: pathlib.Path | None) -> dict:

@@ -26,8 +26,10 @@ import pathlib
 
 from ...core.artifacts import tokenizer_path
 from ...core.errors import ConfigError, RepositoryError
+from ...core.names import model_name
 from .. import repository as repo
-from ..tritonconfig import TRITON_DTYPES, to_text
+from ..limits import PARAMETER as LIMITS_PARAMETER, to_parameter
+from ..tritonconfig import TRITON_DTYPES, parse_text, to_text
 
 TEXT_INPUT = "TEXT"
 MODEL_SOURCE = pathlib.Path(__file__).with_name("tokenizer_model.py")
@@ -68,6 +70,15 @@ def max_tokens(tokenizer_file: pathlib.Path) -> int:
     return int(truncation["max_length"])
 
 
+def encoder_max_length(config_file: pathlib.Path, ids: str) -> int | None:
+    """The longest sequence the encoder's input limits (builder/limits.py) allow for `ids`, if it records them."""
+    limits = parse_text(config_file.read_text(), where=str(config_file)).parameters.get(LIMITS_PARAMETER)
+    if limits is None:
+        return None
+    dims = json.loads(limits.string_value).get("dims", {})
+    return min((d["max"] for d in dims.values() if any(name == ids for name, _ in d["axes"])), default=None)
+
+
 def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path) -> dict:
     """Write `<model>_tokenizer`, `<model>_postprocess` and the ensemble `<model>_<variant>_text` into
     `repository` (each atomically, the ensemble last). Returns what was written, for the build record.
@@ -76,7 +87,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
     is not in the repository (an ensemble without it could never load).
     """
     ids, mask = text_inputs(spec)
-    encoder = f"{spec.name}_{variant}"
+    encoder = model_name(spec.name, variant)
     text_model = text_model_name(encoder)
     if not (repository / encoder / "config.pbtxt").is_file():
         raise RepositoryError(f"cannot write the ensemble `{text_model}`: its encoder model `{encoder}` is not in "
@@ -89,6 +100,10 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                           hint="a text model's factory writes its tokenizer.json to its work folder "
                                "(see builder/sources/minilm.py)")
     length = max_tokens(tokenizer_file)
+    longest = encoder_max_length(repository / encoder / "config.pbtxt", ids)
+    if longest is not None and length > longest:  # every long text would be refused by the encoder's input checks
+        raise ConfigError(f"{spec.name}: tokenizer.json truncates at {length} tokens, but `{encoder}` runs at most "
+                          f"{longest}", hint=f"save the tokenizer with `enable_truncation(max_length={longest})`")
     logits = next(t for t in spec.outputs if t.name == spec.metric.output)
     classes = logits.shape[-1]
     if not isinstance(classes, int) or len(logits.shape) != 2 or logits.dtype != "float32":
@@ -135,7 +150,9 @@ def postprocess_config(name: str, spec, logits: str, classes: int) -> dict:
         "dynamic_batching": {},
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # two element-wise nodes: never worth a GPU copy
         "parameters": {"intra_op_thread_count": {"string_value": "1"},
-                       "inter_op_thread_count": {"string_value": "1"}},
+                       "inter_op_thread_count": {"string_value": "1"},
+                       # it takes the encoder's logits, finite unless the encoder broke (builder/limits.py)
+                       **to_parameter({"inputs": {logits: {"finite": True}}, "dims": {}})},
     }
 
 

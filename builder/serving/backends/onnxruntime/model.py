@@ -11,10 +11,20 @@ Triton itself refuses a KIND_GPU instance group on a machine without GPUs ("has 
 available"). The embedded server (builder/serving/server.py) then loads such a model again with KIND_CPU instances and the
 parameter `embedded_cpu_fallback` (never written to a config.pbtxt), which this backend reports in that warning.
 
+Inputs are checked before ONNX Runtime runs, against the parameter `input_limits` that the builder derives from
+the model and writes (builder/limits.py: token ids within the vocabulary and >= 0, sequence lengths 1..the longest
+the model runs, a mask shaped like its ids with at least one 1 per example, finite floats, declared ranges). The
+checks are prepared once in initialize(); per request they cost one min and one max per checked input. A request
+that fails them gets an INVALID_ARG error (HTTP 400, gRPC INVALID_ARGUMENT) naming the input, the bad value and
+where it is, and the allowed range; it never reaches ONNX Runtime, which would answer out-of-range ids with a 500
+and negative ids, empty sequences and all-zero masks with made-up numbers. The official image's native backend
+ignores the parameter.
+
 Dynamic batching hands `execute()` several requests: those whose inputs have the same non-batch shape are
 concatenated into one ONNX Runtime run and the outputs split back; requests of another shape (text of another
 length) run as their own group. If a group's run fails, its requests are retried one by one so that one bad
-request gets an error and the others still get answers.
+request gets an error and the others still get answers. ONNX Runtime's own InvalidArgument (the request's fault:
+e.g. an id beyond a table the limits do not know of) is answered as INVALID_ARG, anything else as INTERNAL.
 """
 
 import json
@@ -23,9 +33,11 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+LIMITS_PARAMETER = "input_limits"  # JSON, written by builder/limits.py
 SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
-                        "enable_mem_arena", "enable_mem_pattern"}
+                        "enable_mem_arena", "enable_mem_pattern", LIMITS_PARAMETER}
 FALLBACK_PARAMETER = "embedded_cpu_fallback"  # set by builder/serving/server.py only: what was asked for instead of CPU
 GRAPH_LEVELS = {  # the native backend's meaning of optimization.graph.level
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -77,6 +89,60 @@ def session_options(config: dict) -> tuple:
     return options, warnings
 
 
+class InputChecks:
+    """The checks of an `input_limits` parameter (builder/limits.py), prepared once for a model whose inputs are
+    `input_names` in this order. `problem(arrays)` -> None, or one line: what is wrong, where, what is allowed."""
+
+    def __init__(self, limits: dict, input_names: list):
+        position = {name: i for i, name in enumerate(input_names)}
+        unknown = (set(limits.get("inputs", {})) | {n for d in limits.get("dims", {}).values() for n, _ in d["axes"]}) \
+            - set(position)
+        if unknown:
+            raise ValueError(f"input_limits names inputs {sorted(unknown)} the model does not have")
+        self.dims = [(dim, d["min"], d["max"], [(position[n], n, axis) for n, axis in d["axes"]], d.get("why", ""))
+                     for dim, d in limits.get("dims", {}).items()]
+        self.values = [(position[name], name, v.get("min"), v.get("max"), bool(v.get("finite")),
+                        bool(v.get("nonzero_rows")), v.get("why", ""))
+                       for name, v in limits.get("inputs", {}).items()
+                       if v.get("min") is not None or v.get("max") is not None or v.get("finite")
+                       or v.get("nonzero_rows")]
+
+    def problem(self, arrays: list):
+        for dim, low, high, axes, why in self.dims:
+            first, name, axis = axes[0]
+            size = arrays[first].shape[axis]
+            for other, other_name, other_axis in axes[1:]:
+                if arrays[other].shape[other_axis] != size:
+                    return (f"input `{other_name}` has shape {list(arrays[other].shape)} but `{name}` has "
+                            f"{list(arrays[first].shape)}: they must match in `{dim}` (axis {axis})")
+            if not low <= size <= high:
+                return (f"input `{name}`: `{dim}` (axis {axis}) is {size}, allowed {low}..{high}"
+                        + (f" ({why})" if why else ""))
+        for index, name, low, high, finite, nonzero_rows, why in self.values:
+            array = arrays[index]
+            if array.size == 0:
+                continue
+            smallest, largest = array.min(), array.max()  # NaN propagates into both, inf shows in one
+            allowed = f"{low}..{high}" if low is not None or high is not None else ""
+            if finite and not (np.isfinite(smallest) and np.isfinite(largest)):
+                where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+                return (f"input `{name}`: {array[where].item()} at {list(where)} is not a finite number; send "
+                        f"finite values" + (f" in {allowed}" if allowed else ""))
+            if (low is not None and smallest < low) or (high is not None and largest > high):
+                outside = (array < low) if low is not None else np.zeros(array.shape, bool)
+                if high is not None:
+                    outside |= array > high
+                where = tuple(int(i) for i in np.argwhere(outside)[0])
+                return (f"input `{name}`: {array[where].item()} at {list(where)} is outside the allowed {allowed}"
+                        + (f" ({why})" if why else ""))
+            if nonzero_rows:
+                empty = ~array.reshape(len(array), -1).any(axis=1)
+                if empty.any():
+                    return (f"input `{name}`: example {int(np.argmax(empty))} of the batch is all zeros"
+                            + (f" ({why})" if why else ""))
+        return None
+
+
 def first_instance(args, config) -> bool:
     """Whether this is the model's first instance (Triton names instances `<group name>_<index>`)."""
     groups = config.get("instance_group") or [{}]
@@ -111,6 +177,15 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{name}: config.pbtxt declares outputs {missing} that model.onnx does not have (it has {outputs})")
         self.input_names = declared
+        limits = config.get("parameters", {}).get(LIMITS_PARAMETER, {}).get("string_value")
+        try:
+            self.checks = InputChecks(json.loads(limits), declared) if limits else None
+        except (ValueError, KeyError, TypeError) as e:
+            raise pb_utils.TritonModelException(f"{name}: bad parameter `{LIMITS_PARAMETER}` in config.pbtxt: {e}; "
+                                                "rebuild the model with `builder build`")
+        if self.checks is None and first_instance(args, config):
+            pb_utils.Logger.log_warn(f"{name}: config.pbtxt has no `{LIMITS_PARAMETER}` (built by an older kit): its "
+                                     "inputs are not checked; rebuild it with `builder build`")
         self.output_names = [o["name"] for o in config["output"]]
         self.output_dtypes = [NUMPY_DTYPES.get(o["data_type"]) for o in config["output"]]
 
@@ -121,9 +196,14 @@ class TritonPythonModel:
             arrays = [pb_utils.get_input_tensor_by_name(request, name) for name in self.input_names]
             if any(a is None for a in arrays):
                 missing = [n for n, a in zip(self.input_names, arrays) if a is None]
-                responses[index] = error_response(f"missing input(s) {missing}; the model takes {self.input_names}")
+                responses[index] = error_response(f"missing input(s) {missing}; the model takes {self.input_names}",
+                                                  pb_utils.TritonError.INVALID_ARG)
                 continue
             arrays = [a.as_numpy() for a in arrays]
+            problem = self.checks.problem(arrays) if self.checks is not None else None
+            if problem is not None:  # this request alone: the others still run
+                responses[index] = error_response(problem, pb_utils.TritonError.INVALID_ARG)
+                continue
             groups.setdefault(tuple(a.shape[1:] for a in arrays), []).append((index, arrays))
         for members in groups.values():
             self.run_group(members, responses)
@@ -142,7 +222,9 @@ class TritonPythonModel:
                 for member in members:
                     self.run_group([member], responses)
             else:
-                responses[members[0][0]] = error_response(f"ONNX Runtime failed on this request: {str(e).splitlines()[0]}")
+                code = pb_utils.TritonError.INVALID_ARG if isinstance(e, InvalidArgument) else pb_utils.TritonError.INTERNAL
+                responses[members[0][0]] = error_response(
+                    f"ONNX Runtime failed on this request: {str(e).splitlines()[0]}", code)
             return
         start = 0
         for index, arrays in members:
@@ -157,5 +239,5 @@ class TritonPythonModel:
         self.session = None
 
 
-def error_response(message):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+def error_response(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
