@@ -43,10 +43,11 @@ class DeployError(BuilderError):
 
 
 def server_command(dockerfile: pathlib.Path = DOCKERFILE) -> list[str]:
-    """The image's CMD (exec form) as a list."""
+    """The image's CMD (exec form) as a list: the flags its entrypoint hands to tritonserver. Only a CMD at the
+    start of a line counts (HEALTHCHECK's own `CMD` is indented under it)."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     for line in text.splitlines():
-        if line.strip().upper().startswith("CMD "):
+        if line.upper().startswith("CMD "):
             try:
                 return json.loads(line.strip()[4:])
             except json.JSONDecodeError as e:
