@@ -1,4 +1,4 @@
-"""Cost of the embedded backend's input checks (builder/backends/onnxruntime/model.py InputChecks) per request,
+"""Cost of the embedded backend's input checks (builder/serving/backends/onnxruntime/model.py InputChecks) per request,
 in-process, and of deriving a model's limits at build time. A benchmark, not a test.
 
     python -m loadtests.checks_bench [--onnx <artifacts>/minilm/fp32/model.onnx]
@@ -21,7 +21,7 @@ from builder.serving.limits import derive_limits
 
 MINILM_SPEC = pathlib.Path(__file__).parent.parent / "builder" / "sources" / "minilm.yaml"
 
-BACKEND = pathlib.Path(__file__).resolve().parent.parent / "builder" / "backends" / "onnxruntime" / "model.py"
+BACKEND = pathlib.Path(__file__).resolve().parent.parent / "builder" / "serving" / "backends" / "onnxruntime" / "model.py"
 TEXT_LIMITS = {"inputs": {"input_ids": {"min": 0, "max": 30521},
                           "attention_mask": {"min": 0, "max": 1, "nonzero_rows": True}},
                "dims": {"seq": {"min": 1, "max": 512, "axes": [["input_ids", 1], ["attention_mask", 1]]}}}

@@ -1,5 +1,5 @@
 """Input limits: derived from the exported model at build time (builder/limits.py), and the embedded backend's checks
-(builder/backends/onnxruntime/model.py InputChecks) refuse every bad input with one line naming input and range."""
+(builder/serving/backends/onnxruntime/model.py InputChecks) refuse every bad input with one line naming input and range."""
 
 import importlib.util
 import json
@@ -129,7 +129,7 @@ def test_bad_limits_in_a_spec_are_refused(spec_input, message):
 @pytest.fixture(scope="module")
 def input_checks():
     sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
-    source = ROOT / "builder" / "backends" / "onnxruntime" / "model.py"
+    source = ROOT / "builder" / "serving" / "backends" / "onnxruntime" / "model.py"
     spec = importlib.util.spec_from_file_location("kit_onnxruntime_backend", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
