@@ -146,7 +146,8 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
     server_pid = process.pid if process is not None else None
     fallback = getattr(server_or_urls, "cpu_fallbacks", {}).get(model)  # a KIND_GPU model served on CPU here
     request = warmup_request(artifacts, model)  # before touching the server: a missing record fails first
-    with TritonClient(http_url, timeout=timeout) as client:
+    # an EmbeddedServer's key is an attribute, a Target's a property; None: client/admin.py finds it
+    with TritonClient(http_url, timeout=timeout, admin_key=getattr(server_or_urls, "admin_key", None)) as client:
         try:
             before = {m["name"]: m["state"] for m in client.models()}
         except ClientError as e:

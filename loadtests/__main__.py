@@ -51,6 +51,8 @@ def add_target_arguments(parser) -> None:
     parser.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     parser.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"),
                         help="the builder's artifacts: test splits and build records")
+    parser.add_argument("--admin-key-file", help="the key of the server's locked admin APIs (default: "
+                                                 "$TRITONKIT_ADMIN_KEY, or the key a local `builder serve` generated)")
 
 
 def memory_size(text: str) -> str:
@@ -155,13 +157,14 @@ def target_for(args):
         host = address.rsplit(":", 1)[0]
         grpc_url = args.url if protocol == "grpc" else f"grpc://{host}:8001"
         http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
-        yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
+        yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics", args.admin_key_file)
         return
     from builder.server import EmbeddedServer, free_port
 
     print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
-    with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
-        yield Target(server.http_url, server.grpc_url, server.metrics_url)
+    with EmbeddedServer(args.repository, free_port(), free_port(), free_port(), admin_key_file=args.admin_key_file,
+                        on_event=lambda line: print(f"server: {line}", flush=True)) as server:
+        yield Target(server.http_url, server.grpc_url, server.metrics_url, args.admin_key_file)
 
 
 def cmd_run(args) -> int:

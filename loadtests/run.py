@@ -50,13 +50,21 @@ class LoadSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where the load goes: Triton's URLs."""
+    """Where the load goes: Triton's URLs, and where the admin key of its locked APIs is (client/admin.py)."""
     http_url: str
     grpc_url: str
     metrics_url: str
+    admin_key_file: str | None = None  # None: $TRITONKIT_ADMIN_KEY, or the key a local server generated
 
     def url(self, protocol: str) -> str:
         return self.grpc_url if protocol == "grpc" else self.http_url
+
+    @property
+    def admin_key(self) -> str | None:
+        """The key for model listing, load and unload (not a field: results.json keeps the Target)."""
+        from client.admin import find_admin_key
+
+        return find_admin_key(self.http_url, self.admin_key_file)
 
 
 def check_target(target: Target, models: list[str]) -> list[str]:
@@ -64,7 +72,7 @@ def check_target(target: Target, models: list[str]) -> list[str]:
     from client import ClientError, TritonClient
 
     try:
-        with TritonClient(target.http_url, timeout=10) as client:
+        with TritonClient(target.http_url, timeout=10, admin_key=target.admin_key) as client:
             if not client.is_live():
                 raise LoadTestError(f"Triton server at {target.http_url} is not reachable",
                                     hint="start it with `builder serve`, or pass --url (omit it to let the runner "
