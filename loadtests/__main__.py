@@ -6,6 +6,7 @@
   python -m loadtests tune --model minilm_int8 --slo-p99-ms 50
   python -m loadtests bench [--models minilm_fp32,digits_fp32]
   python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
+  python -m loadtests soak --models digits_fp32,minilm_fp32 --duration 10m   (failures and memory growth at 80 %)
 
 Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
@@ -130,13 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     footprint.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
     add_memory_budget_argument(footprint)
     add_target_arguments(footprint)
+    soak = commands.add_parser("soak", help="mixed traffic to several models at a share of the measured maximum "
+                                            "for a long time: failures and memory growth")
+    soak.add_argument("--models", required=True, help="served model names, comma-separated")
+    soak.add_argument("--duration", type=duration, default=600.0, help="soak length (default 10m)")
+    soak.add_argument("--load", type=float, default=0.8, help="share of the measured maximum throughput (default 0.8)")
+    soak.add_argument("--probe", type=duration, default=10.0, help="the closed-loop step measuring the maximum (10s)")
+    soak.add_argument("--sample", type=duration, default=5.0, help="memory sampling interval (default 5s)")
+    soak.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
+    soak.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
+    soak.add_argument("--out", type=pathlib.Path, help="output folder (default reports/soak-<date-time>)")
     args = parser.parse_args(argv)
 
     from builder.errors import BuilderError
 
     try:
         return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
-                "footprint": cmd_footprint}[args.command](args)
+                "footprint": cmd_footprint, "soak": cmd_soak}[args.command](args)
     except BuilderError as e:
         print(f"error: {e}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
         return 2
@@ -290,6 +301,19 @@ def cmd_footprint(args) -> int:
               f"and onnxruntime: the smallest here, {baseline['model']}, is {baseline['rss_bytes'] / 1e6:.0f} MB.")
     print("written to: " + ", ".join(sorted({str(p) for p in written.values()})))
     return 0
+
+
+def cmd_soak(args) -> int:
+    from .soak import SoakSettings, print_soak, run_soak, verdicts
+
+    out = args.out or pathlib.Path("reports") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SoakSettings(duration_s=args.duration, load=args.load, probe_s=args.probe, sample_s=args.sample)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = run_soak(models, args.repository, args.artifacts, settings, out,
+                       progress=lambda line: print(line, flush=True))
+    print_soak(results)
+    print(f"\nresults: {out / 'soak.json'}")
+    return 0 if all(ok for _, ok in verdicts(results)) else 1
 
 
 if __name__ == "__main__":
