@@ -60,6 +60,7 @@ class StubWatcher:
         self._missing: dict[tuple[str, str], tuple[float, int]] = {}  # (model, instance) -> (gone since, pid)
         self._restarts: dict[str, list[float]] = {}
         self._given_up: set[str] = set()
+        self.polls = 0  # finished polls: lets a caller wait until the watcher has looked (tests)
 
     def start(self) -> None:
         self._known = {s.pid: s for s in all_stubs(self.server.process.pid)}
@@ -78,7 +79,8 @@ class StubWatcher:
             try:
                 self._poll(process.pid)
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                continue  # the server is busy or stopping; the next poll sees
+                pass  # the server is busy or stopping; the next poll sees
+            self.polls += 1
 
     def _poll(self, server_pid: int) -> None:
         now = time.monotonic()

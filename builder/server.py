@@ -131,7 +131,7 @@ class EmbeddedServer:
         self._key_files: list[pathlib.Path] = []  # generated here, removed at stop
         self.recover = recover
         self.on_event = on_event
-        self._watcher: StubWatcher | None = None
+        self._watcher: StubWatcher | None = None  # while running with recovery: `watcher`
         self.recoveries: list = []  # every crashed backend noticed, and what was done (builder/recovery.py Recovery)
         self.model_control = model_control
         self.log_verbose = log_verbose
@@ -140,6 +140,10 @@ class EmbeddedServer:
         self.workdir: pathlib.Path | None = None
         self.cpu_fallbacks: dict[str, str] = {}  # model -> what it asked for and got instead (see the module doc)
         self.shm_prefix = f"tritonkit_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+
+    @property
+    def watcher(self) -> StubWatcher | None:
+        return self._watcher
 
     @property
     def connect_host(self) -> str:
@@ -160,7 +164,10 @@ class EmbeddedServer:
 
     def exposure(self) -> list[str]:
         """Lines that say who can reach what: the bound address, the open and the locked APIs, the key."""
-        ports = f"HTTP {self.host}:{self.http_port}, gRPC {self.host}:{self.grpc_port}, metrics {self.host}:{self.metrics_port}"
+        # measured: given 0.0.0.0, Triton's gRPC listens on [::], i.e. on every IPv6 interface as well
+        grpc_note = " (IPv6 too)" if self.host == "0.0.0.0" else ""
+        ports = (f"HTTP {self.host}:{self.http_port}, gRPC {self.host}:{self.grpc_port}{grpc_note}, "
+                 f"metrics {self.host}:{self.metrics_port}")
         if ipaddress.IPv4Address(self.host).is_loopback:
             where = f"{ports}: this machine only (`--host 0.0.0.0` exposes them)"
         else:
