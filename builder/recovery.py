@@ -4,10 +4,11 @@ Triton 2.51 does not restart a Python-backend stub that died (killed by the OOM 
 library): its model stays READY and answers every request at once with "Stub process '<instance>' is not
 healthy." (after about 1 s: the backend waits that long for the stub's health flag) until it is loaded again, and
 a plain load of the unchanged model is a no-op: it has to be given a configuration to load anew. The watcher polls the server's stubs in /proc (builder/stubs.py) every
-POLL_S. A stub counts as crashed when it is gone for GRACE_S while no other stub of the same instance name runs,
-its model is still READY and the model's current configuration still has that instance. That rules out what
-ends stubs on purpose: an unload (the model is no longer READY), a reload (the new stub of the same name starts
-before the old one ends) and a reload with fewer instances (the instance is no longer configured). The model is
+POLL_S. When a stub has ended, its model is checked GRACE_S later: it counts as crashed if it is still READY and
+fewer of its stubs run than its current configuration has instances. That rules out what ends stubs on purpose:
+an unload (the model is no longer READY), a reload (the new stubs start before the old ones end) and a reload
+with fewer instances (Triton 2.51 then keeps some running instances, under their old names: `m_0_1` may be the
+one left of count 1, so names cannot be compared, counts can). The model is
 then loaded again with the configuration the server used for it (overrides, such as a CPU fallback or a tuning
 point, are kept), through the locked model-repository API with the admin key.
 
@@ -41,10 +42,9 @@ class Recovery:
     message: str
 
 
-def configured_instances(config: dict) -> set[str]:
-    """Instance names of a model config (Triton's JSON): `<group name>_<index>` for each group's count."""
-    return {f"{group.get('name', '')}_{index}" for group in config.get("instance_group", [])
-            for index in range(int(group.get("count", 1)))}
+def configured_count(config: dict) -> int:
+    """Instances a model config (Triton's JSON) asks for: the sum of its instance groups' counts."""
+    return sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
 
 
 class StubWatcher:
@@ -57,7 +57,7 @@ class StubWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tritonkit-stub-watcher", daemon=True)
         self._known: dict[int, object] = {}  # pid -> Stub seen alive at the last poll
-        self._missing: dict[tuple[str, str], tuple[float, int]] = {}  # (model, instance) -> (gone since, pid)
+        self._suspects: dict[str, tuple[float, list]] = {}  # model -> (a stub gone since, [(instance, pid)])
         self._restarts: dict[str, list[float]] = {}
         self._given_up: set[str] = set()
         self.polls = 0  # finished polls: lets a caller wait until the watcher has looked (tests)
@@ -85,26 +85,23 @@ class StubWatcher:
     def _poll(self, server_pid: int) -> None:
         now = time.monotonic()
         live = all_stubs(server_pid)
-        names = {(s.model, s.instance) for s in live}
+        pids = {s.pid for s in live}
         for pid, stub in self._known.items():
-            key = (stub.model, stub.instance)
-            if key not in names and key not in self._missing:
-                self._missing[key] = (now, pid)
+            if pid not in pids:
+                self._suspects.setdefault(stub.model, (now, []))[1].append((stub.instance, pid))
         self._known = {s.pid: s for s in live}
-        for key in [k for k in self._missing if k in names]:
-            del self._missing[key]  # a stub of that instance runs again: someone reloaded the model
-        due = [k for k, (since, _) in self._missing.items() if now - since >= GRACE_S]
+        due = [m for m, (since, _) in self._suspects.items() if now - since >= GRACE_S]
         if not due:
             return
         states = {m.name: m.state for m in self.server.models()}
-        for model in sorted({m for m, _ in due}):
-            dead = sorted((i, self._missing.pop((m, i))[1]) for m, i in due if m == model)
+        for model in sorted(due):
+            _, dead = self._suspects.pop(model)
             if states.get(model) != "READY" or model in self._given_up:
-                continue  # unloaded or being reloaded on purpose (or given up): not ours to touch
+                continue  # unloaded or being unloaded on purpose (or given up): not ours to touch
             config = self.server.model_config(model)
-            crashed = [(i, pid) for i, pid in dead if i in configured_instances(config)]
-            if crashed:
-                self._reload(model, config, crashed)
+            running = sum(1 for s in live if s.model == model)
+            if running < configured_count(config):  # else a reload replaced or dropped the stubs on purpose
+                self._reload(model, config, sorted(dead))
 
     def _reload(self, model: str, config: dict, crashed: list[tuple[str, int]]) -> None:
         instances, pids = tuple(i for i, _ in crashed), tuple(p for _, p in crashed)
