@@ -37,7 +37,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-from client.admin import ADMIN_HEADER, configured_key, key_file_for, new_key, write_key_file
+from client.admin import ADMIN_HEADER, AdminKeyError, configured_key, key_file_for, new_key, write_key_file
 
 from .errors import ServeError
 from .recovery import StubWatcher
@@ -243,7 +243,10 @@ class EmbeddedServer:
             raise
 
     def _set_admin_key(self) -> None:
-        configured = configured_key(self.admin_key_file)
+        try:
+            configured = configured_key(self.admin_key_file)
+        except AdminKeyError as e:
+            raise ServeError(str(e), hint=e.hint) from e
         if configured:
             self.admin_key, self.admin_key_source = configured
             return
