@@ -80,6 +80,9 @@ def test_a_killed_stub_is_reloaded_within_10_s_and_other_models_keep_serving(ser
     assert all("is restarting: its backend process died (Stub process 'digits_fp32_0_0' is not healthy.)" in message
                for _, message in failures)
     (recovery,) = server.recoveries
+    took = [t for t, _ in failures] or [0.0]
+    print(f"\ndigits_fp32 served again {seconds:.2f} s after SIGKILL; {len(failures)} failed request(s) in between, "
+          f"each {min(took):.2f}-{max(took):.2f} s; the reload took {recovery.seconds:.2f} s")  # docs/security.md
     assert recovery.model == "digits_fp32" and recovery.pids == (old_pid,) and recovery.reloaded
     assert [s.pid for s in find_stubs("digits_fp32", server.process.pid)] != [old_pid]
     assert server.events == ["digits_fp32: backend process digits_fp32_0_0 "
@@ -119,6 +122,7 @@ def test_builder_serve_prints_what_happened(repository):
         seconds, _, old_pid = serve_again_after_kill(f"grpc://127.0.0.1:{ports['grpc']}", "tiny_fp32", TOKENS,
                                                      server_pid)
         assert seconds < RECOVERY_DEADLINE_S
+        print(f"\nbuilder serve: tiny_fp32 served again {seconds:.2f} s after SIGKILL")  # docs/security.md
     finally:
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)
