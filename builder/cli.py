@@ -13,6 +13,7 @@ import pathlib
 import shlex
 import signal
 import sys
+import time
 
 from loadtests.__main__ import print_summary
 
@@ -67,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model-control", choices=("explicit", "none", "poll"), default="explicit",
                        help="explicit (default): load all now, load/unload later through the API")
     serve.add_argument("--log-file", type=pathlib.Path, help="server log (default: a temporary file, printed)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address HTTP, gRPC and metrics listen on (default 127.0.0.1: this machine only; "
+                            "0.0.0.0: every interface)")
+    serve.add_argument("--admin-key-file", type=pathlib.Path,
+                       help="file holding the key of the locked admin APIs (default: $TRITONKIT_ADMIN_KEY, else a "
+                            "key generated for this run; see docs/security.md)")
 
     demo = commands.add_parser("demo", help="build, serve and check both demo models end to end")
     demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
@@ -162,7 +169,9 @@ def cmd_serve(args) -> int:
     if args.repository.is_dir() and not models:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)
     server = EmbeddedServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
-                            model_control=args.model_control, log_file=args.log_file)
+                            model_control=args.model_control, log_file=args.log_file, host=args.host,
+                            admin_key_file=args.admin_key_file,
+                            on_event=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True))
     # SIGTERM ends the wait like Ctrl-C does, so the server and its stubs are stopped in order
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()
@@ -170,6 +179,10 @@ def cmd_serve(args) -> int:
         print(f"Triton {args.repository.resolve()}")
         print(f"  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}")
         print(f"  log     {server.log_path}")
+        for line in server.exposure():
+            print(f"  {line}")
+        if args.model_control == "explicit":
+            print("  a model whose backend process dies is reloaded (builder/recovery.py)")
         failed = 0
         for m in server.models():
             line = f"  {m.name:32} {m.state}"

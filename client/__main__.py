@@ -19,6 +19,7 @@ import numpy as np
 from builder.core.artifacts import find_record, split_example, text_endpoint_record, text_inputs
 from builder.core.handler import run_command
 
+from .admin import find_admin_key
 from .errors import ClientError
 from .triton import DEFAULT_PORTS, TritonClient
 
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--index", type=int, help="index of an example in a cached data split")
     infer.add_argument("--split", default="test", help="split for --index (default: test)")
     infer.add_argument("--artifacts", default="artifacts", type=pathlib.Path, help="the builder's artifacts folder")
-    commands.add_parser("models", parents=[common], help="list the server's models and their state")
+    models = commands.add_parser("models", parents=[common], help="list the server's models and their state")
+    models.add_argument("--admin-key-file", help="key of the locked model-repository API (default: "
+                                                 "$TRITONKIT_ADMIN_KEY, or the key a local `builder serve` generated)")
     metadata = commands.add_parser("metadata", parents=[common], help="show a model's inputs and outputs")
     metadata.add_argument("--model", required=True)
     args = parser.parse_args(argv)
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> int:
     url = args.url or f"{args.protocol}://127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-    with TritonClient(url) as client:
+    key = find_admin_key(url, getattr(args, "admin_key_file", None))
+    with TritonClient(url, admin_key=key) as client:
         if args.command == "models":
             for m in client.models():
                 print(f"{m['name']:32} {m['version'] or '-':>3} {m['state']:12} {m['reason']}")

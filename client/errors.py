@@ -19,6 +19,11 @@ class ModelNotFoundError(ClientError):
     """The model is not in the repository or not loaded."""
 
 
+class ModelRestartingError(ClientError):
+    """The model's backend process died (Triton: "Stub process ... is not healthy"); until it is loaded again every
+    request to it fails at once. The embedded server reloads such a model by itself (builder/server.py)."""
+
+
 class InvalidInputError(ClientError):
     """A tensor name, dtype or shape (or the batch size) does not match the model."""
 

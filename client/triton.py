@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ClientError, InferenceError, InvalidInputError, ModelNotFoundError, ServerUnavailableError
+from .admin import ADMIN_HEADER, admin_headers, find_admin_key
+from .errors import (ClientError, InferenceError, InvalidInputError, ModelNotFoundError, ModelRestartingError,
+                     ServerUnavailableError)
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
@@ -62,6 +64,13 @@ def translate(error: Exception, model: str | None = None) -> ClientError:
     message = (message or str(error)).strip()
     status = str(error.status()) if hasattr(error, "status") and callable(error.status) else ""
     lowered = message.lower()
+    if "is not healthy" in lowered:  # Triton 2.51's words for a Python-backend stub that died
+        return ModelRestartingError(f"model `{model}` is restarting: its backend process died ({message})",
+                                    hint="retry in a few seconds: the embedded server reloads a crashed model within "
+                                         "10 s; another server needs `load_model` with the admin key")
+    if status in ("403", "StatusCode.PERMISSION_DENIED") or "restricted" in lowered:
+        return ClientError(f"refused: {message}", hint=f"this API needs the admin key (header {ADMIN_HEADER}): "
+                                                         "set TRITONKIT_ADMIN_KEY or pass the key file")
     if isinstance(error, OSError) or "unavailable" in status.lower() or "failed to connect" in lowered \
             or "connection refused" in lowered:
         return ServerUnavailableError(f"Triton server not reachable: {message}",
@@ -92,10 +101,15 @@ def normalise_metadata(raw: dict) -> dict:
 class TritonClient:
     """Synchronous client. `infer(model, {name: array}) -> {name: array}`; errors are client.errors types."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0, concurrency: int = 1):
-        """`concurrency`: HTTP connections kept for requests in flight at once (gRPC multiplexes one channel)."""
+    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0, concurrency: int = 1,
+                 admin_key: str | None = None):
+        """`concurrency`: HTTP connections kept for requests in flight at once (gRPC multiplexes one channel).
+        `admin_key`: sent with the administrative calls (models, load_model, unload_model), which a server the kit
+        starts locks; None: found as client/admin.py `find_admin_key` says (environment, key file of the port)."""
         self.protocol, self.address = parse_url(url)
         self.url = f"{self.protocol}://{self.address}"
+        key = admin_key if admin_key is not None else find_admin_key(self.url)
+        self._admin_headers = admin_headers(self.protocol, key)
         self._module = _protocol_module(self.protocol)
         self._timeout = timeout
         if self.protocol == "grpc":
@@ -145,7 +159,10 @@ class TritonClient:
 
     def models(self) -> list[dict]:
         """Every model in the server's repository: name, version, state and (if failed) reason."""
-        index = self._json("get_model_repository_index")
+        if self.protocol == "grpc":
+            index = self._call("get_model_repository_index", as_json=True, headers=self._admin_headers)
+        else:
+            index = self._call("get_model_repository_index", headers=self._admin_headers)
         items = index.get("models", []) if isinstance(index, dict) else index
         return [{"name": m.get("name"), "version": m.get("version", ""), "state": m.get("state", ""),
                  "reason": m.get("reason", "")} for m in items]
@@ -165,12 +182,12 @@ class TritonClient:
         import json
 
         if config is None:
-            self._call("load_model", model, model=model)
+            self._call("load_model", model, model=model, headers=self._admin_headers)
         else:
-            self._call("load_model", model, config=json.dumps(config), model=model)
+            self._call("load_model", model, config=json.dumps(config), model=model, headers=self._admin_headers)
 
     def unload_model(self, model: str) -> None:
-        self._call("unload_model", model, model=model)
+        self._call("unload_model", model, model=model, headers=self._admin_headers)
 
     def output_names(self, model: str) -> list[str]:
         if model not in self._output_names:

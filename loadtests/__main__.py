@@ -9,6 +9,7 @@
   python -m loadtests tune --model minilm_int8 --slo-p99-ms 50
   python -m loadtests bench [--models minilm_fp32,digits_fp32]
   python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
+  python -m loadtests soak --models digits_fp32,minilm_fp32 --duration 10m   (failures and memory growth at 80 %)
 
 Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
@@ -38,6 +39,7 @@ from .plan import DEFAULT_HEADROOM, read_prices
 from .report import (build_report, footprint_rows, footprint_table, plan_table, plan_text, summary_table,
                      write_report)
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
+from .soak import SoakSettings, print_soak, run_soak, verdicts
 from .tune import TuneSettings, print_tune, run_tune
 
 
@@ -72,6 +74,8 @@ def add_target_arguments(parser) -> None:
     parser.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     parser.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"),
                         help="the builder's artifacts: test splits and build records")
+    parser.add_argument("--admin-key-file", help="the key of the server's locked admin APIs (default: "
+                                                 "$TRITONKIT_ADMIN_KEY, or the key a local `builder serve` generated)")
 
 
 def memory_size(text: str) -> str:
@@ -220,10 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     footprint.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
     add_memory_budget_argument(footprint)
     add_target_arguments(footprint)
+    soak = commands.add_parser("soak", help="mixed traffic to several models at a share of the measured maximum "
+                                            "for a long time: failures and memory growth")
+    soak.add_argument("--models", required=True, help="served model names, comma-separated")
+    soak.add_argument("--duration", type=duration, default=600.0, help="soak length (default 10m)")
+    soak.add_argument("--load", type=float, default=0.8, help="share of the measured maximum throughput (default 0.8)")
+    soak.add_argument("--probe", type=duration, default=10.0, help="the closed-loop step measuring the maximum (10s)")
+    soak.add_argument("--sample", type=duration, default=5.0, help="memory sampling interval (default 5s)")
+    soak.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
+    soak.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
+    soak.add_argument("--out", type=pathlib.Path, help="output folder (default reports/soak-<date-time>)")
     args = parser.parse_args(argv)
     command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
                "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
-               "deploy": cmd_deploy}[args.command]
+               "deploy": cmd_deploy, "soak": cmd_soak}[args.command]
     return run_command(lambda: command(args), verbose=args.verbose,
                        interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
@@ -237,12 +251,13 @@ def target_for(args):
         host = address.rsplit(":", 1)[0]
         grpc_url = args.url if protocol == "grpc" else f"grpc://{host}:8001"
         http_url = args.http_url or (args.url if protocol == "http" else f"http://{host}:8000")
-        yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics")
+        yield Target(http_url, grpc_url, args.metrics_url or f"http://{host}:8002/metrics", args.admin_key_file)
         return
 
     print(f"starting the embedded Triton server on {args.repository} ...", flush=True)
-    with EmbeddedServer(args.repository, free_port(), free_port(), free_port()) as server:
-        yield Target(server.http_url, server.grpc_url, server.metrics_url)
+    with EmbeddedServer(args.repository, free_port(), free_port(), free_port(), admin_key_file=args.admin_key_file,
+                        on_event=lambda line: print(f"server: {line}", flush=True)) as server:
+        yield Target(server.http_url, server.grpc_url, server.metrics_url, args.admin_key_file)
 
 
 def cmd_run(args) -> int:
@@ -439,6 +454,17 @@ def cmd_footprint(args) -> int:
               f"and onnxruntime: the smallest here, {baseline['model']}, is {baseline['rss_bytes'] / 1e6:.0f} MB.")
     print("written to: " + ", ".join(sorted({str(p) for p in written.values()})))
     return 0
+
+
+def cmd_soak(args) -> int:
+    out = args.out or pathlib.Path("reports") / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = SoakSettings(duration_s=args.duration, load=args.load, probe_s=args.probe, sample_s=args.sample)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = run_soak(models, args.repository, args.artifacts, settings, out,
+                       progress=lambda line: print(line, flush=True))
+    print_soak(results)
+    print(f"\nresults: {out / 'soak.json'}")
+    return 0 if all(ok for _, ok in verdicts(results)) else 1
 
 
 if __name__ == "__main__":

@@ -158,12 +158,12 @@ def execution_stats(url: str, model: str) -> tuple[int, int]:
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
-def with_queue_delay(url: str, model: str, config: dict, delay_us: int) -> None:
+def with_queue_delay(url: str, model: str, config: dict, delay_us: int, admin_key: str | None = None) -> None:
     """Reload `model` in the running server (explicit model control) with another max queue delay."""
 
     override = json.loads(json.dumps(config))
     override.setdefault("dynamic_batching", {})["max_queue_delay_microseconds"] = delay_us
-    with TritonClient(url) as client:
+    with TritonClient(url, admin_key=admin_key) as client:
         client.load_model(model, config=override)
 
 
@@ -195,12 +195,12 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
             delays = {}
             for delay in QUEUE_DELAYS_US:
                 progress(f"[{model}] gRPC with max_queue_delay_microseconds={delay} ...")
-                with_queue_delay(server.http_url, model, config, delay)
+                with_queue_delay(server.http_url, model, config, delay, server.admin_key)
                 delays[delay] = {"latency_c1": served_latency(server.grpc_url, model, requests, seconds),
                                  f"c{CONCURRENCY}": served_throughput(server.grpc_url, model, requests, seconds,
                                                                       CONCURRENCY)}
             with_queue_delay(server.http_url, model, config,
-                             config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0))
+                             config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0), server.admin_key)
             row["queue_delay_us"] = delays
             row["checks"] = checks(row)
             results["models"][model] = row

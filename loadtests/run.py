@@ -22,6 +22,7 @@ from builder.core.errors import ArtifactsError, BuilderError, unknown_name
 from builder.serving.footprint import FootprintError, find_stubs, measure_models, process_memory, write_footprint
 from builder.serving.server import free_port
 from client import ClientError, TritonClient
+from client.admin import find_admin_key
 
 from . import intervals, metrics
 from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
@@ -63,20 +64,26 @@ class LoadSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where the load goes: Triton's URLs."""
+    """Where the load goes: Triton's URLs, and where the admin key of its locked APIs is (client/admin.py)."""
     http_url: str
     grpc_url: str
     metrics_url: str
+    admin_key_file: str | None = None  # None: $TRITONKIT_ADMIN_KEY, or the key a local server generated
 
     def url(self, protocol: str) -> str:
         return self.grpc_url if protocol == "grpc" else self.http_url
+
+    @property
+    def admin_key(self) -> str | None:
+        """The key for model listing, load and unload (not a field: results.json keeps the Target)."""
+        return find_admin_key(self.http_url, self.admin_key_file)
 
 
 def check_target(target: Target, models: list[str]) -> list[str]:
     """Before any load: the server answers and every model is READY. `models == ["all"]` means every READY one."""
 
     try:
-        with TritonClient(target.http_url, timeout=10) as client:
+        with TritonClient(target.http_url, timeout=10, admin_key=target.admin_key) as client:
             if not client.is_live():
                 raise LoadTestError(f"Triton server at {target.http_url} is not reachable",
                                     hint="start it with `builder serve`, or pass --url (omit it to let the runner "

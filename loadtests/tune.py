@@ -86,7 +86,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
     result = {"model": model, "settings": dataclasses.asdict(settings), "original": as_json(original),
               "grid_size": len(points), "points": [], "complete": False}
     deadline = time.monotonic() + settings.budget_s
-    client = TritonClient(target.http_url)
+    client = TritonClient(target.http_url, admin_key=target.admin_key)
     try:
         for n, point in enumerate(points, 1):
             if time.monotonic() + settings.duration_s + 10 > deadline:
@@ -120,7 +120,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
         (out / "tune.json").write_text(json.dumps(result, indent=2))
     if write and result["best"]:
         write_config(config_path, with_point(original, result["best"]))
-        with TritonClient(target.http_url) as client:
+        with TritonClient(target.http_url, admin_key=target.admin_key) as client:
             client.load_model(model)
         result["written"] = str(config_path)
         progress(f"wrote the best setting to {config_path} and reloaded {model}")

@@ -35,7 +35,6 @@ number is bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import pathlib
 import re
@@ -46,8 +45,8 @@ from client import ClientError, TritonClient
 from ..core.artifacts import find_record, request_batches, update_entry
 from ..core.errors import ArtifactsError, BuilderError, unknown_name
 from .server import cpu_fallback_config
+from .stubs import STUB, Stub, find_stubs, memory  # noqa: F401 (Stub, find_stubs: part of this module's API)
 
-STUB = "triton_python_backend_stub"
 DEFAULT_BUDGET = "16GB"
 WARMUP_SPLIT = "test"
 WARMUP_CANDIDATES = 256
@@ -83,50 +82,13 @@ def fits(budget_bytes: int, per_instance_bytes: int) -> int:
     return int(budget_bytes) // int(per_instance_bytes)
 
 
-@dataclasses.dataclass(frozen=True)
-class Stub:
-    pid: int
-    server_pid: int | None
-    instance: str
-    model_file: str
-
-
-def find_stubs(model: str, server_pid: int | None = None) -> list[Stub]:
-    """The live `triton_python_backend_stub` processes whose model file lies in a `<model>/<version>/` folder
-    (of the server `server_pid`, if given)."""
-    found = []
-    for proc in pathlib.Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
-        except OSError:
-            continue  # ended meanwhile, or not ours to read
-        if len(args) < 9 or pathlib.Path(args[0]).name != STUB:
-            continue
-        parts = pathlib.Path(args[1]).parts
-        if len(parts) < 3 or parts[-3] != model:
-            continue
-        parent = int(args[5]) if args[5].isdigit() else None
-        if server_pid is not None and parent != server_pid:
-            continue
-        found.append(Stub(int(proc.name), parent, args[8], args[1]))
-    return sorted(found, key=lambda s: s.instance)
-
-
 def process_memory(pid: int) -> dict:
-    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile of `pid` in bytes, from /proc/<pid>/status."""
-    fields = {"VmRSS": "rss", "VmHWM": "peak_rss", "RssAnon": "anon_rss", "RssFile": "file_rss"}
-    memory = {}
+    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile of `pid` in bytes (builder/stubs.py). Raises FootprintError."""
     try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in fields:
-                memory[fields[key]] = int(value.split()[0]) * 1024  # the kernel writes kB (KiB)
+        return memory(pid)
     except OSError as e:
         raise FootprintError(f"cannot read the memory of stub process {pid}: {e}",
                              hint="it ended during the measurement; measure again") from e
-    return memory
 
 
 def warmup_request(artifacts: pathlib.Path, model: str) -> dict:
@@ -182,7 +144,8 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
     server_pid = process.pid if process is not None else None
     fallback = getattr(server_or_urls, "cpu_fallbacks", {}).get(model)  # a KIND_GPU model served on CPU here
     request = warmup_request(artifacts, model)  # before touching the server: a missing record fails first
-    with TritonClient(http_url, timeout=timeout) as client:
+    # an EmbeddedServer's key is an attribute, a Target's a property; None: client/admin.py finds it
+    with TritonClient(http_url, timeout=timeout, admin_key=getattr(server_or_urls, "admin_key", None)) as client:
         try:
             before = {m["name"]: m["state"] for m in client.models()}
         except ClientError as e:
