@@ -3,7 +3,7 @@ fewer instances are not crashes; a crash loop is given up."""
 
 import pytest
 
-from builder import recovery
+from builder.serving import recovery
 from builder.serving.recovery import MAX_RESTARTS, StubWatcher, configured_count
 from builder.serving.server import ModelState
 from builder.serving.stubs import Stub
