@@ -20,13 +20,16 @@ import numpy as np
 from . import repository as repo
 from .data import load_splits, trim_padding
 from .evaluate import onnx_predictor, onnx_session, run_split, score
-from .spec import ModelSpec, resolve_callable
+from .spec import ModelSpec
+from .teacher import load_model
+from .train import seed_everything
 from .tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
 MARGINAL_SPEEDUP = 0.1  # |geometric mean speedup - 1| at most this: re-measured beside fp32 before the speed gate
 MAX_ACCURACY_DROP = 1.0  # points
+BUILD_SEED = 0  # every build starts from the same random state: the same command gives the same model
 
 
 @dataclass
@@ -47,6 +50,7 @@ class BuildContext:
 class Gates:
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # points on the first evaluation split
     force: bool = False  # write to the repository even when a gate fails
+    min_agreement: float | None = None  # top-1 agreement with fp32 (0..1) on the first evaluation split; None: no gate
 
 
 def model_name(spec: ModelSpec, variant: str) -> str:
@@ -77,12 +81,16 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         raise_missing_baseline(spec)
     step("loading data splits")
     splits = load_splits(spec, workdir)
+    seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
     step("loading model")
-    model = resolve_callable(spec.factory, spec.source)(workdir)
+    model, teacher = load_model(spec, workdir, splits, step)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step)
+    if teacher is not None and variant == "fp32":
+        context.notes["training"] = {"teacher fine-tune": teacher["training"]}
     torch_steps = [(s, c) for s, c in zip(plan, configs) if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
-    fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
+    fingerprint = json.dumps({"spec": spec_dict(spec), "teacher": teacher and teacher["key"],
+                              "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
                              sort_keys=True, default=str)
     exported = reuse_export(workdir / torch_part, fingerprint) if torch_part != variant else None
     if exported is not None:  # e.g. distilled+int8 after distilled: same student, no second training
@@ -134,9 +142,12 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     # fp32's accuracy on exactly the examples this variant was measured on
     drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
     drop_se = paired_drop_se(spec, reference, outputs[first], splits[first].labels[index])
+    agreed = agreement(spec, outputs[first], reference)
     failed_gates = []
     if drop > gates.max_accuracy_drop:
         failed_gates.append(f"accuracy drop {drop:.2f} points > {gates.max_accuracy_drop}")
+    if gates.min_agreement is not None and agreed["top1"] < gates.min_agreement:
+        failed_gates.append(f"top-1 agreement with fp32 {agreed['top1']:.3f} < {gates.min_agreement}")
     if variant != "fp32" and mean_speedup(speedup) < 1.0:
         if serving.device == "cpu":
             failed_gates.append("slower than fp32 (geometric mean speedup < 1.0)")
@@ -149,7 +160,9 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "accuracy_drop_points": drop,
         "accuracy_drop_se_points": drop_se,
         "eval_examples": {name: len(split) for name, split in measured.items()},
-        "agreement_with_fp32": agreement(spec, outputs[first], reference),
+        "agreement_with_fp32": agreed,
+        # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
+        "baseline": baseline_facts(teacher, variant),
         **torch_facts,
         "onnx_bytes": onnx_path.stat().st_size,
         "latency_p50_ms": latency,
@@ -192,10 +205,30 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
             entry["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
             step(f"wrote the raw-text ensemble {entry['text_endpoint']['model']} (texts truncated at "
                  f"{entry['text_endpoint']['max_tokens']} tokens)")
+    entry["training"] = context.notes.get("training", {})
+    entry["training_cut_by_time_cap"] = sorted(what for what, run in entry["training"].items()
+                                               if run["stopped_by_time_cap"])
+    for what in entry["training_cut_by_time_cap"]:
+        run = entry["training"][what]
+        step(f"WARNING: the {run['max_seconds']:.0f} s time cap cut `{what}` short at step {run['steps']} of "
+             f"{run['planned_steps']}: this model is not its recipe's, and a rebuild may differ")
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     update_record(workdir, spec.name, variant, entry)
     return entry
+
+
+def baseline_facts(teacher: dict | None, variant: str) -> dict:
+    """The record's account of fp32: for every variant the teacher it was measured against; for fp32 itself the
+    fine-tune's facts and the frozen factory model's accuracy."""
+    if teacher is None:
+        return {"fine_tuned": False}
+    facts = {"fine_tuned": True, "teacher_key": teacher["key"]}
+    if variant == "fp32":
+        facts.update(frozen_accuracy=teacher["frozen_accuracy"],
+                     fine_tuned_validation_accuracy=teacher["fine_tuned_validation_accuracy"],
+                     validation_split=teacher["validation_split"], recipe=teacher["recipe"])
+    return facts
 
 
 def mean_speedup(speedup: dict) -> float:

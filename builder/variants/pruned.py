@@ -13,21 +13,20 @@ import copy
 from dataclasses import dataclass
 
 from ..errors import VariantError
+from ..train import TrainingOverrides
 
 STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     ratio: float = 0.5
     importance: str = "l2"  # l2 | l1 weight magnitude
     temperature: float = 2.0
     alpha: float = 0.5
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
+        super().check()
         if not 0 < self.ratio < 1:
             raise VariantError(f"pruned: ratio must be in (0, 1), got {self.ratio}")
         if self.importance not in ("l1", "l2"):
@@ -59,9 +58,8 @@ def apply(model, context, config: Config):
     import torch_pruning as tp
 
     from ..measure import fixed_batch
-    from ..train import recovery_loss, train, train_config, training_overrides
+    from ..train import fine_tune, recovery_loss
 
-    config.check()
     spec = context.spec
     student = copy.deepcopy(model).eval()
     example = {k: torch.from_numpy(v) for k, v in fixed_batch(spec, context.splits[spec.train_split], 2).items()}
@@ -95,5 +93,4 @@ def apply(model, context, config: Config):
     context.notes["pruned_heads"] = {f"layer {i}": a.num_attention_heads for i, a in enumerate(attention_modules(student))}
     context.progress(f"pruned: {len(changed)} layers narrowed, params "
                      f"{sum(p.numel() for p in model.parameters()):,} -> {sum(p.numel() for p in student.parameters()):,}")
-    return train(student, recovery_loss(context, config.temperature, config.alpha), context.splits[spec.train_split],
-                 spec, train_config(spec, training_overrides(config)), context.progress, "pruned fine-tune")
+    return fine_tune(student, context, config, "pruned fine-tune", recovery_loss(context, config.temperature, config.alpha))
