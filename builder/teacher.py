@@ -2,7 +2,7 @@
 end to end on the train split, trained once and cached in the artifacts like the data splits.
 
 The cache (`<workdir>/teacher/<key>.pt` + `<key>.json`) is keyed by the recipe: the factory, the resolved training
-config and a hash of the factory model's weights, so a change of any of them trains a new teacher and an unchanged
+config (teacher_config) and a hash of the factory model's weights, so a change of any of them trains a new teacher and an unchanged
 one is never trained twice. The JSON holds the facts the build record reports: the fine-tune's run (steps, time
 cap) and the accuracy of the frozen factory model (the old baseline) beside the fine-tuned one.
 """
@@ -18,13 +18,22 @@ import tempfile
 from typing import Callable
 
 from .spec import ModelSpec, resolve_callable
-from .train import cross_entropy_loss, run_training, train_config, weights_hash
+from .train import TrainConfig, cross_entropy_loss, run_training, weights_hash
 from .variants import steps
 
 
 def teacher_options(spec: ModelSpec):
     """fp32's Config (fine_tune and its budget) from the spec."""
     return steps("fp32")[0].config(spec.variants)
+
+
+def teacher_config(options) -> TrainConfig:
+    """The fine-tune's recipe: TrainConfig's defaults (batch 32, constant lr, seed 0) with fp32's own train_*
+    options. Not the spec's `training` section: that is the variants' recipe, and a change to it must not retrain
+    the teacher every variant is measured against."""
+    config = TrainConfig(**options.training_options())
+    config.check()
+    return config
 
 
 def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: Callable[[str], None] = print):
@@ -36,7 +45,7 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
         return model, None
     import torch
 
-    config = train_config(spec, options)
+    config = teacher_config(options)
     recipe = {"factory": spec.factory, "train_split": spec.train_split, "loss": "cross_entropy on " + spec.metric.output,
               "training": dataclasses.asdict(config), "base_weights": weights_hash(model)}
     key = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()

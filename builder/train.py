@@ -2,7 +2,8 @@
 
 Here DeepSpeed runs on its CPU accelerator in one process; the same code runs on GPUs, and on several machines
 under DeepSpeed's launcher (which sets RANK/WORLD_SIZE/...). Known traps handled: without the launcher DeepSpeed
-looks for MPI unless the rendezvous variables are set (set here when absent); the optimizer is a torch AdamW handed
+looks for MPI unless the rendezvous variables are set (set here when absent, with an in-memory process group); the
+optimizer is a torch AdamW handed
 to the engine, because `"AdamW"` in DeepSpeed's config triggers a long FusedAdam JIT build; its shm communication
 op is JIT-built once per machine (`make install` builds it ahead: `python -m builder.train --prebuild`).
 
@@ -151,15 +152,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _rendezvous() -> None:
-    """Single-process defaults for what DeepSpeed's launcher would set."""
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        from .server import free_port
+    """Outside DeepSpeed's launcher (no WORLD_SIZE): one process, its process group on an in-memory store. A TCP
+    rendezvous on a port picked here could lose that port to another process between picking and binding
+    (EADDRINUSE, seen on this shared machine); DeepSpeed skips its own init when a group exists, and needs the
+    variables only so that it does not go looking for MPI."""
+    import torch.distributed as dist
 
-        os.environ["MASTER_PORT"] = str(free_port())
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
