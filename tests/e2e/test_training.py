@@ -108,6 +108,7 @@ def test_the_agreement_gate_keeps_a_disagreeing_variant_out(tmp_path):
                      "--repository", repository, "--min-agreement", "1.0", "--max-accuracy-drop", "100")
     entry = json.loads((artifacts / "tiny" / "record.json").read_text())["variants"]["qat"]
     assert entry["agreement_with_fp32"]["top1"] < 1.0  # the premise: this qat disagrees with fp32 somewhere
-    assert entry["gates_failed"] == [f"top-1 agreement with fp32 {entry['agreement_with_fp32']['top1']:.3f} < 1.0"]
+    # (the tiny model's int8 may also be slower than fp32: that gate can fail beside it)
+    assert f"top-1 agreement with fp32 {entry['agreement_with_fp32']['top1']:.3f} < 1.0" in entry["gates_failed"]
     assert entry["version_dir"] is None and not (repository / "tiny_qat").exists()
     assert "top-1 agreement with fp32" in result.stdout and (repository / "tiny_fp32").is_dir()
