@@ -6,7 +6,7 @@ from builder.data import Split
 from builder.errors import ConfigError, VariantError
 from builder.spec import parse_spec
 from builder.train import TrainConfig, cross_entropy_loss, train, train_config
-from builder.variants import distilled, pruned, svd
+from builder.variants import svd
 
 SPEC_RAW = {"name": "t", "factory": "a:b", "data": "a:b",
             "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
