@@ -22,7 +22,7 @@ from .core.data import trim_padding
 from .core.errors import VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .core.names import model_name
-from .core.spec import ModelSpec, resolve_callable
+from .core.spec import ModelSpec
 from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .roofline import achieved, machine_peak, precision_of
@@ -30,11 +30,14 @@ from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
 from .serving.text_endpoint import write_text_endpoint
+from .teacher import load_model
 from .torch2onnx import check_limits, example_batch, export, verify
+from .train import seed_everything
 from .variants import steps
 
 VERIFY_EXAMPLES = 8
 MAX_ACCURACY_DROP = 1.0  # points
+BUILD_SEED = 0  # every build starts from the same random state: the same command gives the same model
 
 
 @dataclass
@@ -50,12 +53,14 @@ class BuildContext:
     progress: Callable[[str], None] = print
     notes: dict = field(default_factory=dict)
     max_accuracy_drop: float | None = None  # the build's accuracy gate, points: steps that search (int8) aim at it
+    teacher_key: str | None = None  # the fine-tuned teacher's cache key (None: the factory's model is fp32)
 
 
 @dataclass(frozen=True)
 class Gates:
     max_accuracy_drop: float = MAX_ACCURACY_DROP  # points on the first evaluation split
     force: bool = False  # write to the repository even when a gate fails
+    min_agreement: float | None = None  # top-1 agreement with fp32 (0..1) on the first evaluation split; None: no gate
 
 
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
@@ -81,10 +86,13 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         raise_missing_baseline(spec)
     step("loading data splits")
     splits = load_splits(spec, workdir)
+    seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
     step("loading model")
-    model = resolve_callable(spec.factory, spec.source)(workdir)
+    model, teacher = load_model(spec, workdir, splits, step)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
-                           max_accuracy_drop=gates.max_accuracy_drop)
+                           max_accuracy_drop=gates.max_accuracy_drop, teacher_key=teacher and teacher["key"])
+    if teacher is not None and variant == "fp32":
+        context.notes["training"] = {"teacher fine-tune": teacher["training"]}
     model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
     onnx_path = transform_onnx(onnx_path, plan, context)
     step("measuring accuracy and agreement with fp32")
@@ -99,6 +107,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "accuracy_drop_se_points": scores["drop_se"],
         "eval_examples": scores["eval_examples"],
         "agreement_with_fp32": scores["agreement"],
+        # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
+        "baseline": baseline_facts(teacher, variant),
         **torch_facts,
         "onnx_bytes": onnx_path.stat().st_size,
         "onnx_gzip_bytes": gzip_bytes(onnx_path),
@@ -121,6 +131,13 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry |= profile_variant(model, onnx_path, variant, context)
     entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
                      limits=entry["input_limits"])
+    entry["training"] = context.notes.get("training", {})
+    entry["training_cut_by_time_cap"] = sorted(what for what, run in entry["training"].items()
+                                               if run["stopped_by_time_cap"])
+    for what in entry["training_cut_by_time_cap"]:
+        run = entry["training"][what]
+        step(f"WARNING: the {run['max_seconds']:.0f} s time cap cut `{what}` short at step {run['steps']} of "
+             f"{run['planned_steps']}: this model is not its recipe's, and a rebuild may differ")
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_entry(artifacts, spec.name, variant, entry)
@@ -140,7 +157,8 @@ def transform_torch(model, variant: str, plan: list, context: BuildContext) -> t
     spec, workdir, out, step = context.spec, context.workdir, context.out, context.progress
     torch_steps = [(s, c) for s, c in plan if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
-    fingerprint = json.dumps({"spec": spec_dict(spec), "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
+    fingerprint = json.dumps({"spec": spec_dict(spec), "teacher": context.teacher_key,
+                              "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
                              sort_keys=True, default=str)
     exported = reuse_export(workdir / torch_part, fingerprint) if torch_part != variant else None
     if exported is not None:
@@ -216,6 +234,9 @@ def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: 
     failed_gates = []
     if scores["drop"] > gates.max_accuracy_drop:
         failed_gates.append(f"accuracy drop {scores['drop']:.2f} points > {gates.max_accuracy_drop}")
+    agreed = scores["agreement"]
+    if gates.min_agreement is not None and agreed["top1"] < gates.min_agreement:
+        failed_gates.append(f"top-1 agreement with fp32 {agreed['top1']:.3f} < {gates.min_agreement}")
     speedup = mean_speedup(latency["speedup"])
     size_only = all(getattr(s.module, "SIZE_ONLY", False) for s, _ in plan)  # e.g. clustered: fp32's kernels by design
     if size_only and variant != "fp32" and 1.0 - MARGINAL_SPEEDUP <= speedup < 1.0:
@@ -270,6 +291,19 @@ def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, art
             facts["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
             step(f"wrote the raw-text ensemble {facts['text_endpoint']['model']} (texts truncated at "
                  f"{facts['text_endpoint']['max_tokens']} tokens)")
+    return facts
+
+
+def baseline_facts(teacher: dict | None, variant: str) -> dict:
+    """The record's account of fp32: for every variant the teacher it was measured against; for fp32 itself the
+    fine-tune's facts and the frozen factory model's accuracy."""
+    if teacher is None:
+        return {"fine_tuned": False}
+    facts = {"fine_tuned": True, "teacher_key": teacher["key"]}
+    if variant == "fp32":
+        facts.update(frozen_accuracy=teacher["frozen_accuracy"],
+                     fine_tuned_validation_accuracy=teacher["fine_tuned_validation_accuracy"],
+                     validation_split=teacher["validation_split"], recipe=teacher["recipe"])
     return facts
 
 

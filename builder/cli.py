@@ -27,6 +27,7 @@ from .serving.repository import check_no_legacy_names, list_models
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
+from .train import TrainingOverrides, train_config
 from .variants import steps
 
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0,
                        help="gate: points of accuracy a variant may lose vs fp32 (default: 1.0)")
+    build.add_argument("--min-agreement", type=float,
+                       help="gate: least top-1 agreement with fp32 (0..1) on the first split (default: no gate)")
     build.add_argument("--force", action="store_true", help="write variants to the repository even if a gate fails")
     build.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                        help="instance kind in config.pbtxt: KIND_CPU (default), or KIND_GPU for Triton on GPUs")
@@ -97,12 +100,17 @@ def cmd_build(args) -> int:
     for variant in variants:
         steps(variant)  # unknown names and impossible orders fail before any work starts
         for s in steps(variant):
-            s.config(spec.variants)  # so do unknown options
+            config = s.config(spec.variants)  # so do unknown options and bad values
+            if isinstance(config, TrainingOverrides):
+                train_config(spec, config)  # and a bad training section
     if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file():
         print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
         variants.insert(0, "fp32")
     if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
+    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
+        raise ConfigError(f"--min-agreement is a fraction of examples, 0..1, got {args.min_agreement}",
+                          hint="e.g. --min-agreement 0.95 for 95 % top-1 agreement with fp32")
     serving = ServingConfig(instances=args.instances, intra_op_threads=args.threads,
                             max_queue_delay_us=args.max_queue_delay_us, device=args.device, tensorrt=args.tensorrt,
                             text_endpoint=args.text_endpoint)
@@ -118,7 +126,7 @@ def cmd_build(args) -> int:
                    + (" --tensorrt" if args.tensorrt else "") + (" --text-endpoint" if args.text_endpoint else ""))
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
-                                  Gates(args.max_accuracy_drop, args.force))
+                                  Gates(args.max_accuracy_drop, args.force, args.min_agreement))
             rows.append(entry)
         except BuilderError as e:
             if len(variants) == 1:
@@ -134,7 +142,7 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
         splits = list(rows[0]["accuracy"])
         print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
               + f" {'drop':>6} {'±se':>5} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
-              f" {'%pk1':>5} {'%pk32':>5} {'s':>5}  gate")
+              f" {'%pk1':>5} {'%pk32':>5} {'steps':>9} {'s':>5}  gate")
         for e in rows:
             print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
                   + f" {e['accuracy_drop_points']:6.2f} {e.get('accuracy_drop_se_points', 0):5.2f}"
@@ -142,12 +150,26 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
                   f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"
                   f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
                   f" {peak_percent(e, 'b1_t1'):>5} {peak_percent(e, 'b32_t1'):>5}"
-                  f" {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
+                  f" {training_steps(e):>9} {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
                   + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
-              "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread; %pk: achieved FLOP/s as % of "
-              "this machine's measured GEMM peak of the variant's precision, batch 1 and 32, 1 thread"
+              "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread; steps: optimizer steps "
+              "trained / planned, ! when the time cap cut them short; %pk: achieved FLOP/s as % of this machine's measured "
+              "GEMM peak of the variant's precision, batch 1 and 32, 1 thread"
               + (f"; CPU {rows[0]['cpu_isa']['summary']}" if rows[0].get("cpu_isa") else "") + ")")
+        for e in rows:
+            baseline = e.get("baseline", {})
+            if "frozen_accuracy" in baseline:
+                split = baseline["validation_split"]
+                frozen = " ".join(f"{name} {acc:.4f}" for name, acc in baseline["frozen_accuracy"].items())
+                print(f"{e['triton_model']}: fine-tuned end to end ({split} {baseline['fine_tuned_validation_accuracy']:.4f}); "
+                      f"the frozen factory model it replaced: {frozen}")
+        for e in rows:
+            for what in e.get("training_cut_by_time_cap", []):
+                run = e["training"][what]
+                print(f"WARNING: {e['triton_model']}: the {run['max_seconds']:.0f} s time cap CUT `{what}` SHORT at "
+                      f"step {run['steps']} of {run['planned_steps']}: not the recipe's model, and not reproducible "
+                      f"(raise the variant's train_seconds)")
     for e in rows:  # int8's accuracy search, as INC prints its tuning: only when it had to revert nodes
         search = e.get("notes", {}).get("int8_search")
         if search and len(search["trials"]) > 1:
@@ -161,6 +183,16 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
 def peak_percent(entry: dict, key: str) -> str:
     roofline = entry.get("roofline", {}).get("by_latency", {}).get(key)
     return "-" if roofline is None else f"{roofline['fraction_of_peak'] * 100:.1f}"
+
+
+def training_steps(entry: dict) -> str:
+    """`trained/planned` optimizer steps over the entry's training runs, `!` when the time cap cut one short; `-`
+    for an untrained variant."""
+    runs = list(entry.get("training", {}).values())
+    if not runs:
+        return "-"
+    return (f"{sum(r['steps'] for r in runs)}/{sum(r['planned_steps'] for r in runs)}"
+            + ("!" if entry.get("training_cut_by_time_cap") else ""))
 
 
 def cmd_serve(args) -> int:

@@ -2,12 +2,17 @@
 
 Here DeepSpeed runs on its CPU accelerator in one process; the same code runs on GPUs, and on several machines
 under DeepSpeed's launcher (which sets RANK/WORLD_SIZE/...). Known traps handled: without the launcher DeepSpeed
-looks for MPI unless the rendezvous variables are set (set here when absent); the optimizer is a torch AdamW handed
+looks for MPI unless the rendezvous variables are set (set here when absent, with an in-memory process group); the
+optimizer is a torch AdamW handed
 to the engine, because `"AdamW"` in DeepSpeed's config triggers a long FusedAdam JIT build; its shm communication
 op is JIT-built once per machine (`make install` builds it ahead: `python -m builder.train --prebuild`).
-Seeds are fixed; progress is printed every few seconds; a time budget ends training early; a NaN/inf loss stops
-the variant with a clear error. Optional stochastic weight averaging of the end-of-epoch weights of the last
-`swa_epochs` epochs.
+
+Reproducible: a budget is a number of epochs or of optimizer steps, never of seconds, and every source of
+randomness (torch, numpy, random, the batch order, dropout) is seeded, so the same build on the same machine gives
+the same weights. `max_seconds` is only a safety cap: a run that reaches it stops there, and its facts
+(`stopped_by_time_cap`) say so for the build record and summary. Progress is printed every few seconds; a NaN/inf
+loss stops the variant with a clear error. Optional stochastic weight averaging of the end-of-epoch weights of the
+last `swa_epochs` epochs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,81 +30,166 @@ import numpy as np
 from .core.data import Split, trim_padding
 from .core.errors import ConfigError, VariantError, unknown_name
 from .core.spec import parse_spec
-from .serving.server import free_port
+
+DEFAULT_CAP_SECONDS = 1800.0
+LENGTH_GROUP = 50  # batches per length-sorted chunk
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run. The budget is `steps` optimizer steps when set, else `epochs` passes over the train split
+    (`max_examples` of it per pass when set). `max_seconds` is a safety cap, not a budget."""
+
     epochs: int = 1
+    steps: int | None = None  # exactly this many optimizer steps (over as many passes as it takes); wins over epochs
     batch_size: int = 32
     lr: float = 5e-5
     weight_decay: float = 0.01
-    max_seconds: float = 120.0  # the per-variant budget; training stops at the first step past it
+    max_seconds: float = DEFAULT_CAP_SECONDS  # safety cap: a run that reaches it stops, and is reported as cut short
     max_examples: int | None = None  # per epoch; None: the whole split
     swa_epochs: int = 0
-    # "cosine": the learning rate decays to 0 along a cosine over the run, whichever ends it first, the epochs or
-    # the time budget; for students trained from scratch. "constant": for short fine-tunes of trained weights.
+    # "cosine": the learning rate decays to 0 along a cosine over the planned steps; for students trained from
+    # scratch. "constant": for short fine-tunes of trained weights.
     schedule: str = "constant"
     seed: int = 0
+    # with the spec's sequence_mask: each epoch's shuffled order is cut into chunks of LENGTH_GROUP batches, each
+    # sorted by length, and the batches shuffled again, so a batch carries little padding (random batches of
+    # Rotten Tomatoes snippets were about half padding); the batches are still random, their lengths similar
+    length_grouped: bool = True
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_seconds <= 0:
             raise ConfigError(f"training: epochs, batch_size, lr and max_seconds must be positive, got {self}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ConfigError(f"training: steps must be a positive integer, got {self.steps!r}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"training: max_examples must be a positive integer, got {self.max_examples!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"training: schedule must be `constant` or `cosine`, got `{self.schedule}`")
         if not 0 <= self.swa_epochs <= self.epochs:
             raise ConfigError(f"training: swa_epochs must be between 0 and epochs ({self.epochs}), got {self.swa_epochs}")
+        if self.swa_epochs and self.steps is not None:
+            raise ConfigError("training: swa_epochs averages end-of-epoch weights; it needs a budget in epochs, "
+                              f"not steps (steps: {self.steps})", hint="drop `steps` or `swa_epochs`")
+
+    def planned_steps(self, examples: int) -> int:
+        """Optimizer steps this run is meant to take on a split of `examples` examples."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * self.steps_per_epoch(examples)
+
+    def steps_per_epoch(self, examples: int) -> int:
+        count = examples if self.max_examples is None else min(self.max_examples, examples)
+        return -(-count // self.batch_size)
 
 
-def train_config(spec, overrides: dict | None = None) -> TrainConfig:
-    """The spec's `training` section, then a variant's own overrides (e.g. its time budget)."""
+@dataclass(frozen=True)
+class TrainingOverrides:
+    """A variant's own training budget and learning rate, over the model spec's `training` section; the Config of
+    every trained variant extends this, so the options are declared once and read the same way everywhere.
+
+    A budget replaces the spec's budget as a whole: `train_epochs` alone clears the spec's `steps`, `train_steps`
+    wins over any epochs. `train_seconds` is the safety cap (TrainConfig.max_seconds), not a budget.
+    """
+
+    train_epochs: int | None = None  # overrides training.epochs (and clears training.steps)
+    train_steps: int | None = None  # overrides training.steps
+    train_lr: float | None = None  # overrides training.lr
+    train_seconds: float | None = None  # overrides training.max_seconds, the safety cap
+
+    def check(self) -> None:
+        for name in ("train_epochs", "train_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise VariantError(f"{self._variant()}: {name} must be a positive integer, got {value!r}")
+        for name in ("train_lr", "train_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise VariantError(f"{self._variant()}: {name} must be a positive number, got {value!r}")
+
+    def training_options(self) -> dict:
+        """These overrides as TrainConfig fields."""
+        options = {}
+        if self.train_epochs is not None:
+            options.update(epochs=self.train_epochs, steps=None)
+        if self.train_steps is not None:
+            options["steps"] = self.train_steps
+        if self.train_lr is not None:
+            options["lr"] = self.train_lr
+        if self.train_seconds is not None:
+            options["max_seconds"] = self.train_seconds
+        return options
+
+    def _variant(self) -> str:
+        return type(self).__module__.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def train_config(spec, overrides: TrainingOverrides | dict | None = None) -> TrainConfig:
+    """The spec's `training` section, then a variant's own overrides (TrainingOverrides, or TrainConfig fields).
+    Raises ConfigError for an unknown field (with a close-match hint) or an out-of-range value."""
+    if isinstance(overrides, TrainingOverrides):
+        overrides = overrides.training_options()
     options = {**getattr(spec, "training", {}), **(overrides or {})}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise unknown_name("training option", unknown[0], known)
+        err = unknown_name("training option", unknown[0], known)
+        raise ConfigError(f"training: {err}", hint=err.hint)
     config = TrainConfig(**options)
     config.check()
     return config
 
 
-def training_overrides(config) -> dict:
-    """A variant's own `train_seconds` / `train_lr` / `train_epochs` as overrides of the spec's training section."""
-    overrides = {}
-    if getattr(config, "train_seconds", None):
-        overrides["max_seconds"] = config.train_seconds
-    if getattr(config, "train_lr", None):
-        overrides["lr"] = config.train_lr
-    if getattr(config, "train_epochs", None):
-        overrides["epochs"] = config.train_epochs
-    return overrides
+def seed_everything(seed: int) -> None:
+    """Seed every generator a build draws from (torch, numpy's global one, random) and make torch prefer
+    deterministic kernels: the same build on the same machine then gives the same weights. On CPU, torch's kernels
+    are deterministic for a fixed thread count, so this costs nothing measurable here."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _rendezvous() -> None:
-    """Single-process defaults for what DeepSpeed's launcher would set."""
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
+    """Outside DeepSpeed's launcher (no WORLD_SIZE): one process, its process group on an in-memory store. A TCP
+    rendezvous on a port picked here could lose that port to another process between picking and binding
+    (EADDRINUSE, seen on this shared machine); DeepSpeed skips its own init when a group exists, and needs the
+    variables only so that it does not go looking for MPI."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
           what: str = "training", augment: Callable | None = None, after_backward: Callable | None = None):
+    """Train `model` in place on `split` and return it in eval mode; see run_training."""
+    return run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward)[0]
+
+
+def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
+                 what: str = "training", augment: Callable | None = None,
+                 after_backward: Callable | None = None) -> tuple:
     """Train `model` in place on `split`; `loss_fn(model, inputs: dict of tensors, labels: tensor) -> scalar`.
     `augment(batch: dict of arrays, rng) -> batch` changes each batch first (e.g. `shift_images`).
     `after_backward(model)` runs between each backward pass and optimizer step, on the gradients (e.g. a
     sparsity regularizer that adds its own gradient, as Torch-Pruning's GroupNormPruner.regularize does).
 
-    Returns the trained model in eval mode. Raises VariantError when the loss becomes NaN or infinite.
+    Returns (the trained model in eval mode, facts): facts is a JSON-able dict of the run (steps taken and planned,
+    epochs, batch size, seconds, whether the time cap cut it short, final loss) for the build record.
+    Raises VariantError when the loss becomes NaN or infinite.
     """
     import logging
 
     import torch
 
     _rendezvous()
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -111,14 +202,17 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
         "wall_clock_breakdown": False})
     rng = np.random.default_rng(config.seed)
     count = len(split) if config.max_examples is None else min(config.max_examples, len(split))
-    total_steps = config.epochs * -(-count // config.batch_size)
+    per_epoch = config.steps_per_epoch(len(split))
+    total_steps = config.planned_steps(len(split))
+    epochs = -(-total_steps // per_epoch)
     started = last_report = time.perf_counter()
     averaged, averaged_epochs, step, losses = None, 0, 0, []
     out_of_time = False
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(split))[:count]
-        for start in range(0, count, config.batch_size):
-            index = order[start:start + config.batch_size]
+    lengths = split.inputs[spec.sequence_mask].sum(axis=1) if spec.sequence_mask and config.length_grouped else None
+    for epoch in range(epochs):
+        for index in epoch_batches(rng, len(split), count, config.batch_size, lengths):
+            if step >= total_steps:
+                break
             batch = {k: v[index] for k, v in split.inputs.items()}
             if spec.sequence_mask:
                 batch = trim_padding(batch, spec.sequence_mask)
@@ -133,21 +227,20 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
             if after_backward is not None:
                 after_backward(model)
             if config.schedule == "cosine":
-                done = max(step / total_steps, (time.perf_counter() - started) / config.max_seconds)
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
             engine.step()
             step += 1
             losses.append(loss.item())
             now = time.perf_counter()
             if now - last_report > 10:
-                progress(f"{what}: epoch {epoch + 1}/{config.epochs} step {step} loss {np.mean(losses[-20:]):.4f} "
-                         f"({now - started:.0f}/{config.max_seconds:.0f} s)")
+                progress(f"{what}: epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss "
+                         f"{np.mean(losses[-20:]):.4f} ({now - started:.0f} s, cap {config.max_seconds:.0f} s)")
                 last_report = now
-            if now - started > config.max_seconds:
+            if now - started > config.max_seconds and step < total_steps:
                 out_of_time = True
                 break
-        if epoch >= config.epochs - config.swa_epochs:
+        if epoch >= epochs - config.swa_epochs and not out_of_time:
             state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
             if averaged is None:
                 averaged = state
@@ -159,10 +252,45 @@ def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: 
             break
     if averaged is not None and averaged_epochs > 1:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in averaged.items()})
-    progress(f"{what}: {step} steps in {time.perf_counter() - started:.0f} s, final loss {np.mean(losses[-20:]):.4f}"
-             + (" (time budget reached)" if out_of_time else "")
+    seconds = time.perf_counter() - started
+    facts = {"steps": step, "planned_steps": total_steps, "epochs": round(step / per_epoch, 2),
+             "batch_size": config.batch_size, "processes": 1, "effective_batch_size": config.batch_size,
+             "examples_per_epoch": count, "seconds": round(seconds, 1), "max_seconds": config.max_seconds,
+             "stopped_by_time_cap": out_of_time, "final_loss": round(float(np.mean(losses[-20:])), 4),
+             "seed": config.seed, "swa_epochs_averaged": averaged_epochs if averaged_epochs > 1 else 0}
+    progress(f"{what}: {step}/{total_steps} steps in {seconds:.0f} s, final loss {facts['final_loss']:.4f}"
+             + (f" - CUT SHORT by the {config.max_seconds:.0f} s time cap at step {step} of {total_steps}: this "
+                "model is not the recipe's (raise train_seconds or lower the budget)" if out_of_time else "")
              + (f", weights averaged over {averaged_epochs} epochs" if averaged_epochs > 1 else ""))
-    return model.eval()
+    return model.eval(), facts
+
+
+def epoch_batches(rng, size: int, count: int, batch_size: int, lengths: np.ndarray | None = None) -> list:
+    """One epoch's batches (index arrays) of `count` examples drawn without replacement from `size`. With
+    `lengths`: grouped by length (see TrainConfig.length_grouped). Depends only on `rng`'s state."""
+    order = rng.permutation(size)[:count]
+    if lengths is None:
+        return [order[start:start + batch_size] for start in range(0, count, batch_size)]
+    chunk = batch_size * LENGTH_GROUP
+    batches = []
+    for start in range(0, count, chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, loss_fn: Callable | None = None,
+              augment: Callable | None = None, after_backward: Callable | None = None):
+    """The one fine-tune call of every trained variant: train `model` on the spec's train split with the spec's
+    `training` section and the variant's `overrides`, by `loss_fn` (default: recovery_loss, distillation from
+    context.teacher). The run's facts go to context.notes["training"][what] for the build record. Returns the
+    trained model in eval mode."""
+    spec = context.spec
+    model, facts = run_training(model, loss_fn or recovery_loss(context), context.splits[spec.train_split], spec,
+                                train_config(spec, overrides), context.progress, what, augment, after_backward)
+    context.notes.setdefault("training", {})[what] = facts
+    return model
 
 
 def shift_images(max_shift: int) -> Callable:

@@ -33,12 +33,19 @@ MAX_TOKENS = 256
 MARGINAL_SPEEDUP = 0.1
 
 
-def atomic_write(path: pathlib.Path, text: str) -> None:
-    """Replace `path` with `text` atomically: a uniquely named file beside it, then `os.replace`."""
+def atomic_write(path: pathlib.Path, content: str | bytes | Callable) -> None:
+    """Replace `path` with `content` atomically: a uniquely named file beside it, then `os.replace`. `content` is
+    text, bytes, or a function that writes into the binary file it is given (e.g. `torch.save`)."""
     path = pathlib.Path(path)
     staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        staged.write_text(text)
+        if isinstance(content, str):
+            staged.write_text(content)
+        elif isinstance(content, bytes):
+            staged.write_bytes(content)
+        else:
+            with open(staged, "wb") as f:
+                content(f)
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)

@@ -33,7 +33,9 @@ class Step:
         return self.module.STAGE
 
     def config(self, spec_options: dict):
-        """The module's Config from the model spec's options for it, then this variant's fixed options."""
+        """The module's Config from the model spec's options for it, then this variant's fixed options, checked:
+        raises VariantError for an unknown option or a bad value, so a
+        command refuses it before building anything."""
         options = {**spec_options.get(self.name, {}), **self.fixed}
         known = {f.name for f in dataclasses.fields(self.module.Config)}
         for key in options:
@@ -45,7 +47,10 @@ class Step:
             if f.name in options:
                 value = options[f.name]
                 typed[f.name] = tuple(value) if isinstance(value, list) else value
-        return self.module.Config(**typed)
+        config = self.module.Config(**typed)
+        if hasattr(config, "check"):
+            config.check()
+        return config
 
 
 VARIANTS = {

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..core.errors import VariantError
 from ..measure import gzip_bytes
-from ..train import recovery_loss, train, train_config, training_overrides
+from ..train import TrainingOverrides, fine_tune, recovery_loss
 
 STAGE = "torch"
 # it buys size, not speed (dense fp32 kernels): the build's speed gate only rejects it when it is slower than fp32
@@ -38,17 +38,15 @@ FIT_SAMPLE = 200_000  # weights per tensor k-means is fitted on; all of them are
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     clusters: int = 16  # centroids per tensor; 16 = 4-bit indices
     min_weights: int = 256  # smaller tensors stay float
     fine_tune: bool = True  # train the shared centroids (indices fixed) by distillation from the unclustered model
     temperature: float = 2.0
     alpha: float = 0.5
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
+        super().check()
         if not 2 <= self.clusters <= 256:
             raise VariantError(f"clustered: clusters must be between 2 and 256 (8-bit indices), got {self.clusters}")
         if self.min_weights < 1:
@@ -118,7 +116,6 @@ class SharedCentroids:
 def cluster_model(model, config: Config):
     """A copy of `model` with its weights replaced by per-tensor centroids, parametrized so training moves only the
     centroids; and {name: (centroids, index)}. Raises VariantError when no tensor is large enough."""
-    import torch
     from torch.nn.utils import parametrize
 
     student = copy.deepcopy(model)
@@ -175,17 +172,14 @@ def write_compressed(path: pathlib.Path, student, codebooks: dict, clusters: int
 
 
 def apply(model, context, config: Config):
-    config.check()
-    spec = context.spec
     student, codebooks = cluster_model(model, config)
     clustered_weights = sum(index.size for _, index in codebooks.values())
     total = sum(p.numel() for p in model.parameters())
     context.progress(f"clustered: {len(codebooks)} tensors ({clustered_weights:,} of {total:,} weights) in "
                      f"{config.clusters} clusters each")
     if config.fine_tune:
-        student = train(student, recovery_loss(context, config.temperature, config.alpha),
-                        context.splits[spec.train_split], spec, train_config(spec, training_overrides(config)),
-                        context.progress, "clustered centroid fine-tune")
+        student = fine_tune(student, context, config, "clustered centroid fine-tune",
+                            recovery_loss(context, config.temperature, config.alpha))
     bake(student)
     trained = {}  # the fine-tuned centroids, read back from the baked weights (indices unchanged)
     for name, (centroids, index) in codebooks.items():

@@ -19,23 +19,22 @@ import numpy as np
 from ..core.errors import VariantError
 from ..core.evaluate import run_split, score
 from ..measure import count_macs, fixed_batch
-from ..train import distillation_loss, feature_output_index, shift_images, train, train_config, training_overrides
+from ..train import TrainingOverrides, distillation_loss, feature_output_index, fine_tune, shift_images
 
 STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class DistillationOptions:
-    """What `distill` reads; the Config of every variant that trains a student through it extends this."""
+class DistillationOptions(TrainingOverrides):
+    """What `distill` reads (and the training budget); the Config of every variant that trains a student through
+    it extends this."""
     temperature: float = 2.0
     alpha: float = 0.5
     feature_weight: float = 1.0
     feature_output: str | None = None  # default: the first float output that is not the metric's
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
+        super().check()
         if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.feature_weight < 0:
             variant = type(self).__module__.rsplit(".", 1)[-1]  # the variant whose options are wrong
             raise VariantError(f"{variant}: need temperature > 0, 0 <= alpha <= 1, feature_weight >= 0; got {self}")
@@ -141,7 +140,6 @@ def separable_macs(model, student, replaced: list[str], example: dict) -> dict:
 
 
 def apply(model, context, config: Config):
-    config.check()
     student, info = make_student(model, config)
     if info.get("student") == "depthwise-separable":  # a standard-conv student of the same width is the teacher
         example = fixed_batch(context.spec, context.splits[context.spec.evaluate[0]], 1)
@@ -166,7 +164,7 @@ def torch_accuracy(model, spec, split) -> float:
 
 def distill(student, info: dict, context, config, what: str):
     """Train `student` from context.teacher with distillation_loss as `config` says (temperature, alpha,
-    feature_weight, feature_output, train_seconds, train_lr); record `info` and the student's validation accuracy
+    feature_weight, feature_output, the training budget); record `info` and the student's validation accuracy
     before and after as context.notes[what]. Returns the trained student."""
     spec = context.spec
     teacher = context.teacher.eval()
@@ -182,13 +180,11 @@ def distill(student, info: dict, context, config, what: str):
 
     info["student_untrained_validation_accuracy"] = accuracy(student.eval())
     info["feature_loss_on"] = feature if feature and config.feature_weight > 0 else None
-    overrides = training_overrides(config)
     shift = getattr(config, "augment_shift", 0)  # image students only
     augment = shift_images(shift) if shift else None
     loss = distillation_loss(teacher, metric_index, config.temperature, config.alpha, feature_index,
                              config.feature_weight, cache_teacher=augment is None)
-    student = train(student, loss, context.splits[spec.train_split], spec, train_config(spec, overrides),
-                    context.progress, "distillation", augment)
+    student = fine_tune(student, context, config, "distillation", loss, augment)
     info["student_validation_accuracy"] = accuracy(student)
     context.notes[what] = info
     context.progress(f"{what}: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f}"

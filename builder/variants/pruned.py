@@ -19,25 +19,23 @@ from dataclasses import dataclass
 
 from ..core.errors import VariantError
 from ..measure import fixed_batch
-from ..train import recovery_loss, train, train_config, training_overrides
+from ..train import TrainingOverrides, fine_tune, recovery_loss
 
 STAGE = "torch"
 IMPORTANCES = ("l2", "l1", "group-lasso")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     ratio: float = 0.5
     importance: str = "l2"  # l2 | l1 weight magnitude | group-lasso (sparse training first, then L2 groups)
     sparse_epochs: int = 2  # group-lasso: epochs of sparse training before pruning
     sparse_reg: float = 1e-3  # group-lasso: regularization coefficient (GroupNormPruner's `reg`)
     temperature: float = 2.0
     alpha: float = 0.5
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
+        super().check()
         if not 0 < self.ratio < 1:
             raise VariantError(f"pruned: ratio must be in (0, 1), got {self.ratio}")
         if self.importance not in IMPORTANCES:
@@ -71,7 +69,6 @@ def apply(model, context, config: Config):
     import torch
     import torch_pruning as tp
 
-    config.check()
     spec = context.spec
     student = copy.deepcopy(model).eval()
     example = {k: torch.from_numpy(v) for k, v in fixed_batch(spec, context.splits[spec.train_split], 2).items()}
@@ -91,10 +88,9 @@ def apply(model, context, config: Config):
     importance = tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2)
     if config.importance == "group-lasso":
         pruner = tp.pruner.GroupNormPruner(student, example, importance=importance, reg=config.sparse_reg, **settings)
-        sparse = {**training_overrides(config), "epochs": config.sparse_epochs}
-        student = train(student, recovery_loss(context, config.temperature, config.alpha),
-                        context.splits[spec.train_split], spec, train_config(spec, sparse), context.progress,
-                        "group-lasso sparse training", after_backward=pruner.regularize)
+        sparse = {**config.training_options(), "epochs": config.sparse_epochs, "steps": None}
+        student = fine_tune(student, context, sparse, "group-lasso sparse training",
+                            recovery_loss(context, config.temperature, config.alpha), after_backward=pruner.regularize)
         context.notes["group_lasso"] = {"sparse_epochs": config.sparse_epochs, "reg": config.sparse_reg}
     else:
         pruner = tp.pruner.MetaPruner(student, example, importance=importance, **settings)
@@ -113,5 +109,4 @@ def apply(model, context, config: Config):
     context.notes["pruned_heads"] = {f"layer {i}": a.num_attention_heads for i, a in enumerate(attention_modules(student))}
     context.progress(f"pruned: {len(changed)} layers narrowed, params "
                      f"{sum(p.numel() for p in model.parameters()):,} -> {sum(p.numel() for p in student.parameters()):,}")
-    return train(student, recovery_loss(context, config.temperature, config.alpha), context.splits[spec.train_split],
-                 spec, train_config(spec, training_overrides(config)), context.progress, "pruned fine-tune")
+    return fine_tune(student, context, config, "pruned fine-tune", recovery_loss(context, config.temperature, config.alpha))

@@ -12,17 +12,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ..train import recovery_loss, train, train_config, training_overrides
+from ..train import TrainingOverrides, fine_tune
 
 STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     ema: float = 0.9  # activation range tracking
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
     train_lr: float | None = 1e-4  # a gentle fine-tune of trained weights, whatever the spec's training lr
-    train_epochs: int | None = None  # overrides training.epochs
 
 
 def fake_quant_weight(weight):
@@ -71,15 +69,13 @@ def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
 
-    spec = context.spec
     student = copy.deepcopy(model)
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = []
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", weight_fake_quant())
         hooks.append(layer.register_forward_pre_hook(activation_hook(config.ema)))
-    student = train(student, recovery_loss(context), context.splits[spec.train_split], spec,
-                    train_config(spec, training_overrides(config)), context.progress, "quantization-aware training")
+    student = fine_tune(student, context, config, "quantization-aware training")
     for hook in hooks:
         hook.remove()
     for layer in layers:  # keep the weights exactly on the int8 grid they were trained on

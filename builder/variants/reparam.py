@@ -28,7 +28,7 @@ import numpy as np
 from ..core.errors import VariantError
 from ..measure import count_macs, fixed_batch, latency_p50_ms
 from ..torch2onnx import example_batch, export, verify
-from ..train import distillation_loss, shift_images, train, train_config, training_overrides
+from ..train import TrainingOverrides, distillation_loss, fine_tune, shift_images
 from .distilled import torch_accuracy
 
 STAGE = "torch"
@@ -39,18 +39,16 @@ MEMORY_RUNS = 5
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     widths: tuple[int, ...] = (16, 32, 64)  # channels of each stage
     depths: tuple[int, ...] = (1, 1, 2)  # blocks per stage; the blocks after a stage's first have an identity branch
     strides: tuple[int, ...] = (2, 2, 1)  # of each stage's first block (2 halves H and W): 28 -> 14 -> 7 -> 7
     temperature: float = 2.0
     alpha: float = 0.5
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
     augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
 
     def check(self) -> None:
+        super().check()
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise VariantError(f"reparam: need temperature > 0 and 0 <= alpha <= 1; got {self}")
         stages = {len(self.widths), len(self.depths), len(self.strides)}
@@ -269,7 +267,6 @@ def session_memory_mib(onnx_path: pathlib.Path, input_name: str, batch: np.ndarr
 def apply(model, context, config: Config):
     import torch
 
-    config.check()
     spec = context.spec
     input_name, channels, classes = image_classifier(spec)
     teacher = context.teacher.eval()
@@ -288,8 +285,7 @@ def apply(model, context, config: Config):
             "student_untrained_validation_accuracy": accuracy(branched.eval())}
     augment = shift_images(config.augment_shift) if config.augment_shift else None
     loss = distillation_loss(teacher, 0, config.temperature, config.alpha, cache_teacher=augment is None)
-    branched = train(branched, loss, train_split, spec, train_config(spec, training_overrides(config)),
-                     context.progress, "distillation", augment)
+    branched = fine_tune(branched, context, config, "distillation", loss, augment)
     info["student_validation_accuracy"] = accuracy(branched)
 
     folded = reparameterize(branched)

@@ -63,7 +63,6 @@ def shared_student(model, unique: int):
 
 
 def apply(model, context, config: Config):
-    config.check()
     student, info = shared_student(model, config.unique_layers)
     context.progress(f"shared: {info['total_layers']} positions run {config.unique_layers} unique layers "
                      f"{sorted(set(info['layer_plan']))}; unique parameters {info['teacher_params']:,} -> "

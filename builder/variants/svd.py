@@ -13,21 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.errors import VariantError
-from ..train import recovery_loss, train, train_config, training_overrides
+from ..train import TrainingOverrides, fine_tune
 
 STAGE = "torch"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(TrainingOverrides):  # and the training budget
     rank_ratio: float = 0.5
     energy: float | None = None
     min_features: int = 64
-    train_seconds: float | None = None  # this variant's training budget, overriding training.max_seconds
-    train_lr: float | None = None  # overrides training.lr
-    train_epochs: int | None = None  # overrides training.epochs
 
     def check(self) -> None:
+        super().check()
         if self.energy is None and not 0 < self.rank_ratio < 1:
             raise VariantError(f"svd: rank_ratio must be in (0, 1): a fraction of the break-even rank, got {self.rank_ratio}")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -65,7 +63,6 @@ def apply(model, context, config: Config):
 
     import torch
 
-    config.check()
     model = copy.deepcopy(model)
     factored, skipped = {}, {}
     for name, module in list(model.named_modules()):
@@ -89,5 +86,4 @@ def apply(model, context, config: Config):
     context.notes["svd_factored"] = factored
     context.notes["svd_skipped"] = skipped
     context.progress(f"svd: factored {len(factored)} Linear layers, left {len(skipped)} dense")
-    return train(model, recovery_loss(context), context.splits[context.spec.train_split], context.spec,
-                 train_config(context.spec, training_overrides(config)), context.progress, "svd fine-tune")
+    return fine_tune(model, context, config, "svd fine-tune")

@@ -13,7 +13,7 @@ from builder.serving.repository import latest_model_file
 
 pytestmark = pytest.mark.e2e
 
-QUICK_TEXT_TRAINING = {"epochs": 1, "batch_size": 16, "lr": 0.0001, "max_seconds": 4}
+QUICK_TEXT_TRAINING = {"steps": 6, "batch_size": 16, "lr": 0.0001}  # test budget: a few seconds here
 FLOAT_BYTES = 4
 
 
@@ -22,8 +22,8 @@ def albert(built, tmp_path_factory):
     """{"repository", "entries": {variant: record entry}}: both variants of minilm, forced into the repository."""
     repository = tmp_path_factory.mktemp("albert") / "model_repository"
     spec = built["specs"]["minilm"]
-    # a variant's own train_seconds overrides training.max_seconds: set small ones here
-    quick = {**spec.variants, "embed-factorized": {"train_seconds": 4}, "shared": {"train_seconds": 4}}
+    # a variant's own budget overrides the training section's: set small ones here
+    quick = {**spec.variants, "embed-factorized": {"train_steps": 6}, "shared": {"train_steps": 6}}
     spec = dataclasses.replace(spec, training=QUICK_TEXT_TRAINING, variants=quick)
     shutil.copytree(built["repository"] / "minilm_fp32", repository / "minilm_fp32")
     entries = {variant: build_variant(spec, variant, repository, built["artifacts"], command="tests",

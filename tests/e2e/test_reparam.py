@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def reparam_build(built, tmp_path_factory) -> dict:
     spec = built["specs"]["digits"]
-    quick = dataclasses.replace(spec, variants={**spec.variants, "reparam": {"train_seconds": 10, "train_lr": 0.003}})
+    quick = dataclasses.replace(spec, variants={**spec.variants, "reparam": {"train_steps": 60, "train_lr": 0.003}})
     repository = tmp_path_factory.mktemp("reparam") / "model_repository"
     entry = build_variant(quick, "reparam", repository, built["artifacts"], command="tests", gates=Gates(force=True),
                           eval_limit=300)

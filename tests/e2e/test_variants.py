@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 
 DIGITS_VARIANTS = ["int8", "int8-static", "fp16", "qat", "pruned", "svd", "distilled", "pruned+int8"]
 MINILM_VARIANTS = ["int8", "pruned", "svd", "distilled+int8"]
-QUICK_TEXT_TRAINING = {"epochs": 1, "batch_size": 16, "lr": 0.0001, "max_seconds": 8}
+# Test budgets, in steps (a few seconds each here); the time caps are only there to end a hung run
+QUICK_TEXT_TRAINING = {"steps": 12, "batch_size": 16, "lr": 0.0001, "max_seconds": 300}
+QUICK_IMAGE_TRAINING = {"steps": 100, "batch_size": 64, "lr": 0.001, "max_seconds": 300}
 
 
 def int_ops(path) -> dict:
@@ -40,8 +42,7 @@ def weights(path) -> dict:
 def variants(built, tmp_path_factory):
     """Every test variant built (forced into the repository whatever its gates say): {(model, variant): entry}."""
     repository = tmp_path_factory.mktemp("variants") / "model_repository"
-    digits = quick_variants(dataclasses.replace(built["specs"]["digits"],
-                                                training={"epochs": 3, "batch_size": 64, "lr": 0.001, "max_seconds": 20}))
+    digits = quick_variants(dataclasses.replace(built["specs"]["digits"], training=QUICK_IMAGE_TRAINING))
     minilm = quick_variants(dataclasses.replace(built["specs"]["minilm"], training=QUICK_TEXT_TRAINING))
     entries = {}
     for spec, names in ((digits, DIGITS_VARIANTS), (minilm, MINILM_VARIANTS)):
@@ -53,8 +54,10 @@ def variants(built, tmp_path_factory):
 
 
 def quick_variants(spec):
-    """The spec's own per-variant budgets (train_seconds, train_epochs) would override the quick training section."""
-    quick = {name: {k: v for k, v in options.items() if k not in ("train_seconds", "train_epochs")}
+    """The spec's own per-variant budgets would override the quick training section (fp32's are the teacher's own:
+    kept, so the session's teacher is reused)."""
+    budgets = ("train_seconds", "train_epochs", "train_steps")
+    quick = {name: options if name == "fp32" else {k: v for k, v in options.items() if k not in budgets}
              for name, options in spec.variants.items()}
     return dataclasses.replace(spec, variants=quick)
 
@@ -122,9 +125,9 @@ def test_qat_matches_or_beats_static_int8_on_the_cnn(variants):
 
 
 def test_the_accuracy_gate_fires_and_keeps_the_variant_out_of_the_repository(built, tmp_path):
-    spec = built["specs"]["digits"]  # no training at all: its own train_seconds would override training's
-    starved = dataclasses.replace(spec, training={"max_seconds": 0.01, "lr": 0.001},
-                                  variants={**spec.variants, "distilled": {"train_seconds": 0.01}})
+    spec = built["specs"]["digits"]  # one step of training: its own budget would override training's
+    starved = dataclasses.replace(spec, training={"steps": 1, "lr": 0.001},
+                                  variants={**spec.variants, "distilled": {"train_steps": 1}})
     entry = build_variant(starved, "distilled", tmp_path / "repo", built["artifacts"], command="tests", eval_limit=200)
     assert entry["gates_failed"] and "accuracy drop" in entry["gates_failed"][0]
     assert entry["version_dir"] is None and not (tmp_path / "repo" / "digits_distilled").exists()

@@ -6,12 +6,13 @@ from builder.core.data import Split
 from builder.core.errors import ConfigError, VariantError
 from builder.core.spec import parse_spec
 from builder.train import TrainConfig, cross_entropy_loss, train, train_config
-from builder.variants import distilled, pruned, svd
+from builder.variants import svd
 
-SPEC = parse_spec({"name": "t", "factory": "a:b", "data": "a:b",
-                   "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
-                   "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
-                   "metric": {"output": "logits"}, "training": {"max_seconds": 30}}, where="test")
+SPEC_RAW = {"name": "t", "factory": "a:b", "data": "a:b",
+            "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+            "metric": {"output": "logits"}}
+SPEC = parse_spec({**SPEC_RAW, "training": {"max_seconds": 30}}, where="test")
 SPLIT = Split({"input": np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)},
               np.random.default_rng(1).integers(0, 2, 64))
 
@@ -59,11 +60,14 @@ def test_training_options_are_checked():
         train_config(SPEC, {"epoch": 2})
 
 
-@pytest.mark.parametrize("config", [pruned.Config(ratio=1.5), pruned.Config(ratio=0.0), svd.Config(rank_ratio=1.2),
-                                    svd.Config(energy=0.0), distilled.Config(temperature=0)])
-def test_out_of_range_settings_are_rejected(config):
+@pytest.mark.parametrize("variant, options", [("pruned", {"ratio": 1.5}), ("pruned", {"ratio": 0.0}),
+                                              ("svd", {"rank_ratio": 1.2}), ("svd", {"energy": 0.0}),
+                                              ("distilled", {"temperature": 0})])
+def test_out_of_range_settings_are_rejected_when_the_config_is_made(variant, options):
+    from builder.variants import steps
+
     with pytest.raises(VariantError):
-        config.check()
+        steps(variant)[0].config({variant: options})
 
 
 def test_svd_factorisation_keeps_the_best_rank_k_approximation():
@@ -143,3 +147,96 @@ def test_cosine_schedule_trains_and_unknown_schedules_are_refused():
     assert (model(torch.from_numpy(split.inputs["input"])).argmax(1).numpy() == labels).mean() > 0.9
     with pytest.raises(ConfigError, match="schedule"):
         train_config(SPEC, {"schedule": "linear"})
+
+
+def test_a_budget_in_steps_runs_exactly_that_many_steps_across_epochs():
+    from builder.train import run_training
+
+    # 64 examples in batches of 16: 4 steps per epoch, so 7 steps run into a second epoch
+    _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                            TrainConfig(steps=7, batch_size=16), progress=lambda _: None)
+    assert (facts["steps"], facts["planned_steps"], facts["epochs"]) == (7, 7, 1.75)
+    assert facts["stopped_by_time_cap"] is False
+    _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                            TrainConfig(epochs=3, batch_size=16), progress=lambda _: None)
+    assert (facts["steps"], facts["planned_steps"]) == (12, 12)
+
+
+def test_the_time_cap_stops_a_run_and_says_so():
+    from builder.train import run_training
+
+    messages = []
+    _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                            TrainConfig(steps=50, batch_size=16, max_seconds=1e-6), progress=messages.append)
+    assert facts["stopped_by_time_cap"] is True and facts["steps"] == 1 and facts["planned_steps"] == 50
+    assert "CUT SHORT by the" in messages[-1]
+
+
+class DropoutNet(torch.nn.Module):
+    """Randomness inside training too (dropout draws from torch's generator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(4, 16)
+        self.dropout = torch.nn.Dropout(0.3)
+        self.out = torch.nn.Linear(16, 2)
+
+    def forward(self, input):
+        return self.out(self.dropout(torch.relu(self.hidden(input))))
+
+
+def test_the_same_training_twice_gives_identical_weights_whatever_ran_before():
+    def once(disturb: bool):
+        torch.manual_seed(0)
+        model = DropoutNet()
+        if disturb:  # another variant trained earlier in the same process draws from the global generators
+            torch.rand(100), np.random.rand(100)
+        return train(model, cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=10, batch_size=8, lr=0.05),
+                     progress=lambda _: None).state_dict()
+
+    first, second = once(False), once(True)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train(DropoutNet(), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=10, batch_size=8, lr=0.05, seed=1),
+                  progress=lambda _: None).state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)  # the seed really decides
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    from builder.train import epoch_batches
+
+    lengths = np.random.default_rng(0).integers(1, 100, size=1000)
+    batches = epoch_batches(np.random.default_rng(1), 1000, 1000, 10, lengths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    grouped = np.mean([lengths[b].max() * len(b) / lengths[b].sum() for b in batches])
+    plain = np.mean([lengths[b].max() * len(b) / lengths[b].sum()
+                     for b in epoch_batches(np.random.default_rng(1), 1000, 1000, 10)])
+    assert grouped < 1.2 < plain  # computed positions per real token
+    # not simply sorted: consecutive batches come from anywhere in the length range
+    assert np.corrcoef(np.arange(len(batches)), [lengths[b].mean() for b in batches])[0, 1] < 0.5
+
+
+def test_training_overrides_replace_the_spec_budget_as_a_whole():
+    from builder.train import TrainingOverrides
+
+    spec = parse_spec({**SPEC_RAW, "training": {"steps": 100, "lr": 0.01, "max_seconds": 30}}, where="test")
+    assert train_config(spec).steps == 100
+    by_epochs = train_config(spec, TrainingOverrides(train_epochs=2))
+    assert (by_epochs.epochs, by_epochs.steps, by_epochs.lr) == (2, None, 0.01)
+    capped = train_config(spec, TrainingOverrides(train_steps=5, train_lr=0.1, train_seconds=9))
+    assert (capped.steps, capped.lr, capped.max_seconds) == (5, 0.1, 9)
+
+
+@pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0}])
+def test_bad_budgets_are_refused_when_the_config_is_made(options):
+    from builder.variants import steps
+
+    with pytest.raises(VariantError, match="must be a positive"):
+        steps("pruned")[0].config({"pruned": options})
+
+
+def test_a_misspelt_budget_suggests_the_right_one():
+    from builder.variants import steps
+
+    with pytest.raises(VariantError) as info:
+        steps("distilled")[0].config({"distilled": {"train_step": 5}})
+    assert "did you mean `train_steps`" in info.value.hint

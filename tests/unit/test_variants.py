@@ -65,3 +65,37 @@ def test_the_accuracy_drop_carries_its_paired_standard_error():
     ref = np.tile(right, (1000, 1)); ref[:75] = wrong
     var = np.tile(right, (1000, 1)); var[75:150] = wrong
     assert paired_drop_se(spec, {"logits": ref}, {"logits": var}, labels) == pytest.approx(1.22, abs=0.02)
+
+
+def test_build_refuses_a_bad_option_before_building_anything(tmp_path, capsys):
+    """A bad value in a spec's variants section fails when the Config is made: before fp32 (or data) is touched."""
+    import yaml
+
+    from builder.cli import main
+    from tests.conftest import TINY_SPEC
+
+    raw = yaml.safe_load(TINY_SPEC.read_text())
+    raw["factory"] = raw["data"] = "no_such_module:never_called"  # building anything would fail differently
+    raw["variants"] = {"pruned": {"train_steps": 0}}
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    artifacts = tmp_path / "artifacts"
+    assert main(["build", "--config", str(spec), "--variant", "pruned", "--artifacts", str(artifacts),
+                 "--repository", str(tmp_path / "repo")]) == 2
+    assert "error: pruned: train_steps must be a positive integer, got 0" in capsys.readouterr().err
+    assert not artifacts.exists()
+    raw["variants"] = {}
+    raw["training"] = {"step": 5}
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["build", "--config", str(spec), "--variant", "pruned", "--artifacts", str(artifacts)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown training option `step`" in err and "did you mean `steps`" in err
+    assert not artifacts.exists()
+
+
+def test_the_agreement_gate_is_a_fraction(tmp_path, capsys):
+    from builder.cli import main
+    from tests.conftest import TINY_SPEC
+
+    assert main(["build", "--config", str(TINY_SPEC), "--min-agreement", "95", "--artifacts", str(tmp_path)]) == 2
+    assert "--min-agreement is a fraction" in capsys.readouterr().err
