@@ -20,7 +20,7 @@ import numpy as np
 from . import repository as repo
 from .data import load_splits, trim_padding
 from .evaluate import onnx_predictor, onnx_session, run_split, score
-from .spec import ModelSpec, resolve_callable
+from .spec import ModelSpec, length_buckets, resolve_callable
 from .tritonconfig import ServingConfig, build_config, to_text
 from .variants import steps
 
@@ -163,6 +163,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    if spec.sequence_mask:  # what the client and load tests pad text requests to (spec.length_buckets)
+        entry["length_buckets"] = list(model_length_buckets(spec, workdir, splits[first]))
     from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
@@ -260,6 +262,20 @@ def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, 
     if facts.pop("fingerprint") != fingerprint:
         return None
     return folder / "model.onnx", facts
+
+
+def model_length_buckets(spec: ModelSpec, workdir: pathlib.Path, split) -> tuple[int, ...]:
+    """spec's length buckets up to the model's maximum: its tokenizer.json's truncation length, or for a text
+    model without one, the longest text of `split`."""
+    from .errors import ConfigError
+    from .text_endpoint import max_tokens
+
+    tokenizer_file = workdir / "tokenizer.json"
+    try:
+        return length_buckets(spec, max_tokens(tokenizer_file))
+    except (ConfigError, OSError):  # no tokenizer.json, or one without a truncation length
+        pass
+    return length_buckets(spec, int(split.inputs[spec.sequence_mask].sum(axis=1).max()))
 
 
 def raise_missing_baseline(spec: ModelSpec):

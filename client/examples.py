@@ -1,6 +1,10 @@
 """Real inputs for the CLI: text tokenized with the model's own tokenizer, or an example of a cached data split.
 
 Both come from the builder's artifacts folder (`<artifacts>/<model>/`): record.json, tokenizer.json, data/*.npz.
+
+Token ids are right-padded (id 0, mask 0) to the model's length buckets, which its build record lists (the spec's
+`length_buckets`): Triton's dynamic batcher joins only requests of one shape, so texts each trimmed to its own
+length never batch, while texts padded to a few bucket lengths do. `buckets=()` sends each text as long as it is.
 """
 
 from __future__ import annotations
@@ -35,7 +39,34 @@ def text_endpoint_record(artifacts: pathlib.Path, text_model: str) -> dict:
     return {}
 
 
-def text_inputs(folder: pathlib.Path, text: str) -> dict:
+def length_buckets(folder: pathlib.Path) -> tuple[int, ...]:
+    """The length buckets in the build record of the model in `folder`, or () (not a text model, no record, or a
+    record written before buckets existed: then texts are sent unpadded, as before)."""
+    path = folder / "record.json"
+    if not path.is_file():
+        return ()
+    for entry in json.loads(path.read_text()).get("variants", {}).values():
+        if entry.get("length_buckets"):
+            return tuple(int(b) for b in entry["length_buckets"])
+    return ()
+
+
+def bucket_for(length: int, buckets) -> int:
+    """The smallest bucket that holds `length` tokens; `length` itself if none does (or there are no buckets)."""
+    return next((b for b in buckets if b >= length), length)
+
+
+def fit_tokens(array: np.ndarray, width: int) -> np.ndarray:
+    """`array` [batch, tokens] cut or right-padded with 0 to `width` tokens (contiguous, ready to send)."""
+    if array.shape[1] >= width:
+        return np.ascontiguousarray(array[:, :width])
+    padded = np.zeros((array.shape[0], width), dtype=array.dtype)
+    padded[:, :array.shape[1]] = array
+    return padded
+
+
+def text_inputs(folder: pathlib.Path, text: str, buckets=None) -> dict:
+    """`text` tokenized as the model was trained, padded to its bucket (`buckets` None: the model's own)."""
     from tokenizers import Tokenizer
 
     path = folder / "tokenizer.json"
@@ -47,7 +78,8 @@ def text_inputs(folder: pathlib.Path, text: str) -> dict:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_TOKENS)
     ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    width = bucket_for(ids.shape[1], length_buckets(folder) if buckets is None else buckets)
+    return {"input_ids": fit_tokens(ids, width), "attention_mask": fit_tokens(np.ones_like(ids), width)}
 
 
 def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, int]:
@@ -62,20 +94,21 @@ def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, i
         inputs = {k[len("input."):]: data[k][index:index + 1] for k in data.files if k.startswith("input.")}
         label = int(data["labels"][index])
     mask = inputs.get("attention_mask")
-    if mask is not None:  # cached splits are padded to their longest text: send only this one's tokens
-        length = int(mask.sum())
-        inputs = {k: v[:, :length] for k, v in inputs.items()}
+    if mask is not None:  # cached splits are padded to their longest text: send this one's tokens, to its bucket
+        length = bucket_for(int(mask.sum()), length_buckets(folder))
+        inputs = {k: fit_tokens(v, length) for k, v in inputs.items()}
     return inputs, label
 
 
 def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int = 1, count: int = 256,
-                    tokens: int = 0) -> list[dict]:
+                    tokens: int = 0, buckets=None) -> list[dict]:
     """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests.
 
-    Text requests keep only the tokens their longest example needs (cached splits are padded to the split's
-    longest text), so traffic has the split's own mix of lengths. With `tokens`, only texts at least that long
-    are used, cut to exactly `tokens`: every request has the same shape, which Triton's dynamic batcher needs
-    to group requests (it never batches different sequence lengths together).
+    Text requests keep the split's own mix of lengths: each is padded to the smallest of `buckets` (None: the
+    model's own, from its build record) that holds its longest example, so that Triton's dynamic batcher (which
+    never batches different shapes together) can group requests of one bucket; with `buckets=()`, each keeps only
+    the tokens its longest example needs. With `tokens`, only texts at least that long are used, cut to exactly
+    `tokens`: every request has that one shape.
     """
     if batch_size < 1:
         raise ClientError(f"batch size must be at least 1, got {batch_size}")
@@ -89,6 +122,7 @@ def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int =
     if total < batch_size:
         raise ClientError(f"split `{split}` has {total} examples, fewer than the batch size {batch_size}")
     mask = inputs.get("attention_mask")
+    buckets = () if tokens else length_buckets(folder) if buckets is None else tuple(buckets)
     if tokens and mask is not None:
         long_enough = np.flatnonzero(mask.sum(axis=1) >= tokens)
         if len(long_enough) < batch_size:
@@ -100,7 +134,7 @@ def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int =
     for start in range(0, min(count * batch_size, total - batch_size + 1), batch_size):
         batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
         if mask is not None:
-            length = max(int(mask[start:start + batch_size].sum(axis=1).max()), 1)
-            batch = {k: np.ascontiguousarray(v[:, :length]) for k, v in batch.items()}
+            length = bucket_for(max(int(mask[start:start + batch_size].sum(axis=1).max()), 1), buckets)
+            batch = {k: fit_tokens(v, length) for k, v in batch.items()}
         batches.append(batch)
     return batches

@@ -28,7 +28,7 @@ ORT_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_m
 TENSORRT_PARAMETERS = {"precision_mode", "max_workspace_size_bytes", "trt_engine_cache_enable",
                        "trt_engine_cache_path"}
 # What builder/text_endpoint/tokenizer_model.py reads.
-TOKENIZER_PARAMETERS = {"ids_output", "mask_output", "max_length"}
+TOKENIZER_PARAMETERS = {"ids_output", "mask_output", "max_length", "length_buckets"}
 SERVINGS = [ServingConfig(), ServingConfig(instances=2, intra_op_threads=1, max_queue_delay_us=500),
             ServingConfig(device="gpu"), ServingConfig(device="gpu", tensorrt=True)]
 
