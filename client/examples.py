@@ -102,7 +102,8 @@ def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, i
 
 def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int = 1, count: int = 256,
                     tokens: int = 0, buckets=None) -> list[dict]:
-    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests.
+    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests: their
+    starts spread evenly over the split, in a fixed shuffled order.
 
     Text requests keep the split's own mix of lengths: each is padded to the smallest of `buckets` (None: the
     model's own, from its build record) that holds its longest example, so that Triton's dynamic batcher (which
@@ -130,8 +131,13 @@ def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int =
                               hint="ask for fewer tokens")
         inputs = {k: v[long_enough, :tokens] for k, v in inputs.items()}
         mask, total = inputs["attention_mask"], len(long_enough)
+    # Cached text splits are sorted by length: take batches spread evenly over the whole split, in a fixed
+    # shuffled order, so that the requests have the split's own mix of lengths, mixed in time (the first `count`
+    # examples would all be the shortest texts).
+    starts = np.unique(np.linspace(0, total - batch_size, min(count, total // batch_size)).astype(int))
+    starts = np.random.default_rng(0).permutation(starts)
     batches = []
-    for start in range(0, min(count * batch_size, total - batch_size + 1), batch_size):
+    for start in starts:
         batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
         if mask is not None:
             length = bucket_for(max(int(mask[start:start + batch_size].sum(axis=1).max()), 1), buckets)
