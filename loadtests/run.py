@@ -273,7 +273,11 @@ def machine() -> dict:
 
     cpu = next((l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+    flags = next((l.split(":", 1)[1].split() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("flags")), [])
+    isa = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags)  # speed figures depend on it
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+            "host": platform.node()}
 
 
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
