@@ -177,8 +177,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         entry["version_dir"] = None
     else:
         name = model_name(spec, variant)
-        version_dir = repo.write_model(repository, name, to_text(build_config(name, spec, serving, onnx_path)),
-                                       onnx_path)
+        config = build_config(name, spec, serving, onnx_path, length_buckets=len(entry.get("length_buckets", [])))
+        version_dir = repo.write_model(repository, name, to_text(config), onnx_path)
         entry["version_dir"] = str(version_dir)
         step(f"wrote {version_dir}")
         if serving.device == "gpu":

@@ -56,6 +56,14 @@ def bucket_for(length: int, buckets) -> int:
     return next((b for b in buckets if b >= length), length)
 
 
+def bucket_priority(inputs: dict, buckets) -> int:
+    """The dynamic-batching priority a request of a text model is sent at: k + 1 for bucket k (its token axis'
+    length), 0 (the model's default level) for anything else. See builder/tritonconfig.py build_config."""
+    mask = inputs.get("attention_mask")
+    width = None if mask is None or np.ndim(mask) != 2 else np.shape(mask)[1]
+    return buckets.index(width) + 1 if width in buckets else 0
+
+
 def fit_tokens(array: np.ndarray, width: int) -> np.ndarray:
     """`array` [batch, tokens] cut or right-padded with 0 to `width` tokens (contiguous, ready to send)."""
     if array.shape[1] >= width:

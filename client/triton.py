@@ -204,7 +204,8 @@ class TritonClient:
     # tritonclient has no public call that sends an already-encoded request: prepare/send use what its own `infer`
     # calls (the same in tritonclient 2.51 to 2.73): gRPC `_get_inference_request` and the stub's ModelInfer, HTTP
     # `generate_request_body` (public) and `_post`. tests/e2e/test_batching.py checks both against infer.
-    def prepare(self, model: str, inputs: dict, outputs: list[str] | None = None) -> PreparedRequest:
+    def prepare(self, model: str, inputs: dict, outputs: list[str] | None = None, priority: int = 0) -> PreparedRequest:
+        """`priority`: Triton's request priority (0: the model's default level)."""
         names = outputs or self.output_names(model)
         module = self._module
         tensors = make_inputs(module, inputs)
@@ -214,11 +215,13 @@ class TritonClient:
 
             message = _get_inference_request(model_name=model, inputs=tensors, model_version="", request_id="",
                                              outputs=requested, sequence_id=0, sequence_start=False,
-                                             sequence_end=False, priority=0, timeout=None, parameters=None)
+                                             sequence_end=False, priority=priority, timeout=None,
+                                             parameters=None)
             return PreparedRequest(model, names, message)
         import urllib.parse
 
-        body, json_size = module.InferenceServerClient.generate_request_body(tensors, outputs=requested)
+        body, json_size = module.InferenceServerClient.generate_request_body(tensors, outputs=requested,
+                                                                             priority=priority)
         uri = f"v2/models/{urllib.parse.quote(model, safe='/+')}/infer"
         return PreparedRequest(model, names, (uri, body),
                                {"Inference-Header-Content-Length": json_size} if json_size is not None else None)

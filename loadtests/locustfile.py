@@ -34,7 +34,7 @@ import locust.stats  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
 from client import TritonClient  # noqa: E402
-from client.examples import find_record, request_batches  # noqa: E402
+from client.examples import bucket_priority, find_record, length_buckets, request_batches  # noqa: E402
 
 # Locust keeps whole milliseconds below 100 ms, too coarse for a 2 ms model. Two significant digits everywhere
 # (0.1 ms resolution below 10 ms) through Locust's documented bucketing hook.
@@ -110,8 +110,9 @@ class TritonUser(User):
         # Everything that does not change between sends is done here, outside the timed block: the request is
         # encoded once (input tensors, requested outputs, the gRPC message or HTTP body), so a user's CPU goes to
         # sending, and the generator is less often the bottleneck
-        self.requests = [(self.client.prepare(self.model, batch, self.outputs), len(next(iter(batch.values()))))
-                         for batch in batches]
+        buckets = length_buckets(folder) if options.length_buckets else ()
+        self.requests = [(self.client.prepare(self.model, batch, self.outputs, bucket_priority(batch, buckets)),
+                          len(next(iter(batch.values())))) for batch in batches]
         self.next = random.randrange(len(self.requests))  # users start at different examples
         self.pool = gevent.pool.Pool(MAX_IN_FLIGHT_PER_USER)
 

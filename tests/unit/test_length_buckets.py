@@ -117,3 +117,19 @@ def test_schedstat_of_a_live_process_and_of_none():
     run, wait = process_schedstat(os.getpid())
     assert run > 0 and wait >= 0
     assert process_schedstat(2 ** 22 + 12345) is None
+
+
+def test_each_bucket_has_its_own_priority_level():
+    from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
+    from client.examples import bucket_priority
+
+    spec = resolve_spec("minilm")
+    config = parse_text(to_text(build_config("minilm_fp32", spec, ServingConfig(), length_buckets=5)), where="t")
+    assert config.dynamic_batching.priority_levels == 5 and config.dynamic_batching.default_priority_level == 5
+    plain = parse_text(to_text(build_config("digits_fp32", resolve_spec("digits"), ServingConfig())), where="t")
+    assert plain.dynamic_batching.priority_levels == 0
+    buckets = (16, 32, 64)
+    mask = np.ones((1, 32), np.int64)
+    assert bucket_priority({"attention_mask": mask}, buckets) == 2
+    assert bucket_priority({"attention_mask": mask[:, :20]}, buckets) == 0  # not a bucket: the default level
+    assert bucket_priority({"image": np.zeros((1, 28))}, buckets) == 0
