@@ -364,6 +364,8 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
 def spinning_points(models, repository, artifacts, raw, seconds, repeats, binary, progress) -> dict:
     """perf_analyzer points of every model with ONNX Runtime's intra-op spinning off and on, each on its own
     server, interleaved `repeats` times; medians per setting."""
+    from .perf_analyzer import PerfAnalyzerError
+
     points = {model: {setting: [] for setting in SPINNING} for model in models}
     for k in range(repeats):
         for setting in SPINNING:
@@ -371,11 +373,17 @@ def spinning_points(models, repository, artifacts, raw, seconds, repeats, binary
             with server_with_spinning(repository, setting) as server:
                 for model in models:
                     data = raw / f"{model}_bench_input.json"
-                    points[model][setting].append(perf_analyzer_points(server.grpc_url, model, data, seconds, binary))
+                    try:
+                        points[model][setting].append(perf_analyzer_points(server.grpc_url, model, data, seconds,
+                                                                           binary))
+                    except PerfAnalyzerError as e:  # one failed point (an unstable window) does not lose the run
+                        progress(f"    {model}: point left out: {e}")
     summary = {}
     for model, by_setting in points.items():
         summary[model] = {}
         for setting, runs in by_setting.items():
+            if not runs:
+                continue
             summary[model]["on" if setting == "1" else "off"] = {
                 "p50_c1_ms": round(float(np.median([r["latency_c1"]["p50_ms"] for r in runs])), 3),
                 "server_added_c1_ms": round(float(np.median([r["latency_c1"]["server"]["server_added_ms"]
