@@ -19,17 +19,17 @@ import numpy as np
 
 from .core.artifacts import MARGINAL_SPEEDUP, load_splits, write_entry
 from .core.data import trim_padding
-from .core.errors import VariantError
+from .core.errors import ConfigError, VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .core.names import model_name
-from .core.spec import ModelSpec
+from .core.spec import ModelSpec, length_buckets
 from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .roofline import achieved, machine_peak, precision_of
 from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
-from .serving.text_endpoint import write_text_endpoint
+from .serving.text_endpoint import max_tokens, write_text_endpoint
 from .teacher import load_model
 from .torch2onnx import check_limits, example_batch, export, verify
 from .train import seed_everything
@@ -123,6 +123,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
         "versions": library_versions(),
     }
+    if spec.sequence_mask:  # what the client and load tests pad text requests to (spec.length_buckets)
+        entry["length_buckets"] = list(model_length_buckets(spec, workdir, splits[spec.evaluate[0]]))
     step("deriving input limits (token ids, sequence lengths) from the ONNX file")
     entry["input_limits"] = derive_limits(spec, onnx_path)
     peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
@@ -130,7 +132,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, precision_of(variant))
     entry |= profile_variant(model, onnx_path, variant, context)
     entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
-                     limits=entry["input_limits"])
+                     limits=entry["input_limits"], length_buckets_of=entry.get("length_buckets"))
     entry["training"] = context.notes.get("training", {})
     entry["training_cut_by_time_cap"] = sorted(what for what, run in entry["training"].items()
                                                if run["stopped_by_time_cap"])
@@ -263,7 +265,7 @@ def profile_variant(model, onnx_path: pathlib.Path, variant: str, context: Build
 
 def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
             serving: ServingConfig, failed_gates: list[str], gates: Gates, context: BuildContext,
-            limits: dict) -> dict:
+            limits: dict, length_buckets_of: list | None = None) -> dict:
     """Write the model (and its raw-text ensemble, if asked) to the repository unless a gate failed and not
     forced. Returns the record's `version_dir` (None: not written) and, if asked, `text_endpoint`."""
     spec, step = context.spec, context.progress
@@ -273,7 +275,8 @@ def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, art
         facts["version_dir"] = None
     else:
         name = model_name(spec.name, variant)
-        config = build_config(name, spec, serving, onnx_path, limits=limits)
+        config = build_config(name, spec, serving, onnx_path, limits=limits,
+                              length_buckets=len(length_buckets_of or []))
         version_dir = repo.write_model(repository, name, to_text(config), onnx_path)
         facts["version_dir"] = str(version_dir)
         step(f"wrote {version_dir}")
@@ -365,6 +368,17 @@ def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, 
     if facts.pop("fingerprint") != fingerprint:
         return None
     return folder / "model.onnx", facts
+
+
+def model_length_buckets(spec: ModelSpec, workdir: pathlib.Path, split) -> tuple[int, ...]:
+    """spec's length buckets up to the model's maximum: its tokenizer.json's truncation length, or for a text
+    model without one, the longest text of `split`."""
+    tokenizer_file = workdir / "tokenizer.json"
+    try:
+        return length_buckets(spec, max_tokens(tokenizer_file))
+    except (ConfigError, OSError):  # no tokenizer.json, or one without a truncation length
+        pass
+    return length_buckets(spec, int(split.inputs[spec.sequence_mask].sum(axis=1).max()))
 
 
 def raise_missing_baseline(spec: ModelSpec):

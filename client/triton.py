@@ -202,6 +202,68 @@ class TritonClient:
         result = self._call("infer", model, make_inputs(module, inputs), outputs=requested, model=model)
         return {n: result.as_numpy(n) for n in names}
 
+    # tritonclient has no public call that sends an already-encoded request: prepare/send use what its own `infer`
+    # calls (the same in tritonclient 2.51 to 2.73): gRPC `_get_inference_request` and the stub's ModelInfer, HTTP
+    # `generate_request_body` (public) and `_post`. tests/e2e/test_batching.py checks both against infer.
+    def prepare(self, model: str, inputs: dict, outputs: list[str] | None = None, priority: int = 0) -> PreparedRequest:
+        """`priority`: Triton's request priority (0: the model's default level)."""
+        names = outputs or self.output_names(model)
+        module = self._module
+        tensors = make_inputs(module, inputs)
+        requested = [module.InferRequestedOutput(n) for n in names]
+        if self.protocol == "grpc":
+            from tritonclient.grpc._utils import _get_inference_request
+
+            message = _get_inference_request(model_name=model, inputs=tensors, model_version="", request_id="",
+                                             outputs=requested, sequence_id=0, sequence_start=False,
+                                             sequence_end=False, priority=priority, timeout=None,
+                                             parameters=None)
+            return PreparedRequest(model, names, message)
+        import urllib.parse
+
+        body, json_size = module.InferenceServerClient.generate_request_body(tensors, outputs=requested,
+                                                                             priority=priority)
+        uri = f"v2/models/{urllib.parse.quote(model, safe='/+')}/infer"
+        return PreparedRequest(model, names, (uri, body),
+                               {"Inference-Header-Content-Length": json_size} if json_size is not None else None)
+
+    def send(self, prepared: PreparedRequest) -> dict:
+        """Send a prepared request; its outputs as numpy arrays. Raises client.errors types, as infer does."""
+        try:
+            if self.protocol == "grpc":
+                response = self._client._client_stub.ModelInfer(request=prepared.payload,
+                                                               metadata=self._client._get_metadata(None))
+                result = self._module.InferResult(response)
+            else:
+                from tritonclient.http._utils import _raise_if_error
+
+                uri, body = prepared.payload
+                response = self._client._post(uri, body, prepared.headers, None)
+                _raise_if_error(response)
+                result = self._module.InferResult(response, False)
+        except Exception as e:
+            raise translate(_as_tritonclient_error(e), prepared.model) from e
+        return {n: result.as_numpy(n) for n in prepared.outputs}
+
+
+def _as_tritonclient_error(error: Exception) -> Exception:
+    """A raw grpc.RpcError as the InferenceServerException tritonclient's own infer raises; others unchanged."""
+    import grpc
+
+    if isinstance(error, grpc.RpcError):
+        from tritonclient.utils import InferenceServerException
+
+        return InferenceServerException(msg=error.details(), status=str(error.code()))
+    return error
+
+
+class PreparedRequest:
+    """One inference request encoded once into what goes on the wire (gRPC message or HTTP body), to be sent many
+    times with TritonClient.send: a load generator then spends its CPU on sending, not on re-encoding."""
+
+    def __init__(self, model: str, outputs: list[str], payload, headers: dict | None = None):
+        self.model, self.outputs, self.payload, self.headers = model, outputs, payload, headers
+
 
 class AsyncTritonClient:
     """asyncio client over gRPC (tritonclient.grpc.aio), with the same methods as TritonClient, awaited."""

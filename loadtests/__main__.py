@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     bench.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     bench.add_argument("--seconds", type=float, default=5.0, help="seconds per measured point")
+    bench.add_argument("--repeats", type=int, default=2,
+                       help="rounds of the Locust-vs-perf_analyzer and spinning comparisons (default 2)")
     bench.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/bench.json"))
 
     footprint = commands.add_parser("footprint", help="load time and memory per instance of served models, written "
@@ -422,7 +424,8 @@ def cmd_bench(args) -> int:
     for model in models:
         if model not in known:
             raise unknown_name("model", model, known, hint="build it first with `builder build`")
-    results = run_bench(models, args.repository, args.artifacts, args.seconds)
+    results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
+                        raw=args.out.parent / f"{args.out.stem}-raw", progress=lambda line: print(line, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_bench_table(results)

@@ -5,7 +5,8 @@
 
 The host's scheme picks the user class (GrpcUser or HttpUser). Each user replays batches of the model's test
 split (`--batch-size` examples per request) from the builder's artifacts folder, and checks every response:
-a failed request or an output of the wrong shape is a failure, never a fast success.
+a failed request or an output of the wrong shape is a failure, never a fast success. Texts are padded to the
+model's length buckets (client/examples.py), so Triton can batch them; every request is encoded once, at start.
 
 Closed loop (default): each user sends its next request when the last one returns. Open loop
 (`--arrival-rate R`): each user sends R requests per second on a fixed schedule whether or not earlier ones have
@@ -33,7 +34,7 @@ import locust.stats  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
 from client import TritonClient  # noqa: E402
-from builder.core.artifacts import find_record, request_batches  # noqa: E402
+from builder.core.artifacts import bucket_priority, find_record, length_buckets, request_batches  # noqa: E402
 
 # Locust keeps whole milliseconds below 100 ms, too coarse for a 2 ms model. Two significant digits everywhere
 # (0.1 ms resolution below 10 ms) through Locust's documented bucketing hook.
@@ -52,6 +53,9 @@ def add_arguments(parser):
     parser.add_argument("--split", default="test", help="which cached split to replay")
     parser.add_argument("--tokens", type=int, default=0,
                         help="text models: cut every request to exactly this many tokens (0: each text as long as it is)")
+    parser.add_argument("--length-buckets", type=int, default=1, choices=(0, 1),
+                        help="text models: 1 pads each request to the model's length buckets, so Triton can batch "
+                             "them (default); 0 sends each text as long as it is")
     parser.add_argument("--errors-json", default="", include_in_web_ui=False,
                         help="write Locust's error table (message and count) to this JSON file at the end")
 
@@ -98,11 +102,18 @@ class TritonUser(User):
         self.interval = 1.0 / options.arrival_rate if self.open_loop else 0.0
         self.client = TritonClient(self.host, concurrency=MAX_IN_FLIGHT_PER_USER if self.open_loop else 1)
         folder, _entry = find_record(pathlib.Path(options.artifacts), self.model)
-        self.requests = request_batches(folder, options.split, options.batch_size, tokens=options.tokens)
-        self.next = random.randrange(len(self.requests))  # users start at different examples
+        batches = request_batches(folder, options.split, options.batch_size, tokens=options.tokens,
+                                  buckets=None if options.length_buckets else ())
         outputs = self.client.metadata(self.model)["outputs"]
         self.outputs = [o["name"] for o in outputs]
         self.expected = {o["name"]: o["shape"][1:] for o in outputs}  # per example; -1 matches any size
+        # Everything that does not change between sends is done here, outside the timed block: the request is
+        # encoded once (input tensors, requested outputs, the gRPC message or HTTP body), so a user's CPU goes to
+        # sending, and the generator is less often the bottleneck
+        buckets = length_buckets(folder) if options.length_buckets else ()
+        self.requests = [(self.client.prepare(self.model, batch, self.outputs, bucket_priority(batch, buckets)),
+                          len(next(iter(batch.values())))) for batch in batches]
+        self.next = random.randrange(len(self.requests))  # users start at different examples
         self.pool = gevent.pool.Pool(MAX_IN_FLIGHT_PER_USER)
 
     def on_stop(self):
@@ -126,11 +137,10 @@ class TritonUser(User):
             self.pool.spawn(self.send)
 
     def send(self):
-        batch = self.requests[self.next]
+        prepared, size = self.requests[self.next]
         self.next = (self.next + 1) % len(self.requests)
-        size = len(next(iter(batch.values())))
         with self.environment.events.request.measure(self.protocol, self.model) as meta:
-            result = self.client.infer(self.model, batch, self.outputs)
+            result = self.client.send(prepared)
             meta["response_length"] = sum(a.nbytes for a in result.values())
             self.check(result, size)
 

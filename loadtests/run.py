@@ -56,6 +56,7 @@ class LoadSettings:
     # runs of every step, interleaved (all models and steps once, then again): the windows of all repeats make the
     # interval, so it also holds what changes from one Locust run to the next; costs `repeats` x the time
     repeats: int = 1
+    length_buckets: bool = True  # text models: pad requests to the model's length buckets (batchable)
 
     @property
     def mode(self) -> str:
@@ -115,7 +116,7 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
     common = [sys.executable, "-m", "locust", "-f", files, "--host", target.url(settings.protocol),
               "--model", model, "--batch-size", str(settings.batch_size), "--arrival-rate", str(settings.arrival_rate),
               "--artifacts", str(artifacts.resolve()), "--split", settings.split, "--tokens", str(settings.tokens),
-              "--loglevel", "WARNING"]
+              "--length-buckets", str(int(settings.length_buckets)), "--loglevel", "WARNING"]
     run = ["--headless", "-u", str(users), "-r", str(users), "-t", f"{settings.duration_s:g}s", "--stop-timeout", "2",
            "--json-file", str(stats.resolve().with_suffix("")), "--errors-json", str(errors.resolve()), "--only-summary",
            "--exit-code-on-error", "0"] + (["--windows-json", str(windows.resolve())] if windows else [])
@@ -129,20 +130,25 @@ def locust_commands(target: Target, model: str, users: int, settings: LoadSettin
     return [master] + [worker] * settings.workers
 
 
-def run_locust(commands: list[list[str]], log: pathlib.Path, timeout: float) -> None:
-    """Run the step's Locust processes to the end; kill them all on timeout or Ctrl-C."""
+def run_locust(commands: list[list[str]], log: pathlib.Path, timeout: float,
+               cpu: "GeneratorCpu | None" = None) -> None:
+    """Run the step's Locust processes to the end; kill them all on timeout or Ctrl-C. `cpu` samples their CPU."""
     processes = []
     with open(log, "ab") as out:
         try:
             for command in commands:
                 processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
                                                   stdin=subprocess.DEVNULL, start_new_session=True))
+            if cpu is not None:
+                cpu.start([p.pid for p in processes])
             processes[0].wait(timeout)
             for worker in processes[1:]:
                 worker.wait(15)
         except subprocess.TimeoutExpired as e:
             raise LoadTestError(f"Locust did not finish within {timeout:.0f} s", hint=f"see {log}") from e
         finally:
+            if cpu is not None:
+                cpu.stop()
             for process in processes:
                 if process.poll() is None:
                     os.killpg(process.pid, signal.SIGKILL)
@@ -193,8 +199,9 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
             path.unlink(missing_ok=True)
     commands = locust_commands(target, model, users, settings, artifacts, stats, errors, windows)
     before = scrape_model(target, model)
+    generator = GeneratorCpu()
     with metrics.CpuSampler(target.metrics_url) as cpu:
-        run_locust(commands, log, timeout=settings.duration_s + 90)
+        run_locust(commands, log, timeout=settings.duration_s + 90, cpu=generator)
     time.sleep(METRICS_SETTLE_S)
     after = scrape_model(target, model)
     if not stats.is_file():
@@ -206,7 +213,12 @@ def run_step(target: Target, model: str, users: int, settings: LoadSettings, art
     if figures["requests"] == 0:  # the users never got to send: say why (Locust logs the exception)
         lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
         error_rows = error_rows or [{"error": "no request was sent: " + " | ".join(lines[-3:]), "occurrences": 1}]
+    entry = next((e for e in json.loads(stats.read_text()) if e["name"] == model), None)
+    load = generator.figures(entry["start_time"], entry["last_request_timestamp"]) if entry else {}
     step = {"model": model, "users": users, **figures,
+            # a step whose Locust process ran its core flat out measured the generator, not the server: the
+            # report flags it and does not rank variants by it
+            "generator_bound": bool(load) and load["max_process_demand"] >= GENERATOR_BOUND_CPU, "generator": load,
             "errors": [{"message": e["error"], "count": e["occurrences"]} for e in error_rows],
             "server": metrics.step_figures(before, after) if before and after else None,
             "cpu_utilization": cpu.mean(), "raw": {"locust_stats": stats.name, "locust_log": log.name}
@@ -230,6 +242,66 @@ def window_figures(entries: list[dict], model: str, windows: pathlib.Path | None
     return {"windows": cut, "interval": intervals.step_intervals(cut)} if cut else {}
 
 
+GENERATOR_BOUND_CPU = 0.9  # cores a Locust process used or waited for: it is one gevent loop on one core
+
+
+def process_schedstat(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) summed over the threads of a live process
+    (/proc/<pid>/task/*/schedstat), None once it is gone. The wait counts too: a generator that is ready to send
+    but gets no core is as much the bottleneck as one that uses its core fully."""
+    run = wait = 0
+    try:
+        for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "schedstat").read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return run / 1e9, wait / 1e9
+
+
+class GeneratorCpu:
+    """CPU used (and waited for) by the Locust processes of a step, sampled every `interval` s from /proc, so that
+    it can be taken over exactly the window Locust measured (its first to its last request)."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval = interval
+        self.samples: list[tuple[float, list]] = []  # (wall time, [(run s, wait s) or None per process])
+        self._stop = None
+        self._thread = None
+
+    def start(self, pids: list[int]) -> None:
+        import threading
+
+        self._stop = threading.Event()
+
+        def sample():
+            while True:
+                self.samples.append((time.time(), [process_schedstat(pid) for pid in pids]))
+                if self._stop.wait(self.interval):
+                    return
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def figures(self, start: float, end: float) -> dict:
+        """Over [start, end] (Locust's wall-clock timestamps), in cores: "cpu_cores" (all processes), and for the
+        busiest process "max_process_cpu" (CPU it got) and "max_process_demand" (got + waited for); {} if too few
+        samples fell in the window."""
+        inside = [(t, cpu) for t, cpu in self.samples if start <= t <= end and None not in cpu]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 2 * self.interval:
+            return {}
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        used = [(b[0] - a[0]) / (t1 - t0) for a, b in zip(first, last)]
+        demand = [(b[0] + b[1] - a[0] - a[1]) / (t1 - t0) for a, b in zip(first, last)]
+        return {"processes": len(used), "cpu_cores": round(sum(used), 3), "max_process_cpu": round(max(used), 3),
+                "max_process_demand": round(max(demand), 3), "window_s": round(t1 - t0, 2)}
+
+
 def scrape_model(target: Target, model: str) -> dict | None:
     try:
         return metrics.model_counters(metrics.scrape(target.metrics_url), model)
@@ -242,7 +314,11 @@ def machine() -> dict:
 
     cpu = next((l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+    flags = next((l.split(":", 1)[1].split() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("flags")), [])
+    isa = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags)  # speed figures depend on it
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+            "host": platform.node()}
 
 
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:
@@ -301,7 +377,10 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                     progress(f"    no request was sent: {step['errors'][0]['message'] if step['errors'] else '?'}")
                 progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
                          f"  failures {step['failures']}"
-                         + (f"  batch {step['server']['realised_batch']}" if step["server"] else ""))
+                         + (f"  batch {step['server']['realised_batch']}" if step["server"] else "")
+                         + (f"  generator CPU {step['generator']['max_process_cpu']:.2f}"
+                            f"/{step['generator']['max_process_demand']:.2f} core (used/wanted)"
+                            + (" (GENERATOR-BOUND)" if step["generator_bound"] else "") if step["generator"] else ""))
             if repeat == settings.repeats and (perf_analyzer is True or model in perf_analyzer):
                 results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
@@ -385,7 +464,7 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
 
 CSV_COLUMNS = ("model", "users", "requests", "failures", "requests_per_s", "throughput", "mean_ms", "p50_ms",
                "p90_ms", "p95_ms", "p99_ms", "realised_batch", "queue_ms", "compute_infer_ms", "request_ms",
-               "cpu_utilization")
+               "cpu_utilization", "generator_bound")
 
 
 def write_results(results: dict, out: pathlib.Path) -> None:

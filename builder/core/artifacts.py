@@ -189,7 +189,45 @@ def text_endpoint_record(artifacts: pathlib.Path, text_model: str) -> dict:
     return {}
 
 
-def text_inputs(folder: pathlib.Path, text: str) -> dict:
+def length_buckets(folder: pathlib.Path) -> tuple[int, ...]:
+    """The length buckets in the build record of the model in `folder`, or () (not a text model, no record, or a
+    record written before buckets existed: then texts are sent unpadded, as before).
+
+    Token ids are right-padded (id 0, mask 0) to these buckets (the spec's `length_buckets`): Triton's dynamic
+    batcher joins only requests of one shape, so texts each trimmed to its own length never batch, while texts
+    padded to a few bucket lengths do."""
+    if not (folder / "record.json").is_file():
+        return ()
+    for entry in read_record(folder.parent, folder.name).get("variants", {}).values():
+        if entry.get("length_buckets"):
+            return tuple(int(b) for b in entry["length_buckets"])
+    return ()
+
+
+def bucket_for(length: int, buckets) -> int:
+    """The smallest bucket that holds `length` tokens; `length` itself if none does (or there are no buckets)."""
+    return next((b for b in buckets if b >= length), length)
+
+
+def bucket_priority(inputs: dict, buckets) -> int:
+    """The dynamic-batching priority a request of a text model is sent at: k + 1 for bucket k (its token axis'
+    length), 0 (the model's default level) for anything else. See builder/serving/tritonconfig.py build_config."""
+    mask = inputs.get("attention_mask")
+    width = None if mask is None or np.ndim(mask) != 2 else np.shape(mask)[1]
+    return buckets.index(width) + 1 if width in buckets else 0
+
+
+def fit_tokens(array: np.ndarray, width: int) -> np.ndarray:
+    """`array` [batch, tokens] cut or right-padded with 0 to `width` tokens (contiguous, ready to send)."""
+    if array.shape[1] >= width:
+        return np.ascontiguousarray(array[:, :width])
+    padded = np.zeros((array.shape[0], width), dtype=array.dtype)
+    padded[:, :array.shape[1]] = array
+    return padded
+
+
+def text_inputs(folder: pathlib.Path, text: str, buckets=None) -> dict:
+    """`text` tokenized as the model was trained, padded to its bucket (`buckets` None: the model's own)."""
     from tokenizers import Tokenizer
 
     path = folder / "tokenizer.json"
@@ -201,7 +239,8 @@ def text_inputs(folder: pathlib.Path, text: str) -> dict:
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=MAX_TOKENS)
     ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    width = bucket_for(ids.shape[1], length_buckets(folder) if buckets is None else buckets)
+    return {"input_ids": fit_tokens(ids, width), "attention_mask": fit_tokens(np.ones_like(ids), width)}
 
 
 def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, int]:
@@ -216,20 +255,22 @@ def split_example(folder: pathlib.Path, split: str, index: int) -> tuple[dict, i
         inputs = {k[len("input."):]: data[k][index:index + 1] for k in data.files if k.startswith("input.")}
         label = int(data["labels"][index])
     mask = inputs.get("attention_mask")
-    if mask is not None:  # cached splits are padded to their longest text: send only this one's tokens
-        length = int(mask.sum())
-        inputs = {k: v[:, :length] for k, v in inputs.items()}
+    if mask is not None:  # cached splits are padded to their longest text: send this one's tokens, to its bucket
+        length = bucket_for(int(mask.sum()), length_buckets(folder))
+        inputs = {k: fit_tokens(v, length) for k, v in inputs.items()}
     return inputs, label
 
 
 def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int = 1, count: int = 256,
-                    tokens: int = 0) -> list[dict]:
-    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests.
+                    tokens: int = 0, buckets=None) -> list[dict]:
+    """Up to `count` real requests of `batch_size` consecutive examples of a cached split, for load tests: their
+    starts spread evenly over the split, in a fixed shuffled order.
 
-    Text requests keep only the tokens their longest example needs (cached splits are padded to the split's
-    longest text), so traffic has the split's own mix of lengths. With `tokens`, only texts at least that long
-    are used, cut to exactly `tokens`: every request has the same shape, which Triton's dynamic batcher needs
-    to group requests (it never batches different sequence lengths together).
+    Text requests keep the split's own mix of lengths: each is padded to the smallest of `buckets` (None: the
+    model's own, from its build record) that holds its longest example, so that Triton's dynamic batcher (which
+    never batches different shapes together) can group requests of one bucket; with `buckets=()`, each keeps only
+    the tokens its longest example needs. With `tokens`, only texts at least that long are used, cut to exactly
+    `tokens`: every request has that one shape.
     """
     if batch_size < 1:
         raise ArtifactsError(f"batch size must be at least 1, got {batch_size}")
@@ -243,6 +284,7 @@ def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int =
     if total < batch_size:
         raise ArtifactsError(f"split `{split}` has {total} examples, fewer than the batch size {batch_size}")
     mask = inputs.get("attention_mask")
+    buckets = () if tokens else length_buckets(folder) if buckets is None else tuple(buckets)
     if tokens and mask is not None:
         long_enough = np.flatnonzero(mask.sum(axis=1) >= tokens)
         if len(long_enough) < batch_size:
@@ -250,11 +292,16 @@ def request_batches(folder: pathlib.Path, split: str = "test", batch_size: int =
                               hint="ask for fewer tokens")
         inputs = {k: v[long_enough, :tokens] for k, v in inputs.items()}
         mask, total = inputs["attention_mask"], len(long_enough)
+    # Cached text splits are sorted by length: take batches spread evenly over the whole split, in a fixed
+    # shuffled order, so that the requests have the split's own mix of lengths, mixed in time (the first `count`
+    # examples would all be the shortest texts).
+    starts = np.unique(np.linspace(0, total - batch_size, min(count, total // batch_size)).astype(int))
+    starts = np.random.default_rng(0).permutation(starts)
     batches = []
-    for start in range(0, min(count * batch_size, total - batch_size + 1), batch_size):
+    for start in starts:
         batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
         if mask is not None:
-            length = max(int(mask[start:start + batch_size].sum(axis=1).max()), 1)
-            batch = {k: np.ascontiguousarray(v[:, :length]) for k, v in batch.items()}
+            length = bucket_for(max(int(mask[start:start + batch_size].sum(axis=1).max()), 1), buckets)
+            batch = {k: fit_tokens(v, length) for k, v in batch.items()}
         batches.append(batch)
     return batches

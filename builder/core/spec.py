@@ -75,6 +75,10 @@ class ModelSpec:
     # batch to its longest example instead of computing on padding.
     sequence_mask: str | None = None
     class_names: tuple[str, ...] = ()  # names of the metric output's classes, for people; index order
+    # Text models: the sequence lengths requests are right-padded to (ids 0, mask 0) by the client, the load tests
+    # and the raw-text endpoint. Triton's dynamic batcher joins only requests of one shape, so texts trimmed to
+    # their own lengths never batch; padded to a few buckets they do. Empty: the default (length_buckets()).
+    length_buckets: tuple[int, ...] = ()
     # options per variant module, e.g. {pruned: {ratio: 0.5}}; checked against the module's Config when built
     variants: dict = field(default_factory=dict)
     standard_variants: tuple[str, ...] = ("fp32", "fp16", "int8")  # what `--variant all` builds
@@ -83,6 +87,21 @@ class ModelSpec:
 
     def example_shape(self, tensor: TensorSpec, batch: int = 1) -> list[int]:
         return [batch if d == "batch" else self.example_sizes[d] if isinstance(d, str) else d for d in tensor.shape]
+
+
+SMALLEST_BUCKET = 16
+
+
+def length_buckets(spec: ModelSpec, max_tokens: int) -> tuple[int, ...]:
+    """The lengths a text model's requests are padded to, ascending, ending at `max_tokens` (the model's maximum:
+    its tokenizer's truncation length), so that every text has a bucket. The spec's `length_buckets` if it sets
+    them (those beyond the maximum dropped), else the default: powers of two from SMALLEST_BUCKET below the
+    maximum, e.g. (16, 32, 64, 128, 256) for 256."""
+    if spec.length_buckets:
+        below = [b for b in spec.length_buckets if b < max_tokens]
+    else:
+        below = [SMALLEST_BUCKET << k for k in range(max_tokens.bit_length()) if SMALLEST_BUCKET << k < max_tokens]
+    return (*below, max_tokens)
 
 
 def load_spec(path: str | pathlib.Path, variant_modules: Collection[str] = ()) -> ModelSpec:
@@ -148,6 +167,14 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     mask = values.get("sequence_mask")
     if mask is not None and mask not in {t.name for t in values["inputs"]}:
         raise ConfigError(f"{where}: sequence_mask `{mask}` is not one of the inputs")
+    buckets = values.get("length_buckets", ())
+    if not isinstance(buckets, (list, tuple)) or any(not isinstance(b, int) or b < 1 for b in buckets) \
+            or list(buckets) != sorted(set(buckets)):
+        raise ConfigError(f"{where}: length_buckets must be increasing positive integers, e.g. [16, 32, 64, 128], "
+                          f"got {buckets!r}")
+    if buckets and mask is None:
+        raise ConfigError(f"{where}: length_buckets needs a sequence_mask (the input whose zeros mark padding)")
+    values["length_buckets"] = tuple(buckets)
     mbs = values.get("max_batch_size", 64)
     if not isinstance(mbs, int) or mbs < 1:
         raise ConfigError(f"{where}: max_batch_size must be a positive integer, got {mbs!r}")

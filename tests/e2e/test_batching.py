@@ -1,12 +1,19 @@
-"""Dynamic batching: requests really are batched, and batched answers equal unbatched ones."""
+"""Dynamic batching: requests really are batched, and batched answers equal unbatched ones; texts padded to the
+model's length buckets answer as unpadded ones and batch under a mixed-length load."""
 
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from builder.build import build_variant
 from builder.core.artifacts import load_splits
+from builder.core.spec import load_spec
+from builder.serving.server import EmbeddedServer, free_port
+from builder.serving.tritonconfig import ServingConfig
 from client import InferenceError, InvalidInputError, TritonClient
+from client.examples import length_buckets, request_batches
+from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +87,79 @@ def test_a_bad_request_fails_alone_in_its_batch(server):
     assert "input `tokens`: 10000 at [0, 0] is outside the allowed 0..49" in str(results[3])
     assert all(isinstance(r, dict) and r["logits"].shape == (1, 3) for i, r in enumerate(results) if i != 3)
     assert after[1] - before[1] < 8  # the good ones really shared an execution with the bad one
+
+
+# Length buckets (client/examples.py, spec `length_buckets`): the same text padded to its bucket (ids 0, mask 0)
+# must answer as it does unpadded. Padding changes the shapes ONNX Runtime computes on, so float sums run in
+# another order: measured differences here were below 1e-6; the tolerance leaves a margin and is far below any
+# change of answer (embedding values are ~0.05, logits ~1).
+PADDING_ATOL = 1e-5
+
+
+def test_minilm_answers_the_same_padded_to_its_bucket_and_unpadded(server, built):
+    folder = built["artifacts"] / "minilm"
+    buckets = length_buckets(folder)
+    assert buckets == (16, 32, 64, 128, 256)  # the default: powers of two from 16 up to the tokenizer's 256
+    unpadded = request_batches(folder, count=24, buckets=())
+    padded = request_batches(folder, count=24)
+    assert {r["input_ids"].shape[1] for r in padded} <= set(buckets)
+    assert any(u["input_ids"].shape[1] not in buckets for u in unpadded)  # some really were padded
+    with TritonClient(server.grpc_url) as client:
+        for plain, bucketed in zip(unpadded, padded):
+            want, got = client.infer("minilm_fp32", plain), client.infer("minilm_fp32", bucketed)
+            for name in ("logits", "embedding"):
+                np.testing.assert_allclose(got[name], want[name], atol=PADDING_ATOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_text_server(tmp_path_factory):
+    """The tiny_text fixture (a user's text model with its own tokenizer) built and served on its own."""
+    root = tmp_path_factory.mktemp("tiny_text")
+    spec = load_spec(FIXTURES / "tiny_text" / "tiny_text.yaml")
+    entry = build_variant(spec, "fp32", root / "repository", root / "artifacts", ServingConfig(), command="tests")
+    with EmbeddedServer(root / "repository", free_port(), free_port(), free_port()) as running:
+        yield running, root / "artifacts" / spec.name, entry
+
+
+def test_tiny_text_answers_the_same_padded_to_its_bucket_and_unpadded(tiny_text_server):
+    running, folder, entry = tiny_text_server
+    assert entry["length_buckets"] == [8]  # its tokenizer's maximum is 8, below the smallest default bucket
+    unpadded = request_batches(folder, count=16, buckets=())
+    padded = request_batches(folder, count=16)
+    assert all(r["input_ids"].shape[1] == 8 for r in padded)
+    assert any(u["input_ids"].shape[1] < 8 for u in unpadded)
+    with TritonClient(running.http_url) as client:
+        for plain, bucketed in zip(unpadded, padded):
+            want, got = client.infer("tinytext_fp32", plain), client.infer("tinytext_fp32", bucketed)
+            for name in ("logits", "embedding"):
+                np.testing.assert_allclose(got[name], want[name], atol=PADDING_ATOL, rtol=0)
+
+
+def test_mixed_length_texts_padded_to_buckets_batch_under_concurrent_load(server, built):
+    folder = built["artifacts"] / "minilm"
+    requests = request_batches(folder, count=48)
+    lengths = {r["input_ids"].shape[1] for r in requests}
+    assert len(lengths) >= 2, f"the texts fell into one bucket only ({lengths}): not a mixed-length load"
+    with TritonClient(server.grpc_url) as client:
+        expected = [client.infer("minilm_fp32", r)["embedding"] for r in requests]
+        before = model_stats(client, "minilm_fp32")
+        together = concurrently(server.grpc_url, "minilm_fp32", requests, workers=16)
+        after = model_stats(client, "minilm_fp32")
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == len(requests)
+    assert executions < inferences, f"{executions} executions for {inferences} requests: nothing was batched"
+    for want, got in zip(expected, together):
+        np.testing.assert_allclose(got["embedding"], want, atol=PADDING_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_prepared_request_answers_as_infer_and_fails_as_infer(server, protocol):
+    rng = np.random.default_rng(4)
+    inputs = {"tokens": rng.integers(0, 50, size=(2, 6), dtype=np.int64)}
+    with TritonClient(server.http_url if protocol == "http" else server.grpc_url) as client:
+        prepared = client.prepare("tiny_fp32", inputs)
+        for _ in range(3):  # sent again and again, the same answer
+            np.testing.assert_array_equal(client.send(prepared)["logits"], client.infer("tiny_fp32", inputs)["logits"])
+        bad = client.prepare("tiny_fp32", {"tokens": np.full((1, 6), 10_000, dtype=np.int64)})
+        with pytest.raises((InferenceError, InvalidInputError), match="ONNX Runtime failed on this request"):
+            client.send(bad)

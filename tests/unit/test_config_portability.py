@@ -35,7 +35,7 @@ KIT_PARAMETERS = {"input_limits"}
 TENSORRT_PARAMETERS = {"precision_mode", "max_workspace_size_bytes", "trt_engine_cache_enable",
                        "trt_engine_cache_path"}
 # What builder/serving/text_endpoint/tokenizer_model.py reads.
-TOKENIZER_PARAMETERS = {"ids_output", "mask_output", "max_length"}
+TOKENIZER_PARAMETERS = {"ids_output", "mask_output", "max_length", "length_buckets"}
 SERVINGS = [ServingConfig(), ServingConfig(instances=2, intra_op_threads=1, max_queue_delay_us=500),
             ServingConfig(device="gpu"), ServingConfig(device="gpu", tensorrt=True)]
 

@@ -27,6 +27,7 @@ import pathlib
 from ...core.artifacts import tokenizer_path
 from ...core.errors import ConfigError, RepositoryError
 from ...core.names import model_name
+from ...core.spec import length_buckets
 from .. import repository as repo
 from ..limits import PARAMETER as LIMITS_PARAMETER, to_parameter
 from ..tritonconfig import TRITON_DTYPES, parse_text, to_text
@@ -112,7 +113,8 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                           f"got {logits.shape}")
 
     tokenizer = tokenizer_model_name(spec)
-    repo.write_model(repository, tokenizer, to_text(tokenizer_config(tokenizer, spec, ids, mask, length)),
+    repo.write_model(repository, tokenizer, to_text(tokenizer_config(tokenizer, spec, ids, mask, length,
+                                                                     length_buckets(spec, length))),
                      files={"model.py": MODEL_SOURCE, "tokenizer.json": tokenizer_file})
     postprocess = postprocess_model_name(spec)
     onnx_file = postprocess_onnx(logits.name, classes, workdir / "text_endpoint" / "postprocess.onnx")
@@ -123,7 +125,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
     return {"model": text_model, "tokenizer": tokenizer, "postprocess": postprocess, "max_tokens": length}
 
 
-def tokenizer_config(name: str, spec, ids: str, mask: str, length: int) -> dict:
+def tokenizer_config(name: str, spec, ids: str, mask: str, length: int, buckets: tuple[int, ...]) -> dict:
     return {
         "name": name,
         "backend": "python",
@@ -135,7 +137,10 @@ def tokenizer_config(name: str, spec, ids: str, mask: str, length: int) -> dict:
         "dynamic_batching": {},
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # tokenizing is CPU work, also with --device gpu
         "parameters": {"ids_output": {"string_value": ids}, "mask_output": {"string_value": mask},
-                       "max_length": {"string_value": str(length)}},
+                       "max_length": {"string_value": str(length)},
+                       # each request padded to the smallest of these that holds its longest text, so the encoder
+                       # behind can batch requests of one bucket (Triton batches equal shapes only)
+                       "length_buckets": {"string_value": ",".join(map(str, buckets))}},
     }
 
 

@@ -5,8 +5,11 @@ the model's artifacts (no hub access). Runs on the embedded server and on the of
 library: the kit's environment, or `docker/Dockerfile`).
 
 Input `TEXT`: TYPE_STRING [batch, 1], UTF-8. Outputs (names in the parameters `ids_output` and `mask_output`): INT64
-[batch, tokens], each request right-padded to its own longest text with id 0 and mask 0 (a masked position does not
-change a masked encoder's outputs; 0 is also what the kit's data splits pad with). A text longer than `max_length`
+[batch, tokens], each request right-padded with id 0 and mask 0 to the smallest of the `length_buckets` parameter's
+lengths (comma-separated, ascending, the last = `max_length`) that holds its longest text, so that the encoder's
+dynamic batcher, which joins only equal shapes, can batch requests of one bucket. A masked position does not change
+a masked encoder's outputs; 0 is also what the kit's data splits pad with. Without `length_buckets` (a repository
+built before it), each request is padded to its own longest text. A text longer than `max_length`
 tokens (special tokens included) is cut to its first `max_length` tokens, as the client's `--text` and the training
 data are. An empty or whitespace-only text, or bytes that are not UTF-8, fail their request with an INVALID_ARG error
 that names the row; the other requests handed over in the same dynamic batch are answered.
@@ -33,6 +36,7 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(path)
         self.tokenizer.no_padding()  # padded here, per request
         self.tokenizer.enable_truncation(max_length=int(parameters["max_length"]))
+        self.buckets = [int(b) for b in parameters.get("length_buckets", "").split(",") if b.strip()]
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -50,7 +54,8 @@ class TritonPythonModel:
         encodings = self.tokenizer.encode_batch(texts) if texts else []
         for index, start, count in owners:
             own = encodings[start:start + count]
-            ids = np.zeros((count, max(len(e.ids) for e in own)), dtype=np.int64)
+            longest = max(len(e.ids) for e in own)
+            ids = np.zeros((count, next((b for b in self.buckets if b >= longest), longest)), dtype=np.int64)
             mask = np.zeros_like(ids)
             for row, encoding in enumerate(own):
                 ids[row, :len(encoding.ids)] = encoding.ids

@@ -20,6 +20,12 @@ where it is, and the allowed range; it never reaches ONNX Runtime, which would a
 and negative ids, empty sequences and all-zero masks with made-up numbers. The official image's native backend
 ignores the parameter.
 
+ONNX Runtime's intra-op threads spin while they wait for work (`session.intra_op.allow_spinning`, on by default).
+On a CPU machine shared by the server, its stubs and the clients, a spinning thread takes a core from the others,
+so this backend turns spinning off unless the server's environment sets KIT_ORT_ALLOW_SPINNING=1 (the bench's
+before/after, docs/load-tests.md). The native backend has no config parameter for it, so it is not one here
+either: a config.pbtxt means the same on both servers.
+
 Dynamic batching hands `execute()` several requests: those whose inputs have the same non-batch shape are
 concatenated into one ONNX Runtime run and the outputs split back; requests of another shape (text of another
 length) run as their own group. If a group's run fails, its requests are retried one by one so that one bad
@@ -38,6 +44,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 LIMITS_PARAMETER = "input_limits"  # JSON, written by builder/limits.py
 SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
                         "enable_mem_arena", "enable_mem_pattern", LIMITS_PARAMETER}
+SPINNING_ENV = "KIT_ORT_ALLOW_SPINNING"  # "1": let intra-op threads spin (ONNX Runtime's default); else off
 FALLBACK_PARAMETER = "embedded_cpu_fallback"  # set by builder/serving/server.py only: what was asked for instead of CPU
 GRAPH_LEVELS = {  # the native backend's meaning of optimization.graph.level
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -72,6 +79,8 @@ def session_options(config: dict) -> tuple:
             options.enable_mem_pattern = parameters["enable_mem_pattern"].lower() in ("1", "true")
     except ValueError as e:
         raise pb_utils.TritonModelException(f"{config['name']}: bad value in config parameters: {e}")
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if os.environ.get(SPINNING_ENV) == "1" else "0")
     optimization = config.get("optimization", {})
     level = int(optimization.get("graph", {}).get("level", 0))
     if level not in GRAPH_LEVELS:
