@@ -12,7 +12,7 @@ from builder.core.spec import load_spec
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.tritonconfig import ServingConfig
 from client import InferenceError, InvalidInputError, TritonClient
-from client.examples import length_buckets, request_batches
+from builder.core.artifacts import length_buckets, request_batches
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.e2e

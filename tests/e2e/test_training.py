@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from builder.build import Gates, build_variant
-from builder.spec import load_spec
+from builder.core.spec import load_spec
 from tests.conftest import TINY_SPEC, run_cli
 from tests.e2e.conftest import TEST_TEACHER_STEPS
 

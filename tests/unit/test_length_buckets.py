@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from builder.errors import ConfigError
+from builder.core.errors import ConfigError
 from builder.models import resolve_spec
-from builder.spec import length_buckets, parse_spec
-from client.examples import bucket_for, fit_tokens, length_buckets as recorded_buckets, request_batches, text_inputs
+from builder.core.spec import length_buckets, parse_spec
+from builder.core.artifacts import bucket_for, fit_tokens, length_buckets as recorded_buckets, request_batches, text_inputs
 from loadtests.run import GeneratorCpu, process_schedstat
 
 
@@ -120,8 +120,8 @@ def test_schedstat_of_a_live_process_and_of_none():
 
 
 def test_each_bucket_has_its_own_priority_level():
-    from builder.tritonconfig import ServingConfig, build_config, parse_text, to_text
-    from client.examples import bucket_priority
+    from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
+    from builder.core.artifacts import bucket_priority
 
     spec = resolve_spec("minilm")
     config = parse_text(to_text(build_config("minilm_fp32", spec, ServingConfig(), length_buckets=5)), where="t")
