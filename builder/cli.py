@@ -214,7 +214,7 @@ def cmd_serve(args) -> int:
         for line in server.exposure():
             print(f"  {line}")
         if args.model_control == "explicit":
-            print("  a model whose backend process dies is reloaded (builder/recovery.py)")
+            print("  a model whose backend process dies is reloaded (builder/serving/recovery.py)")
         failed = 0
         for m in server.models():
             line = f"  {m.name:32} {m.state}"

@@ -1,7 +1,7 @@
 """The admin key: what unlocks the administrative APIs (model repository, shared memory, trace, logging) of a
 server the kit starts. Inference, health, metadata, model config and statistics stay open.
 
-The server side (builder/server.py) takes its key, in this order, from
+The server side (builder/serving/server.py) takes its key, in this order, from
   1. the environment variable TRITONKIT_ADMIN_KEY,
   2. a file: `--admin-key-file PATH`, or the environment variable TRITONKIT_ADMIN_KEY_FILE,
   3. else a new random key for this run (`secrets.token_urlsafe(32)`), written to `key_file_for(port)` for its

@@ -21,7 +21,7 @@ class ModelNotFoundError(ClientError):
 
 class ModelRestartingError(ClientError):
     """The model's backend process died (Triton: "Stub process ... is not healthy"); until it is loaded again every
-    request to it fails at once. The embedded server reloads such a model by itself (builder/server.py)."""
+    request to it fails at once. The embedded server reloads such a model by itself (builder/serving/server.py)."""
 
 
 class InvalidInputError(ClientError):

@@ -6,7 +6,7 @@
 The host's scheme picks the user class (GrpcUser or HttpUser). Each user replays batches of the model's test
 split (`--batch-size` examples per request) from the builder's artifacts folder, and checks every response:
 a failed request or an output of the wrong shape is a failure, never a fast success. Texts are padded to the
-model's length buckets (client/examples.py), so Triton can batch them; every request is encoded once, at start.
+model's length buckets (builder/core/artifacts.py), so Triton can batch them; every request is encoded once, at start.
 
 Closed loop (default): each user sends its next request when the last one returns. Open loop
 (`--arrival-rate R`): each user sends R requests per second on a fixed schedule whether or not earlier ones have

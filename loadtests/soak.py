@@ -11,12 +11,12 @@ failures and for memory that grows.
    requests). At most `max_in_flight` requests wait at once; a request the schedule calls for beyond that is
    not sent and counted as `not_sent` (the generator, not the server, is then the limit).
 4. Every `sample_s`: resident memory (VmRSS) of the tritonserver process and of each of its Python-backend stub
-   processes (builder/stubs.py).
+   processes (builder/serving/stubs.py).
 
 Results: requests, failures (with their messages), not_sent, p50/p99 per model; memory growth after warm-up =
 (last sample - first sample after `warmup_fraction` of the run) / that first sample, for server + stubs
 together and each part; crashed backends the server reloaded. Targets: 0 failures, growth within 5 %. Requests
-are the models' real test examples (client/examples.py). The load generator runs in this process, beside the
+are the models' real test examples (builder/core/artifacts.py). The load generator runs in this process, beside the
 server, on the same cores.
 """
 

@@ -41,7 +41,7 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple  # of int | str; shape[0] == "batch"
-    # inputs only, checked by the embedded backend before ONNX Runtime runs (builder/limits.py):
+    # inputs only, checked by the embedded backend before ONNX Runtime runs (builder/serving/limits.py):
     range: tuple | None = None  # (min, max), inclusive, e.g. pixel intensities (0, 255)
     finite: bool = True  # float inputs: refuse NaN and inf; false for a model that reads NaN as "missing"
 

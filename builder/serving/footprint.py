@@ -83,7 +83,7 @@ def fits(budget_bytes: int, per_instance_bytes: int) -> int:
 
 
 def process_memory(pid: int) -> dict:
-    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile of `pid` in bytes (builder/stubs.py). Raises FootprintError."""
+    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile of `pid` in bytes (builder/serving/stubs.py). Raises FootprintError."""
     try:
         return memory(pid)
     except OSError as e:

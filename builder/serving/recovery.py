@@ -3,7 +3,7 @@
 Triton 2.51 does not restart a Python-backend stub that died (killed by the OOM killer, a segfault in a native
 library): its model stays READY and answers every request at once with "Stub process '<instance>' is not
 healthy." (after about 1 s: the backend waits that long for the stub's health flag) until it is loaded again, and
-a plain load of the unchanged model is a no-op: it has to be given a configuration to load anew. The watcher polls the server's stubs in /proc (builder/stubs.py) every
+a plain load of the unchanged model is a no-op: it has to be given a configuration to load anew. The watcher polls the server's stubs in /proc (builder/serving/stubs.py) every
 POLL_S. When a stub has ended, its model is checked GRACE_S later: it counts as crashed if it is still READY and
 fewer of its stubs run than its current configuration has instances. That rules out what ends stubs on purpose:
 an unload (the model is no longer READY), a reload (the new stubs start before the old ones end) and a reload

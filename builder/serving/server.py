@@ -15,7 +15,7 @@ because such a model was missing are loaded again after it.
 Safe by default (docs/security.md): HTTP, gRPC and metrics bind 127.0.0.1 unless `host` says otherwise, and the
 administrative APIs (RESTRICTED_APIS) answer only requests that carry the admin key (client/admin.py) in the header
 ADMIN_HEADER. With explicit model control, a model whose backend stub process dies is reloaded by a watcher thread
-(builder/recovery.py).
+(builder/serving/recovery.py).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class EmbeddedServer:
     host: the address HTTP, gRPC and metrics listen on: 127.0.0.1 (this machine only) unless told otherwise.
     admin_key_file: where the admin key comes from if TRITONKIT_ADMIN_KEY is not set (client/admin.py); without
     either a key is generated and written to client.admin.key_file_for(port) (`admin_key_source` says which).
-    recover: with explicit model control, reload a model whose backend stub process died (builder/recovery.py);
+    recover: with explicit model control, reload a model whose backend stub process died (builder/serving/recovery.py);
     `on_event(line)` is told what happened, `recoveries` keeps it.
     """
 
@@ -133,7 +133,7 @@ class EmbeddedServer:
         self.recover = recover
         self.on_event = on_event
         self._watcher: StubWatcher | None = None  # while running with recovery: `watcher`
-        self.recoveries: list = []  # every crashed backend noticed, and what was done (builder/recovery.py Recovery)
+        self.recoveries: list = []  # every crashed backend noticed, and what was done (builder/serving/recovery.py Recovery)
         self.model_control = model_control
         self.log_verbose = log_verbose
         self.log_file = pathlib.Path(log_file) if log_file else None

@@ -89,7 +89,7 @@ def test_a_bad_request_fails_alone_in_its_batch(server):
     assert after[1] - before[1] < 8  # the good ones really shared an execution with the bad one
 
 
-# Length buckets (client/examples.py, spec `length_buckets`): the same text padded to its bucket (ids 0, mask 0)
+# Length buckets (builder/core/artifacts.py, spec `length_buckets`): the same text padded to its bucket (ids 0, mask 0)
 # must answer as it does unpadded. Padding changes the shapes ONNX Runtime computes on, so float sums run in
 # another order: measured differences here were below 1e-6; the tolerance leaves a margin and is far below any
 # change of answer (embedding values are ~0.05, logits ~1).

@@ -1,6 +1,6 @@
 """Every served model, a combined variant included, is reached by the stock clients with no kit code: tritonclient
 HTTP and gRPC as installed, and curl. A combined variant is built as `pruned+int8` and served as `digits_pruned-int8`
-(builder/names.py); with `+` in the name, stock tritonclient.http sent `%2B` and Triton 2.51 answered "not found"."""
+(builder/core/names.py); with `+` in the name, stock tritonclient.http sent `%2B` and Triton 2.51 answered "not found"."""
 
 import dataclasses
 import json

@@ -25,7 +25,7 @@ FIELDS = {
 # ignores other keys without a word.
 ORT_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode", "enable_mem_arena",
                   "enable_mem_pattern"}
-# Parameters only the kit's embedded backend reads (builder/limits.py: the input checks). Harmless on the image: its
+# Parameters only the kit's embedded backend reads (builder/serving/limits.py: the input checks). Harmless on the image: its
 # native backend reads each model parameter by its key (onnxruntime_backend src/onnxruntime.cc, ModelState's
 # constructor and LoadModel: params.Find / TryParseModelStringParameter of the keys it knows) and never walks the
 # map, so another key is ignored; `input_limits` is none of its keys. (Its accelerators' parameter maps are

@@ -1,4 +1,4 @@
-"""Input limits: derived from the exported model at build time (builder/limits.py), and the embedded backend's checks
+"""Input limits: derived from the exported model at build time (builder/serving/limits.py), and the embedded backend's checks
 (builder/serving/backends/onnxruntime/model.py InputChecks) refuse every bad input with one line naming input and range."""
 
 import importlib.util

@@ -1,4 +1,4 @@
-"""Length buckets (spec `length_buckets`, client/examples.py) and the load generator's CPU figures (loadtests/run.py),
+"""Length buckets (spec `length_buckets`, builder/core/artifacts.py) and the load generator's CPU figures (loadtests/run.py),
 without a server."""
 
 import json

@@ -72,7 +72,7 @@ def max_tokens(tokenizer_file: pathlib.Path) -> int:
 
 
 def encoder_max_length(config_file: pathlib.Path, ids: str) -> int | None:
-    """The longest sequence the encoder's input limits (builder/limits.py) allow for `ids`, if it records them."""
+    """The longest sequence the encoder's input limits (builder/serving/limits.py) allow for `ids`, if it records them."""
     limits = parse_text(config_file.read_text(), where=str(config_file)).parameters.get(LIMITS_PARAMETER)
     if limits is None:
         return None
@@ -156,7 +156,7 @@ def postprocess_config(name: str, spec, logits: str, classes: int) -> dict:
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # two element-wise nodes: never worth a GPU copy
         "parameters": {"intra_op_thread_count": {"string_value": "1"},
                        "inter_op_thread_count": {"string_value": "1"},
-                       # it takes the encoder's logits, finite unless the encoder broke (builder/limits.py)
+                       # it takes the encoder's logits, finite unless the encoder broke (builder/serving/limits.py)
                        **to_parameter({"inputs": {logits: {"finite": True}}, "dims": {}})},
     }
 

@@ -12,7 +12,7 @@ available"). The embedded server (builder/serving/server.py) then loads such a m
 parameter `embedded_cpu_fallback` (never written to a config.pbtxt), which this backend reports in that warning.
 
 Inputs are checked before ONNX Runtime runs, against the parameter `input_limits` that the builder derives from
-the model and writes (builder/limits.py: token ids within the vocabulary and >= 0, sequence lengths 1..the longest
+the model and writes (builder/serving/limits.py: token ids within the vocabulary and >= 0, sequence lengths 1..the longest
 the model runs, a mask shaped like its ids with at least one 1 per example, finite floats, declared ranges). The
 checks are prepared once in initialize(); per request they cost one min and one max per checked input. A request
 that fails them gets an INVALID_ARG error (HTTP 400, gRPC INVALID_ARGUMENT) naming the input, the bad value and
@@ -41,7 +41,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-LIMITS_PARAMETER = "input_limits"  # JSON, written by builder/limits.py
+LIMITS_PARAMETER = "input_limits"  # JSON, written by builder/serving/limits.py
 SUPPORTED_PARAMETERS = {"intra_op_thread_count", "inter_op_thread_count", "execution_mode",
                         "enable_mem_arena", "enable_mem_pattern", LIMITS_PARAMETER}
 SPINNING_ENV = "KIT_ORT_ALLOW_SPINNING"  # "1": let intra-op threads spin (ONNX Runtime's default); else off
@@ -99,7 +99,7 @@ def session_options(config: dict) -> tuple:
 
 
 class InputChecks:
-    """The checks of an `input_limits` parameter (builder/limits.py), prepared once for a model whose inputs are
+    """The checks of an `input_limits` parameter (builder/serving/limits.py), prepared once for a model whose inputs are
     `input_names` in this order. `problem(arrays)` -> None, or one line: what is wrong, where, what is allowed."""
 
     def __init__(self, limits: dict, input_names: list):
