@@ -106,10 +106,11 @@ def p99_interval(step: dict) -> Interval | None:
     return interval or (Interval(step["p99_ms"], step["p99_ms"], 1) if step.get("p99_ms") is not None else None)
 
 
-def eligible_steps(steps: list[dict], slo_p99_ms: float) -> list[dict]:
-    """Steps that can rank: p99 within the SLO, no failures, requests sent, not flagged generator-bound."""
+def eligible_steps(steps: list[dict], slo_p99_ms: float, generator_bound: bool = False) -> list[dict]:
+    """Steps that can rank: p99 within the SLO, no failures, requests sent, and (unless `generator_bound`) not
+    flagged generator-bound."""
     return [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["failures"] == 0
-            and s["requests"] > 0 and not s.get("generator_bound")]
+            and s["requests"] > 0 and (generator_bound or not s.get("generator_bound"))]
 
 
 def within_budgets(rows: list[VariantRow], max_accuracy_drop: float, min_agreement: float) -> set[str]:
@@ -119,11 +120,11 @@ def within_budgets(rows: list[VariantRow], max_accuracy_drop: float, min_agreeme
 
 
 def best_steps(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float,
-               min_agreement: float = 0.0) -> dict[str, dict]:
+               min_agreement: float = 0.0, generator_bound: bool = False) -> dict[str, dict]:
     """{served model: its highest-throughput eligible step} of the variants within both budgets."""
     ok = within_budgets(rows, max_accuracy_drop, min_agreement)
     best = {}
-    for s in eligible_steps(steps, slo_p99_ms):
+    for s in eligible_steps(steps, slo_p99_ms, generator_bound):
         if s["model"] in ok and (s["model"] not in best or s["throughput"] > best[s["model"]]["throughput"]):
             best[s["model"]] = s
     return best
@@ -181,6 +182,12 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
     unranked = sorted({s["model"] for s in steps if s.get("generator_bound")})
     fast = eligible_steps(steps, slo_p99_ms)
     best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
+    # Every qualifying step generator-bound (a small model on a machine the load generator shares): rank on them
+    # rather than say nothing, and say that their throughputs are the generator's, lower bounds of the server's.
+    only_generator_bound = not best and bool(best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement,
+                                                        generator_bound=True))
+    if only_generator_bound:
+        best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement, generator_bound=True)
     nothing = {"model": None, "variant": None, "users": None, "throughput": None, "throughput_interval": None,
                "p99_ms": None, "p99_interval": None, "accuracy_drop_points": None, "agreement": None, "tied": [],
                "reason": None}
@@ -195,7 +202,10 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
         text = (f"Ship `{chosen}`: {step['throughput']:.1f} examples/s at {step['users']} users with p99 "
                 f"{step['p99_ms']:.1f} ms <= {slo_p99_ms:g} ms ({measured_text}), an accuracy drop of "
                 f"{row.accuracy_drop_points:.2f} points <= {max_accuracy_drop:g}{agreement}; {reason}.")
-        if unranked:
+        if only_generator_bound:
+            text += (" Every step within the budgets was generator-bound: the load generator, not the server, set "
+                     "these throughputs (lower bounds); rerun with more --workers or on a separate machine.")
+        elif unranked:
             text += " Not ranked on their generator-bound steps: " + ", ".join(f"`{m}`" for m in unranked) + "."
         return nothing | {"model": chosen, "variant": row.variant, "users": step["users"],
                           "throughput": step["throughput"], "throughput_interval": dataclasses.asdict(throughput),

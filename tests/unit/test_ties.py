@@ -160,3 +160,11 @@ def test_repeats_join_into_one_step_whose_interval_spans_every_window():
     assert joined["throughput"] == 900.0 and joined["p99_ms"] == 5.0  # the mean rate; the worst repeat's p99
     assert joined["interval"]["throughput"] == {"low": 780, "high": 1010, "n": 6} and joined["generator_bound"]
     assert "2 repeats" in joined["interval"]["method"]
+
+
+def test_when_every_step_is_generator_bound_the_recommendation_ranks_on_them_and_says_so():
+    steps = [step("m_fp32", 4, 1200, 3.0, 1150, 1250, generator_bound=True),
+             step("m_svd", 4, 1210, 3.0, 1160, 1260, generator_bound=True)]
+    choice = recommend(rows_for(steps), steps, 50, 1.0)
+    assert choice["model"] in ("m_fp32", "m_svd")
+    assert "Every step within the budgets was generator-bound" in choice["text"]
