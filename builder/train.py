@@ -96,6 +96,8 @@ class TrainingOverrides:
     train_steps: int | None = None  # overrides training.steps
     train_lr: float | None = None  # overrides training.lr
     train_seconds: float | None = None  # overrides training.max_seconds, the safety cap
+    # overrides training.schedule: students trained from scratch want `cosine`, fine-tunes of trained weights `constant`
+    train_schedule: str | None = None
 
     def check(self) -> None:
         for name in ("train_epochs", "train_steps"):
@@ -106,6 +108,9 @@ class TrainingOverrides:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise VariantError(f"{self._variant()}: {name} must be a positive number, got {value!r}")
+        if self.train_schedule not in (None, "constant", "cosine"):
+            raise VariantError(f"{self._variant()}: train_schedule must be `constant` or `cosine`, "
+                               f"got {self.train_schedule!r}")
 
     def training_options(self) -> dict:
         """These overrides as TrainConfig fields."""
@@ -118,6 +123,8 @@ class TrainingOverrides:
             options["lr"] = self.train_lr
         if self.train_seconds is not None:
             options["max_seconds"] = self.train_seconds
+        if self.train_schedule is not None:
+            options["schedule"] = self.train_schedule
         return options
 
     def _variant(self) -> str:

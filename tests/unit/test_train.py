@@ -224,6 +224,14 @@ def test_training_overrides_replace_the_spec_budget_as_a_whole():
     assert (by_epochs.epochs, by_epochs.steps, by_epochs.lr) == (2, None, 0.01)
     capped = train_config(spec, TrainingOverrides(train_steps=5, train_lr=0.1, train_seconds=9))
     assert (capped.steps, capped.lr, capped.max_seconds) == (5, 0.1, 9)
+    assert capped.schedule == "constant" and train_config(spec, TrainingOverrides(train_schedule="cosine")).schedule == "cosine"
+
+
+def test_a_bad_schedule_is_refused_when_the_config_is_made():
+    from builder.variants import steps
+
+    with pytest.raises(VariantError, match="train_schedule must be `constant` or `cosine`"):
+        steps("reparam")[0].config({"reparam": {"train_schedule": "linear"}})
 
 
 @pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0}])
