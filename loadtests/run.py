@@ -172,20 +172,8 @@ def locust_figures(entries: list[dict], model: str, batch_size: int) -> dict:
             # examples served per second: what capacity planning needs
             "throughput": round(successes * batch_size / elapsed, 1),
             "mean_ms": round(entry["total_response_time"] / count, 2),
-            **{f"p{round(p * 100)}_ms": calculate_response_time_percentile(times, count, p) for p in PERCENTILES},
+            **{f"p{round(p * 100)}_ms": intervals.percentile(times, p) for p in PERCENTILES},
             "elapsed_s": round(elapsed, 2)}
-
-
-def calculate_response_time_percentile(response_times: dict[float, int], count: int, percent: float) -> float:
-    """Locust's own percentile rule (locust.stats.calculate_response_time_percentile, Locust 2.x), so the numbers
-    match its console. Not imported: importing locust monkey-patches the whole runner process with gevent."""
-    wanted = int(count * percent)
-    seen = 0
-    for response_time in sorted(response_times, reverse=True):
-        seen += response_times[response_time]
-        if count - seen <= wanted:
-            return response_time
-    return 0
 
 
 def run_step(target: Target, model: str, users: int, settings: LoadSettings, artifacts: pathlib.Path,
