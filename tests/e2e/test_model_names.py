@@ -56,30 +56,17 @@ def test_the_kit_no_longer_patches_tritonclient():
     assert tritonclient.http._client.quote is urllib.parse.quote
 
 
-def test_stock_http_client_reaches_every_model(served):
-    client = httpclient.InferenceServerClient(served["server"].http_url.removeprefix("http://"))
+@pytest.mark.parametrize("stock", [httpclient, grpcclient], ids=["http", "grpc"])
+def test_stock_client_reaches_every_model(served, stock):
+    url = served["server"].http_url if stock is httpclient else served["server"].grpc_url
+    client = stock.InferenceServerClient(url.split("://", 1)[1])
     try:
         for model in served["models"]:
             assert client.is_model_ready(model), model
             tensors = []
             for name, array in inputs_for(model).items():
-                tensors.append(httpclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32
-                                                     else "INT64"))
-                tensors[-1].set_data_from_numpy(array)
-            assert client.infer(model, tensors).as_numpy("logits").shape[0] == 1, model
-    finally:
-        client.close()
-
-
-def test_stock_grpc_client_reaches_every_model(served):
-    client = grpcclient.InferenceServerClient(served["server"].grpc_url.removeprefix("grpc://"))
-    try:
-        for model in served["models"]:
-            assert client.is_model_ready(model), model
-            tensors = []
-            for name, array in inputs_for(model).items():
-                tensors.append(grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32
-                                                     else "INT64"))
+                tensors.append(stock.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32
+                                                else "INT64"))
                 tensors[-1].set_data_from_numpy(array)
             assert client.infer(model, tensors).as_numpy("logits").shape[0] == 1, model
     finally:
