@@ -152,6 +152,30 @@ def test_mixed_length_texts_padded_to_buckets_batch_under_concurrent_load(server
         np.testing.assert_allclose(got["embedding"], want, atol=PADDING_ATOL, rtol=0)
 
 
+# One request at a time should never wait in Triton's queue. With one instance, Triton 2.51's dynamic batcher left
+# ~1-3 % of MiniLM's requests there for its 500 ms idle wait (docs/load-tests.md): 300 sequential requests then
+# queue for seconds in all; one such wait alone is 400-500 ms.
+SEQUENTIAL_REQUESTS = 300
+SEQUENTIAL_QUEUE_BUDGET_MS = 250
+
+
+def test_sequential_minilm_requests_never_wait_out_the_batchers_idle_timeout(server, built):
+    inputs = {k: v[:1] for k, v in request_batches(built["artifacts"] / "minilm", count=1, tokens=32)[0].items()}
+    with TritonClient(server.grpc_url) as client:
+        prepared = client.prepare("minilm_fp32", inputs)
+        client.send(prepared)
+        before = client.statistics("minilm_fp32")["model_stats"][0]["inference_stats"]
+        for _ in range(SEQUENTIAL_REQUESTS):
+            client.send(prepared)
+        after = client.statistics("minilm_fp32")["model_stats"][0]["inference_stats"]
+    count = int(after["success"]["count"]) - int(before["success"]["count"])
+    queued_ms = (int(after["queue"]["ns"]) - int(before["queue"]["ns"])) / 1e6
+    assert count == SEQUENTIAL_REQUESTS
+    assert queued_ms < SEQUENTIAL_QUEUE_BUDGET_MS, (
+        f"{count} one-at-a-time requests spent {queued_ms:.0f} ms in Triton's queue: some waited out the dynamic "
+        "batcher's 500 ms idle timeout")
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_a_prepared_request_answers_as_infer_and_fails_as_infer(server, protocol):
     rng = np.random.default_rng(4)
