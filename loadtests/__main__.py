@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--batch-size", type=int, default=1, help="examples per request (default 1)")
     run.add_argument("--arrival-rate", type=float, default=0.0,
                      help="open loop: requests/s per user on a fixed schedule (default 0: closed loop)")
-    run.add_argument("--workers", type=int, default=0, help="run Locust distributed: a master and N workers")
+    run.add_argument("--workers", default="0",
+                     help="run Locust distributed: a master and N workers; `auto`: per model, from a 2 s "
+                          "single-process probe (one process unless it is generator-bound; then up to the cores)")
     run.add_argument("--windows", type=int, default=3,
                      help="equal windows per step for the throughput and p99 intervals (default 3; ties need >= 3)")
     run.add_argument("--repeats", type=int, default=1,
@@ -262,15 +264,30 @@ def target_for(args):
         yield Target(server.http_url, server.grpc_url, server.metrics_url, args.admin_key_file)
 
 
+def parse_workers(text: str) -> tuple[int, bool]:
+    """--workers N or `auto` -> (workers, auto_workers). Raises LoadTestError for anything else."""
+    if text.strip().lower() == "auto":
+        return 0, True
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise LoadTestError(f"--workers must be a whole number >= 0 or `auto`, got `{text}`",
+                            hint="e.g. --workers 2, or --workers auto to choose from a probe step")
+    return workers, False
+
+
 def cmd_run(args) -> int:
-    if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
-        raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
+    workers, auto_workers = parse_workers(args.workers)
+    if args.batch_size < 1 or args.arrival_rate < 0:
+        raise LoadTestError("--batch-size must be >= 1, --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     if args.windows < 1 or args.repeats < 1:
         raise LoadTestError("--windows and --repeats must be >= 1 (3 or more windows to tell ties)")
     settings = LoadSettings(users=args.users, duration_s=args.duration, protocol=args.protocol,
-                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers,
-                            windows=args.windows, repeats=args.repeats)
+                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=workers,
+                            auto_workers=auto_workers, windows=args.windows, repeats=args.repeats)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results = None
     try:
