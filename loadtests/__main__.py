@@ -33,6 +33,7 @@ from client.triton import parse_url
 from builder.core.artifacts import read_records
 
 from .bench import print_table as print_bench_table, run_bench
+from .generator_bench import print_table as print_generator_table, run_generator_bench
 from .compare import compare_runs, tables
 from .deploy import DeployError, models_to_load, write_overlay
 from .plan import DEFAULT_HEADROOM, read_prices
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=2,
                        help="rounds of the Locust-vs-perf_analyzer and spinning comparisons (default 2)")
     bench.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/bench.json"))
+    bench.add_argument("--generator-only", action="store_true",
+                       help="only Locust (one process and auto workers) vs perf_analyzer, gRPC and HTTP, with the CPU "
+                            "each side spends per request (loadtests/generator_bench.py)")
 
     footprint = commands.add_parser("footprint", help="load time and memory per instance of served models, written "
                                                       "to their build records")
@@ -441,11 +445,17 @@ def cmd_bench(args) -> int:
     for model in models:
         if model not in known:
             raise unknown_name("model", model, known, hint="build it first with `builder build`")
-    results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
-                        raw=args.out.parent / f"{args.out.stem}-raw", progress=lambda line: print(line, flush=True))
+    raw = args.out.parent / f"{args.out.stem}-raw"
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    if args.generator_only:
+        results = run_generator_bench(models, args.repository, args.artifacts, args.seconds, max(args.repeats, 1),
+                                      raw, progress=progress)
+    else:
+        results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
+                            raw=raw, progress=progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_bench_table(results)
+    (print_generator_table if args.generator_only else print_bench_table)(results)
     print(f"\nwrote {args.out}")
     return 0
 

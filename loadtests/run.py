@@ -296,13 +296,22 @@ class GeneratorCpu:
 PROBE_S = 2.0  # the auto-workers probe step: long enough for GeneratorCpu's samples, short beside the steps
 
 
+# a second generator process needs a core nobody else uses: measured on 2 shared cores (docs/load-tests.md), a
+# master and 2 workers cost 400-450 us of CPU per request against 260-300 us for one process and lost 20 % throughput
+SPARE_CORES_FOR_WORKERS = 0.5
+
+
 def workers_for(probe: dict, cores: int) -> int:
     """How many Locust worker processes a step needs, from a single-process probe step at its users: 0 (one
-    process) unless the probe was generator-bound; else one worker per core the probe's rate would take at its
-    CPU per request if it were not capped at one core (at least 2, at most `cores`). On a machine the server
-    shares, more generators take cores from the server, so never more than the cores."""
+    process) unless the probe was generator-bound and the machine had at least SPARE_CORES_FOR_WORKERS idle
+    (Triton's whole-machine `cpu_utilization`; unknown counts as idle); else one worker per core the probe's
+    generator would have taken had it not been capped at one core (at least 2, at most `cores`). On a machine the
+    server shares, more generators only take cores from the server."""
     load = probe.get("generator") or {}
     if not probe.get("generator_bound") or not load or cores < 2:
+        return 0
+    utilization = probe.get("cpu_utilization")
+    if utilization is not None and (1 - utilization) * cores < SPARE_CORES_FOR_WORKERS:
         return 0
     wanted = load["max_process_demand"] / max(load["max_process_cpu"], 1e-3)  # > 1: it waited for a core too
     return max(2, min(cores, math.ceil(load["cpu_cores"] * wanted)))
@@ -317,12 +326,13 @@ def choose_workers(target: Target, model: str, settings: LoadSettings, artifacts
                                                                 auto_workers=False), artifacts, raw, label="_probe")
     workers = workers_for(probe, os.cpu_count() or 1)
     facts = {"users": users, "seconds": PROBE_S, "requests_per_s": probe["requests_per_s"],
-             "generator": probe["generator"], "generator_bound": probe["generator_bound"], "workers": workers,
-             "cores": os.cpu_count()}
+             "generator": probe["generator"], "generator_bound": probe["generator_bound"],
+             "cpu_utilization": probe["cpu_utilization"], "workers": workers, "cores": os.cpu_count()}
     progress(f"    auto workers: a {PROBE_S:g} s probe at {users} users was "
              + ("generator-bound" if probe["generator_bound"] else "not generator-bound")
              + (f" ({probe['generator']['max_process_cpu']:.2f}/{probe['generator']['max_process_demand']:.2f} core "
                 "used/wanted)" if probe["generator"] else "")
+             + (f", machine CPU {probe['cpu_utilization']:.0%}" if probe["cpu_utilization"] is not None else "")
              + f": {workers and f'a master and {workers} workers' or 'one Locust process'}")
     return workers, facts
 

@@ -6,8 +6,8 @@ from loadtests.__main__ import parse_workers
 from loadtests.run import LoadTestError, workers_for
 
 
-def probe(bound, used=0.95, wanted=1.6, all_cores=None):
-    return {"generator_bound": bound, "generator": {"processes": 1, "cpu_cores": all_cores or used,
+def probe(bound, used=0.95, wanted=1.6, all_cores=None, utilization=None):
+    return {"generator_bound": bound, "cpu_utilization": utilization, "generator": {"processes": 1, "cpu_cores": all_cores or used,
                                                     "max_process_cpu": used, "max_process_demand": wanted}}
 
 
@@ -31,3 +31,18 @@ def test_the_workers_flag_takes_a_count_or_auto():
     for bad in ("-1", "two", "1.5"):
         with pytest.raises(LoadTestError, match="--workers must be"):
             parse_workers(bad)
+
+
+def test_no_workers_when_the_machine_has_no_idle_core_for_them():
+    # 2 cores 90 % busy (server + the probe's Locust): 0.2 core idle, a second generator would take the server's
+    assert workers_for(probe(True, utilization=0.9), cores=2) == 0
+    assert workers_for(probe(True, utilization=0.5), cores=2) == 2  # a whole core idle
+    assert workers_for(probe(True, utilization=0.95), cores=16) == 2  # 0.8 core idle of 16
+
+
+def test_the_bound_is_the_ratio_of_cpu_per_request_on_shared_cores():
+    from loadtests.generator_bench import bound
+
+    # perf_analyzer 90 + server 300 us per request; Locust 260 + server 390: at most 390 / 650 of its rate
+    assert bound({"server_us_per_request": 390, "generator_us_per_request": 260},
+                 {"server_us_per_request": 300, "generator_us_per_request": 90}) == 0.6
