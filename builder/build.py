@@ -74,6 +74,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     Returns its entry of the build record (also written to disk). Raises BuilderError subclasses for errors.
     """
     plan = plan_steps(spec, variant)
+    serving = serving.for_spec(spec)  # the instances the record and config.pbtxt state
     workdir = artifacts / spec.name
     out = workdir / variant
     out.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
                        help="caches, data splits and build records (outside the Triton repository)")
-    build.add_argument("--instances", type=int, default=1,
-                       help="Triton instances per model (per GPU with --device gpu)")
+    build.add_argument("--instances", type=int, default=None,
+                       help="Triton instances per model (per GPU with --device gpu; default: the model spec's "
+                            "`instances`, else 1; minilm: 2)")
     build.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
     build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -106,7 +107,7 @@ def cmd_build(args) -> int:
     if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file():
         print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
         variants.insert(0, "fp32")
-    if args.instances < 1 or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
+    if (args.instances is not None and args.instances < 1) or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
     if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
         raise ConfigError(f"--min-agreement is a fraction of examples, 0..1, got {args.min_agreement}",
@@ -120,7 +121,8 @@ def cmd_build(args) -> int:
     rows, failed = [], []
     for variant in variants:
         command = (f"builder build {source} --variant {variant} --repository {shlex.quote(str(args.repository))} "
-                   f"--artifacts {shlex.quote(str(args.artifacts))} --instances {args.instances}"
+                   f"--artifacts {shlex.quote(str(args.artifacts))}"
+                   + (f" --instances {args.instances}" if args.instances else "")
                    + (f" --threads {args.threads}" if args.threads else "")
                    + f" --max-queue-delay-us {args.max_queue_delay_us} --device {args.device}"
                    + (" --tensorrt" if args.tensorrt else "") + (" --text-endpoint" if args.text_endpoint else ""))

@@ -33,6 +33,7 @@ from client.triton import parse_url
 from builder.core.artifacts import read_records
 
 from .bench import print_table as print_bench_table, run_bench
+from .generator_bench import print_table as print_generator_table, run_generator_bench
 from .compare import compare_runs, tables
 from .deploy import DeployError, models_to_load, write_overlay
 from .plan import DEFAULT_HEADROOM, read_prices
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--batch-size", type=int, default=1, help="examples per request (default 1)")
     run.add_argument("--arrival-rate", type=float, default=0.0,
                      help="open loop: requests/s per user on a fixed schedule (default 0: closed loop)")
-    run.add_argument("--workers", type=int, default=0, help="run Locust distributed: a master and N workers")
+    run.add_argument("--workers", default="0",
+                     help="run Locust distributed: a master and N workers; `auto`: per model, from a 2 s "
+                          "single-process probe (one process unless it is generator-bound; then up to the cores)")
     run.add_argument("--windows", type=int, default=3,
                      help="equal windows per step for the throughput and p99 intervals (default 3; ties need >= 3)")
     run.add_argument("--repeats", type=int, default=1,
@@ -220,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=2,
                        help="rounds of the Locust-vs-perf_analyzer and spinning comparisons (default 2)")
     bench.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/bench.json"))
+    bench.add_argument("--generator-only", action="store_true",
+                       help="only Locust (one process and auto workers) vs perf_analyzer, gRPC and HTTP, with the CPU "
+                            "each side spends per request (loadtests/generator_bench.py)")
 
     footprint = commands.add_parser("footprint", help="load time and memory per instance of served models, written "
                                                       "to their build records")
@@ -262,15 +268,30 @@ def target_for(args):
         yield Target(server.http_url, server.grpc_url, server.metrics_url, args.admin_key_file)
 
 
+def parse_workers(text: str) -> tuple[int, bool]:
+    """--workers N or `auto` -> (workers, auto_workers). Raises LoadTestError for anything else."""
+    if text.strip().lower() == "auto":
+        return 0, True
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise LoadTestError(f"--workers must be a whole number >= 0 or `auto`, got `{text}`",
+                            hint="e.g. --workers 2, or --workers auto to choose from a probe step")
+    return workers, False
+
+
 def cmd_run(args) -> int:
-    if args.batch_size < 1 or args.workers < 0 or args.arrival_rate < 0:
-        raise LoadTestError("--batch-size must be >= 1, --workers and --arrival-rate >= 0")
+    workers, auto_workers = parse_workers(args.workers)
+    if args.batch_size < 1 or args.arrival_rate < 0:
+        raise LoadTestError("--batch-size must be >= 1, --arrival-rate >= 0")
     out = args.out or pathlib.Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     if args.windows < 1 or args.repeats < 1:
         raise LoadTestError("--windows and --repeats must be >= 1 (3 or more windows to tell ties)")
     settings = LoadSettings(users=args.users, duration_s=args.duration, protocol=args.protocol,
-                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=args.workers,
-                            windows=args.windows, repeats=args.repeats)
+                            batch_size=args.batch_size, arrival_rate=args.arrival_rate, workers=workers,
+                            auto_workers=auto_workers, windows=args.windows, repeats=args.repeats)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     results = None
     try:
@@ -424,11 +445,17 @@ def cmd_bench(args) -> int:
     for model in models:
         if model not in known:
             raise unknown_name("model", model, known, hint="build it first with `builder build`")
-    results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
-                        raw=args.out.parent / f"{args.out.stem}-raw", progress=lambda line: print(line, flush=True))
+    raw = args.out.parent / f"{args.out.stem}-raw"
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    if args.generator_only:
+        results = run_generator_bench(models, args.repository, args.artifacts, args.seconds, max(args.repeats, 1),
+                                      raw, progress=progress)
+    else:
+        results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
+                            raw=raw, progress=progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_bench_table(results)
+    (print_generator_table if args.generator_only else print_bench_table)(results)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -414,9 +414,20 @@ def _interval(interval: Interval | None, digits: int = 1) -> str:
     return "-" if interval is None or interval.n < 2 else interval.text(digits)
 
 
+def fp32_on_same_examples(row: VariantRow) -> float | None:
+    """fp32's accuracy (0..1) on exactly the examples `row` was measured on: the variant's accuracy plus its paired
+    drop (builder/build.py score_variant). A quick build scores variants on a subset but fp32 on every example, so
+    fp32's own row is not what a variant's Δ compares with; this is."""
+    if row.accuracy is None or row.accuracy_drop_points is None:
+        return None
+    return row.accuracy + row.accuracy_drop_points / 100
+
+
 def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
     # Δ is paired: fp32 on exactly the examples the variant was measured on, which may be fewer than fp32's own
-    header = ["variant", "accuracy %", "agreement %", "on examples", "Δ pts vs fp32 ± se", "size MB", "params M",
+    # (quick builds); the column beside it shows that fp32 accuracy, so Δ = accuracy - it, row by row
+    header = ["variant", "accuracy %", "agreement %", "on examples", "fp32 % on these examples",
+              "Δ pts vs fp32 on these examples ± se", "size MB", "params M",
               "MMACs", "compute vs fp32", "p50 ms", "p99 ms", "p99 windows", "max examples/s", "windows",
               "at users", "batch", "failures", "verdict"]
     choice = report["recommendations"][source]
@@ -430,7 +441,7 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
         verdict = ("chosen" if r.triton_model == choice["model"] else
                    "tied" if r.triton_model in choice.get("tied", []) else "")
         body.append([r.variant, _num(r.accuracy, 2, 100), _num(r.agreement, 1, 100), str(r.eval_examples or "-"),
-                     delta, _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
+                     _num(fp32_on_same_examples(r), 2, 100), delta, _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
                      _num(r.compute, 2), _num(best.get("p50_ms")), _num(best.get("p99_ms")),
                      _interval(p99_interval(best)) if best else "-", _num(best.get("throughput")),
                      _interval(throughput_interval(best)) if best else "-", str(best.get("users", "-")),
@@ -438,7 +449,10 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
     return header, body
 
 
-SUMMARY_NOTE = ("agreement = top-1 agreement with fp32 on the same test examples (build record); compute vs fp32 "
+SUMMARY_NOTE = ("accuracy, agreement and Δ are on the row's own examples (\"on examples\"; a quick build "
+                "scores variants on a subset, fp32 on all): Δ = accuracy - \"fp32 % on these examples\", paired, "
+                "so compare a variant's accuracy with that column, not with fp32's own row; "
+                "agreement = top-1 agreement with fp32 on the same test examples (build record); compute vs fp32 "
                 "= in-process ONNX Runtime latency relative to fp32 measured beside it, geometric mean of batch 1 "
                 "and 32 at 1 thread (build record); p99 and max examples/s: the variant's highest-throughput step, "
                 "Locust's figures over the whole step; windows = min..max over the step's equal windows after "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import signal
@@ -48,6 +49,8 @@ class LoadSettings:
     batch_size: int = 1  # examples per request
     arrival_rate: float = 0.0  # open loop: requests/s per user; 0 = closed loop
     workers: int = 0  # 0: one Locust process; N: a master and N workers
+    # choose `workers` per model from a short single-process probe step (choose_workers); `workers` is then ignored
+    auto_workers: bool = False
     split: str = "test"
     tokens: int = 0  # text models: 0 = real mix of lengths; N = every request cut to N tokens (batchable)
     # equal windows per step, for the throughput and p99 intervals (loadtests/intervals.py); the report calls
@@ -290,6 +293,50 @@ class GeneratorCpu:
                 "max_process_demand": round(max(demand), 3), "window_s": round(t1 - t0, 2)}
 
 
+PROBE_S = 2.0  # the auto-workers probe step: long enough for GeneratorCpu's samples, short beside the steps
+
+
+# a second generator process needs a core nobody else uses: measured on 2 shared cores (docs/load-tests.md), a
+# master and 2 workers cost 400-450 us of CPU per request against 260-300 us for one process and lost 20 % throughput
+SPARE_CORES_FOR_WORKERS = 0.5
+
+
+def workers_for(probe: dict, cores: int) -> int:
+    """How many Locust worker processes a step needs, from a single-process probe step at its users: 0 (one
+    process) unless the probe was generator-bound and the machine had at least SPARE_CORES_FOR_WORKERS idle
+    (Triton's whole-machine `cpu_utilization`; unknown counts as idle); else one worker per core the probe's
+    generator would have taken had it not been capped at one core (at least 2, at most `cores`). On a machine the
+    server shares, more generators only take cores from the server."""
+    load = probe.get("generator") or {}
+    if not probe.get("generator_bound") or not load or cores < 2:
+        return 0
+    utilization = probe.get("cpu_utilization")
+    if utilization is not None and (1 - utilization) * cores < SPARE_CORES_FOR_WORKERS:
+        return 0
+    wanted = load["max_process_demand"] / max(load["max_process_cpu"], 1e-3)  # > 1: it waited for a core too
+    return max(2, min(cores, math.ceil(load["cpu_cores"] * wanted)))
+
+
+def choose_workers(target: Target, model: str, settings: LoadSettings, artifacts: pathlib.Path,
+                   raw: pathlib.Path, progress) -> tuple[int, dict]:
+    """(workers, probe facts) for `model`: a PROBE_S single-process step at the highest users, judged by
+    workers_for with this machine's cores."""
+    users = max(settings.users)
+    probe = run_step(target, model, users, dataclasses.replace(settings, duration_s=PROBE_S, workers=0,
+                                                                auto_workers=False), artifacts, raw, label="_probe")
+    workers = workers_for(probe, os.cpu_count() or 1)
+    facts = {"users": users, "seconds": PROBE_S, "requests_per_s": probe["requests_per_s"],
+             "generator": probe["generator"], "generator_bound": probe["generator_bound"],
+             "cpu_utilization": probe["cpu_utilization"], "workers": workers, "cores": os.cpu_count()}
+    progress(f"    auto workers: a {PROBE_S:g} s probe at {users} users was "
+             + ("generator-bound" if probe["generator_bound"] else "not generator-bound")
+             + (f" ({probe['generator']['max_process_cpu']:.2f}/{probe['generator']['max_process_demand']:.2f} core "
+                "used/wanted)" if probe["generator"] else "")
+             + (f", machine CPU {probe['cpu_utilization']:.0%}" if probe["cpu_utilization"] is not None else "")
+             + f": {workers and f'a master and {workers} workers' or 'one Locust process'}")
+    return workers, facts
+
+
 def scrape_model(target: Target, model: str) -> dict | None:
     try:
         return metrics.model_counters(metrics.scrape(target.metrics_url), model)
@@ -338,7 +385,8 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     raw.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "settings": dataclasses.asdict(settings) | {"mode": settings.mode},
                "target": dataclasses.asdict(target), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "load_generator": (f"{settings.workers} Locust worker process(es) and a master"
+               "load_generator": ("Locust workers chosen per model by a probe step (auto_workers)" if settings.auto_workers
+                                  else f"{settings.workers} Locust worker process(es) and a master"
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
                "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
                "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models)}
@@ -350,13 +398,21 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 write_footprint(artifacts, model, measured)
             results["server_rss_bytes"] = server_rss(models)
             write_results(results, out)
+        chosen = {}  # model -> the settings its steps run with (auto workers: chosen once per model)
         for repeat, model in ((r, m) for r in range(1, settings.repeats + 1) for m in models):
+            if model not in chosen:
+                chosen[model] = settings
+                if settings.auto_workers:
+                    workers, probe = choose_workers(target, model, settings, artifacts, raw, progress)
+                    chosen[model] = dataclasses.replace(settings, workers=workers)
+                    results.setdefault("auto_workers", {})[model] = probe
             for users in settings.users:
                 progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
                          f"{settings.protocol}, {settings.duration_s:g} s"
                          + (f", repeat {repeat}/{settings.repeats}" if settings.repeats > 1 else "") + " ...")
-                step = run_step(target, model, users, settings, artifacts, raw,
+                step = run_step(target, model, users, chosen[model], artifacts, raw,
                                 label=f"_r{repeat}" if settings.repeats > 1 else "")
+                step["workers"] = chosen[model].workers
                 if settings.repeats > 1:
                     step["repeat"] = repeat
                 results["steps"].append(step)

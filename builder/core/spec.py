@@ -79,6 +79,11 @@ class ModelSpec:
     # and the raw-text endpoint. Triton's dynamic batcher joins only requests of one shape, so texts trimmed to
     # their own lengths never batch; padded to a few buckets they do. Empty: the default (length_buckets()).
     length_buckets: tuple[int, ...] = ()
+    # Triton instances per model when the build command does not say (`--instances`); None: 1. A text model
+    # serves better with 2: with one instance, Triton 2.51's dynamic batcher now and then leaves a request of a
+    # variable-length model in its queue for the batcher's 500 ms idle wait (measured on MiniLM: ~1-3 % of
+    # requests at 1 user, p99 510 ms against a p50 of 4 ms; none with 2 instances; docs/load-tests.md)
+    instances: int | None = None
     # options per variant module, e.g. {pruned: {ratio: 0.5}}; checked against the module's Config when built
     variants: dict = field(default_factory=dict)
     standard_variants: tuple[str, ...] = ("fp32", "fp16", "int8")  # what `--variant all` builds
@@ -178,6 +183,10 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     mbs = values.get("max_batch_size", 64)
     if not isinstance(mbs, int) or mbs < 1:
         raise ConfigError(f"{where}: max_batch_size must be a positive integer, got {mbs!r}")
+    instances = values.get("instances")
+    if instances is not None and (not isinstance(instances, int) or isinstance(instances, bool) or instances < 1):
+        raise ConfigError(f"{where}: instances must be a positive integer (Triton instances per model), "
+                          f"got {instances!r}")
     return ModelSpec(**values, source=where)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,8 @@ TENSORRT_CACHE_ROOT = "/tmp"
 class ServingConfig:
     """How Triton runs one model. Each default is explained where it is decided. Raises ConfigError when invalid."""
 
-    instances: int = 1  # per GPU with device "gpu"
+    # per GPU with device "gpu". None: the model spec's `instances`, else 1 (for_spec)
+    instances: int | None = None
     # None: the machine's cores divided by the instances, so instances x threads never oversubscribes the cores.
     intra_op_threads: int | None = None
     inter_op_threads: int = 1  # sequential execution mode uses none; 1 avoids a pool of idle threads
@@ -58,10 +60,16 @@ class ServingConfig:
         if self.tensorrt and self.device != "gpu":
             raise ConfigError("TensorRT needs --device gpu", hint="add --device gpu, or drop --tensorrt")
 
+    def for_spec(self, spec) -> "ServingConfig":
+        """This config with `instances` resolved: as given, else the model spec's, else 1."""
+        if self.instances is not None:
+            return self
+        return dataclasses.replace(self, instances=getattr(spec, "instances", None) or 1)
+
     def threads(self) -> int:
         if self.intra_op_threads is not None:
             return self.intra_op_threads
-        return max(1, (os.cpu_count() or 1) // self.instances)
+        return max(1, (os.cpu_count() or 1) // (self.instances or 1))
 
 
 @functools.cache
@@ -87,6 +95,8 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
     the queue ordered by bucket and lets each bucket's requests batch together (Triton core's scheduler: the same
     on the embedded server and the official image). Requests without a priority get the last level.
     """
+    serving = serving.for_spec(spec)
+
     def tensor(t):
         return {"name": t.name, "data_type": TRITON_DTYPES[t.dtype], "dims": [-1 if isinstance(d, str) else d for d in t.shape[1:]]}
 

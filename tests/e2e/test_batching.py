@@ -1,6 +1,7 @@
 """Dynamic batching: requests really are batched, and batched answers equal unbatched ones; texts padded to the
 model's length buckets answer as unpadded ones and batch under a mixed-length load."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,6 +22,21 @@ pytestmark = pytest.mark.e2e
 def model_stats(client, model):
     stats = client.statistics(model)["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+STATS_SETTLE_S = 5.0
+
+
+def settled_stats(client, model, inferences):
+    """The model's statistics once they count at least `inferences` inferences: Triton adds an execution to its
+    statistics just after sending its responses, so with 2 instances (minilm) the last one can still be missing
+    when the client already has every answer. Polls, up to STATS_SETTLE_S; returns the last reading either way."""
+    deadline = time.monotonic() + STATS_SETTLE_S
+    stats = client.statistics(model)["model_stats"][0]
+    while int(stats["inference_count"]) < inferences and time.monotonic() < deadline:
+        time.sleep(0.01)
+        stats = client.statistics(model)["model_stats"][0]
+    return stats
 
 
 def concurrently(url, model, requests, workers=16):
@@ -141,15 +157,44 @@ def test_mixed_length_texts_padded_to_buckets_batch_under_concurrent_load(server
     lengths = {r["input_ids"].shape[1] for r in requests}
     assert len(lengths) >= 2, f"the texts fell into one bucket only ({lengths}): not a mixed-length load"
     with TritonClient(server.grpc_url) as client:
+        earlier = model_stats(client, "minilm_fp32")[0]
         expected = [client.infer("minilm_fp32", r)["embedding"] for r in requests]
+        settled_stats(client, "minilm_fp32", earlier + len(requests))
         before = model_stats(client, "minilm_fp32")
         together = concurrently(server.grpc_url, "minilm_fp32", requests, workers=16)
+        settled_stats(client, "minilm_fp32", before[0] + len(requests))
         after = model_stats(client, "minilm_fp32")
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == len(requests)
     assert executions < inferences, f"{executions} executions for {inferences} requests: nothing was batched"
     for want, got in zip(expected, together):
         np.testing.assert_allclose(got["embedding"], want, atol=PADDING_ATOL, rtol=0)
+
+
+# One request at a time should never wait in Triton's queue. With one instance, Triton 2.51's dynamic batcher left
+# ~1-3 % of MiniLM's requests there for its 500 ms idle wait (docs/load-tests.md): 300 sequential requests then
+# queue for seconds in all; one such wait alone is 400-500 ms.
+SEQUENTIAL_REQUESTS = 300
+SEQUENTIAL_QUEUE_BUDGET_MS = 250
+
+
+def test_sequential_minilm_requests_never_wait_out_the_batchers_idle_timeout(server, built):
+    inputs = {k: v[:1] for k, v in request_batches(built["artifacts"] / "minilm", count=1, tokens=32)[0].items()}
+    with TritonClient(server.grpc_url) as client:
+        prepared = client.prepare("minilm_fp32", inputs)
+        earlier = model_stats(client, "minilm_fp32")[0]
+        client.send(prepared)
+        before = settled_stats(client, "minilm_fp32", earlier + 1)["inference_stats"]
+        for _ in range(SEQUENTIAL_REQUESTS):
+            client.send(prepared)
+        after = settled_stats(client, "minilm_fp32",
+                              int(before["success"]["count"]) + SEQUENTIAL_REQUESTS)["inference_stats"]
+    count = int(after["success"]["count"]) - int(before["success"]["count"])
+    queued_ms = (int(after["queue"]["ns"]) - int(before["queue"]["ns"])) / 1e6
+    assert count == SEQUENTIAL_REQUESTS
+    assert queued_ms < SEQUENTIAL_QUEUE_BUDGET_MS, (
+        f"{count} one-at-a-time requests spent {queued_ms:.0f} ms in Triton's queue: some waited out the dynamic "
+        "batcher's 500 ms idle timeout")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

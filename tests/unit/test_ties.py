@@ -168,3 +168,23 @@ def test_when_every_step_is_generator_bound_the_recommendation_ranks_on_them_and
     choice = recommend(rows_for(steps), steps, 50, 1.0)
     assert choice["model"] in ("m_fp32", "m_svd")
     assert "Every step within the budgets was generator-bound" in choice["text"]
+
+
+def test_a_quick_builds_delta_is_shown_against_fp32_on_the_variants_own_examples():
+    # the quick-mode case: fp32 scored on all 2,551 examples (84.33 %), int8 on a 300-example subset where it
+    # scores 85.93 % and fp32 scores the same: Δ 0.00, and the row says fp32 was 85.93 % on those examples
+    records = {"m_fp32": {**entry("fp32", 0.0, 1.0, 4_000_000, accuracy=0.8433), "eval_examples": {"test": 2551}},
+               "m_int8": {**entry("int8", 0.0, 2.0, 1_000_000, 1.0, accuracy=0.8593),
+                          "eval_examples": {"test": 300}, "accuracy_drop_se_points": 0.63},
+               "m_pruned": {**entry("pruned", 1.25, 2.0, 1_000_000, 0.9, accuracy=0.8593),
+                            "eval_examples": {"test": 300}}}
+    steps = [step(m, 4, 1000, 3.0, 900, 1100) for m in records]
+    header, body = summary_table(build_report({"models": list(records), "steps": steps}, records, 50, 2.0), "m")
+    rows = {row[0]: dict(zip(header, row)) for row in body}
+    assert "fp32 % on these examples" in header and "Δ pts vs fp32 on these examples ± se" in header
+    assert rows["fp32"]["accuracy %"] == rows["fp32"]["fp32 % on these examples"] == "84.33"
+    assert rows["int8"]["on examples"] == "300" and rows["int8"]["fp32 % on these examples"] == "85.93"
+    assert rows["int8"]["Δ pts vs fp32 on these examples ± se"] == "0.00 ± 0.63"
+    # accuracy - the fp32 column is the Δ, row by row
+    assert rows["pruned"]["accuracy %"] == "84.68" and rows["pruned"]["fp32 % on these examples"] == "85.93"
+    assert rows["pruned"]["Δ pts vs fp32 on these examples ± se"].startswith("-1.25")

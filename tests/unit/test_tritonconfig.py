@@ -26,6 +26,34 @@ def test_default_threads_never_oversubscribe(monkeypatch):
     assert ServingConfig(instances=16).threads() == 1
 
 
+def test_instances_come_from_the_command_else_the_spec_else_one(monkeypatch):
+    # minilm's spec asks for 2 instances (Triton's batcher idles a request 500 ms now and then with one); digits
+    # keeps 1; an explicit count wins; the threads split the cores either way
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    minilm, digits = resolve_spec("minilm"), resolve_spec("digits")
+    assert minilm.instances == 2 and digits.instances is None
+
+    def instances_and_threads(spec, serving):
+        config = parse_text(to_text(build_config("m", spec, serving)))
+        return config.instance_group[0].count, config.parameters["intra_op_thread_count"].string_value
+
+    assert instances_and_threads(minilm, ServingConfig()) == (2, "1")
+    assert instances_and_threads(digits, ServingConfig()) == (1, "2")
+    assert instances_and_threads(minilm, ServingConfig(instances=1)) == (1, "2")
+    assert ServingConfig().for_spec(minilm).instances == 2 and ServingConfig().for_spec(digits).instances == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", True])
+def test_a_spec_with_a_bad_instance_count_is_refused(bad):
+    from builder.core.spec import parse_spec
+
+    raw = {"name": "m", "factory": "a.b:c", "data": "a.b:d", "metric": {"output": "y"}, "instances": bad,
+           "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
+           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]}
+    with pytest.raises(ConfigError, match="instances must be a positive integer"):
+        parse_spec(raw, where="m.yaml")
+
+
 def test_a_field_only_newer_protos_know_is_rejected():
     # tritonclient's own (newer) proto accepts `model_metrics`; server 2.51 fails on it at load time.
     from tritonclient.grpc import model_config_pb2
