@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -302,7 +303,9 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
                + (f", weights averaged over {averaged_epochs} epochs" if averaged_epochs > 1 else ""))
     progress(message)
     if world > 1 and rank != 0:  # the build is silent on these ranks: one line per run says where each stopped
-        print(f"[rank {rank}/{world}] {message}; weights {weights}", flush=True)
+        # one write: the ranks share the launcher's stdout, and print() would write the newline apart
+        sys.stdout.write(f"[rank {rank}/{world}] {message}; weights {weights}\n")
+        sys.stdout.flush()
     return model.eval(), facts
 
 
@@ -383,8 +386,6 @@ def cross_entropy_loss(output_index: int = 0) -> Callable:
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
         import torch
 
