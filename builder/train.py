@@ -78,15 +78,15 @@ class TrainConfig:
             raise ConfigError("training: swa_epochs averages end-of-epoch weights; it needs a budget in epochs, "
                               f"not steps (steps: {self.steps})", hint="drop `steps` or `swa_epochs`")
 
-    def planned_steps(self, examples: int, processes: int = 1) -> int:
-        """Optimizer steps this run is meant to take on a split of `examples` examples, by `processes` processes."""
+    def planned_steps(self, examples: int, world: int = 1) -> int:
+        """Optimizer steps this run is meant to take on a split of `examples` examples, by `world` processes."""
         if self.steps is not None:
             return self.steps
-        return self.epochs * self.steps_per_epoch(examples, processes)
+        return self.epochs * self.steps_per_epoch(examples, world)
 
-    def steps_per_epoch(self, examples: int, processes: int = 1) -> int:
+    def steps_per_epoch(self, examples: int, world: int = 1) -> int:
         count = examples if self.max_examples is None else min(self.max_examples, examples)
-        return -(-count // (self.batch_size * processes))
+        return -(-count // (self.batch_size * world))
 
 
 @dataclass(frozen=True)

@@ -292,5 +292,5 @@ def test_alone_the_agreement_helpers_are_plain_calls(monkeypatch):
 
 def test_the_steps_of_an_epoch_follow_the_processes():
     config = TrainConfig(epochs=2, batch_size=16)
-    assert config.planned_steps(100) == 2 * 7 and config.planned_steps(100, processes=2) == 2 * 4
-    assert TrainConfig(steps=30, batch_size=16).planned_steps(100, processes=4) == 30  # a budget in steps stays
+    assert config.planned_steps(100) == 2 * 7 and config.planned_steps(100, world=2) == 2 * 4
+    assert TrainConfig(steps=30, batch_size=16).planned_steps(100, world=4) == 30  # a budget in steps stays
