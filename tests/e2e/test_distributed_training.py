@@ -158,14 +158,13 @@ def test_two_processes_with_batch_b_train_what_one_process_trains_with_batch_2b(
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     store = tmp_path / "store"
-    ranks = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(store), str(tmp_path / "two.npz"), "8"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-    outputs = [p.communicate(timeout=240)[0] for p in ranks]
-    assert [p.returncode for p in ranks] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    for name, batch in (("one", "16"), ("small", "8")):  # small: what each rank would train alone
-        single = subprocess.run([sys.executable, str(script), "0", "1", str(store), str(tmp_path / f"{name}.npz"),
-                                 batch], env=env, capture_output=True, text=True, timeout=240)
-        assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    runs = [[str(r), "2", str(store), str(tmp_path / "two.npz"), "8"] for r in (0, 1)]  # the two ranks
+    runs += [["0", "1", str(store), str(tmp_path / "one.npz"), "16"],  # one process, twice the batch
+             ["0", "1", str(store), str(tmp_path / "small.npz"), "8"]]  # what each rank would train alone
+    started = [subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for args in runs]  # all at once: less waiting
+    outputs = [p.communicate(timeout=240)[0] for p in started]
+    assert [p.returncode for p in started] == [0] * 4, "\n".join(o[-2000:] for o in outputs)
     with np.load(tmp_path / "two.npz") as two, np.load(tmp_path / "one.npz") as one, \
             np.load(tmp_path / "small.npz") as small:
         assert two["facts"].tolist() == one["facts"].tolist() == [18, 16]  # 3 epochs of 96 in batches of 16
