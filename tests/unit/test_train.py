@@ -294,3 +294,14 @@ def test_the_steps_of_an_epoch_follow_the_processes():
     config = TrainConfig(epochs=2, batch_size=16)
     assert config.planned_steps(100) == 2 * 7 and config.planned_steps(100, world=2) == 2 * 4
     assert TrainConfig(steps=30, batch_size=16).planned_steps(100, world=4) == 30  # a budget in steps stays
+
+
+def test_the_scaling_benchmark_spec_is_the_digits_model_with_its_student_budget_in_steps():
+    from builder.core.spec import load_spec
+    from tests.conftest import ROOT
+
+    bench = load_spec(ROOT / "builder" / "sources" / "digits_steps.yaml")
+    digits = load_spec(ROOT / "builder" / "sources" / "digits.yaml")
+    assert (bench.factory, bench.data, bench.inputs, bench.outputs) == (digits.factory, digits.data, digits.inputs,
+                                                                        digits.outputs)
+    assert bench.variants["distilled"]["train_steps"] == 200  # steps, so 1 and N processes run the same count
