@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import processes
 from .core.artifacts import MARGINAL_SPEEDUP, load_splits, write_entry
 from .core.data import trim_padding
 from .core.errors import ConfigError, VariantError
@@ -71,22 +72,26 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests); the record
     says so. Default: every example.
 
-    Returns its entry of the build record (also written to disk). Raises BuilderError subclasses for errors.
+    Returns its entry of the build record (also written to disk); on a rank other than 0 of several processes,
+    None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors.
     """
     plan = plan_steps(spec, variant)
     serving = serving.for_spec(spec)  # the instances the record and config.pbtxt state
     workdir = artifacts / spec.name
     out = workdir / variant
-    out.mkdir(parents=True, exist_ok=True)
+    main = processes.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
     def step(message: str) -> None:
-        progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
+        if main:  # the other ranks' one line per training run comes from run_training
+            progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
 
-    if variant != "fp32" and not (workdir / "fp32" / "outputs.npz").is_file():
+    if variant != "fp32" and not processes.decide(lambda: (workdir / "fp32" / "outputs.npz").is_file()):
         raise_missing_baseline(spec)
     step("loading data splits")
-    splits = load_splits(spec, workdir)
+    splits = processes.main_first(lambda: load_splits(spec, workdir))  # rank 0 writes the cache, the others read it
     seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
     step("loading model")
     model, teacher = load_model(spec, workdir, splits, step)
@@ -95,6 +100,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     if teacher is not None and variant == "fp32":
         context.notes["training"] = {"teacher fine-tune": teacher["training"]}
     model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
+    if not main:
+        return None
     onnx_path = transform_onnx(onnx_path, plan, context)
     step("measuring accuracy and agreement with fp32")
     scores = score_variant(onnx_path, variant, context, eval_limit)
@@ -156,14 +163,18 @@ def plan_steps(spec: ModelSpec, variant: str) -> list:
 def transform_torch(model, variant: str, plan: list, context: BuildContext) -> tuple[object, pathlib.Path, dict]:
     """Run the torch-level steps and export: (the torch model, the ONNX file, facts only the torch model knows).
     An earlier export of the same torch steps with the same settings is reused (e.g. distilled+int8 after
-    distilled: same student, no second training)."""
+    distilled: same student, no second training). On a rank other than 0: (the torch model, None, {}), nothing
+    exported."""
     spec, workdir, out, step = context.spec, context.workdir, context.out, context.progress
     torch_steps = [(s, c) for s, c in plan if s.stage == "torch" and s.name != "fp32"]
     torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
     fingerprint = json.dumps({"spec": spec_dict(spec), "teacher": context.teacher_key,
                               "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
                              sort_keys=True, default=str)
-    exported = reuse_export(workdir / torch_part, fingerprint) if torch_part != variant else None
+    exported = processes.decide(lambda: reuse_export(workdir / torch_part, fingerprint) if torch_part != variant
+                                else None)
+    if exported is not None and not processes.is_main():
+        return model, None, {}
     if exported is not None:
         step(f"reusing the {torch_part} export built with the same settings")
         onnx_path, torch_facts = exported
@@ -172,6 +183,8 @@ def transform_torch(model, variant: str, plan: list, context: BuildContext) -> t
     for s, config in torch_steps:
         step(f"{s.name}: transforming the PyTorch model")
         model = s.module.apply(model, context, config)
+    if not processes.is_main():
+        return model, None, {}
     onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
     torch_facts["notes"] = dict(context.notes)
     (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))

@@ -17,6 +17,7 @@ import time
 
 from loadtests.__main__ import print_summary
 
+from . import processes
 from .build import Gates, build_variant
 from .core.errors import BuilderError, ConfigError
 from .core.handler import run_command
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="builder", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    # DeepSpeed's launcher puts --local_rank=N before the command; the trainer reads the same from LOCAL_RANK
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build variants into the model repository")
@@ -104,8 +107,11 @@ def cmd_build(args) -> int:
             config = s.config(spec.variants)  # so do unknown options and bad values
             if isinstance(config, TrainingOverrides):
                 train_config(spec, config)  # and a bad training section
-    if "fp32" not in variants and not (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file():
-        print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
+    # under a launcher, rank 0's disk decides for every rank: all of them must build the same variants
+    if "fp32" not in variants and not processes.decide(
+            lambda: (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file()):
+        if processes.is_main():
+            print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
         variants.insert(0, "fp32")
     if (args.instances is not None and args.instances < 1) or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
@@ -129,12 +135,15 @@ def cmd_build(args) -> int:
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
                                   Gates(args.max_accuracy_drop, args.force, args.min_agreement))
-            rows.append(entry)
+            if entry is not None:  # None: a rank other than 0, which trained and wrote nothing
+                rows.append(entry)
         except BuilderError as e:
             if len(variants) == 1:
                 raise
             print(f"error: {variant}: {e}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
             failed.append((variant, command))
+    if not processes.is_main():
+        return 1 if failed else 0
     print_build_summary(spec.name, rows, failed)
     return 1 if failed else 0
 
@@ -166,6 +175,13 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
                 frozen = " ".join(f"{name} {acc:.4f}" for name, acc in baseline["frozen_accuracy"].items())
                 print(f"{e['triton_model']}: fine-tuned end to end ({split} {baseline['fine_tuned_validation_accuracy']:.4f}); "
                       f"the frozen factory model it replaced: {frozen}")
+        for e in rows:
+            runs = e.get("training", {})
+            if runs:  # how many processes trained, and how fast (the benchmark of docs/training.md)
+                print(f"{e['triton_model']}: " + "; ".join(
+                    f"{what}: {run.get('processes', 1)} process(es) x batch {run['batch_size']} = effective batch "
+                    f"{run.get('effective_batch_size', run['batch_size'])}, {run['steps']} steps in "
+                    f"{run['seconds']:.1f} s ({run.get('steps_per_second', '-')} steps/s)" for what, run in runs.items()))
         for e in rows:
             for what in e.get("training_cut_by_time_cap", []):
                 run = e["training"][what]

@@ -3,7 +3,8 @@ end to end on the train split, trained once and cached in the artifacts like the
 
 The cache (`<workdir>/teacher/<key>.pt` + `<key>.json`) is keyed by the recipe: the factory, the resolved training
 config (teacher_config) and a hash of the factory model's weights, so a change of any of them trains a new teacher and an unchanged
-one is never trained twice. The JSON holds the facts the build record reports: the fine-tune's run (steps, time
+one is never trained twice. Several processes (builder/processes.py): rank 0 decides whether the cache holds the
+teacher, every rank fine-tunes it together, and only rank 0 writes it; every rank ends with rank 0's weights. The JSON holds the facts the build record reports: the fine-tune's run (steps, time
 cap) and the accuracy of the frozen factory model (the old baseline) beside the fine-tuned one.
 """
 
@@ -15,9 +16,10 @@ import json
 import pathlib
 from typing import Callable
 
+from . import processes
 from .core.artifacts import atomic_write
 from .core.spec import ModelSpec, resolve_callable
-from .train import TrainConfig, cross_entropy_loss, run_training, weights_hash
+from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
 from .variants.distilled import torch_accuracy
 
@@ -42,7 +44,8 @@ def teacher_config(options) -> TrainConfig:
 def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: Callable[[str], None] = print):
     """(model, facts): the factory's model, fine-tuned from the cache (or now, then cached) when the spec's fp32
     says `fine_tune`; facts is None without a fine-tune, else the JSON-able facts of the fine-tune."""
-    model = resolve_callable(spec.factory, spec.source)(workdir)
+    # rank 0 first: a factory may fill a cache in `workdir` (minilm's head) that the others then read
+    model = rank0_weights(processes.main_first(lambda: resolve_callable(spec.factory, spec.source)(workdir)))
     options = teacher_options(spec)
     if not options.fine_tune:
         return model, None
@@ -54,27 +57,31 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     key = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
     folder = workdir / "teacher"
     weights, facts_path = folder / f"{key}.pt", folder / f"{key}.json"
-    if weights.is_file() and facts_path.is_file():
+    cached = processes.decide(lambda: json.loads(facts_path.read_text())
+                              if weights.is_file() and facts_path.is_file() else None)
+    if cached is not None:
         progress(f"fine-tuned teacher: reusing {weights} (same recipe)")
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        return model.eval(), json.loads(facts_path.read_text())
+        if processes.is_main():  # the others get its weights from rank 0: they may not share its disk
+            model.load_state_dict(torch.load(weights, weights_only=True))
+        return rank0_weights(model).eval(), cached
 
     measured = [spec.validation_split, *[s for s in spec.evaluate if s != spec.validation_split]]
     progress(f"fine-tuned teacher: measuring the frozen factory model on {', '.join(measured)}")
-    frozen = {name: round(torch_accuracy(model.eval(), spec, splits[name]), 4) for name in measured}
-    plan = config.planned_steps(len(splits[spec.train_split]))
+    frozen = processes.decide(lambda: {name: round(torch_accuracy(model.eval(), spec, splits[name]), 4)
+                                       for name in measured})
+    plan = config.planned_steps(len(splits[spec.train_split]), processes.world_size())
     progress(f"fine-tuned teacher: {plan} steps of batch {config.batch_size} at lr {config.lr:g} "
              f"(cap {config.max_seconds:.0f} s), end to end on `{spec.train_split}`")
     metric_index = [t.name for t in spec.outputs].index(spec.metric.output)
     model, run = run_training(model, cross_entropy_loss(metric_index), splits[spec.train_split], spec, config,
                               progress, "teacher fine-tune")
-    tuned = round(torch_accuracy(model, spec, splits[spec.validation_split]), 4)
+    tuned = processes.decide(lambda: round(torch_accuracy(model, spec, splits[spec.validation_split]), 4))
     facts = {"key": key, "recipe": recipe, "training": run, "frozen_accuracy": frozen,
              "fine_tuned_validation_accuracy": tuned, "validation_split": spec.validation_split}
     progress(f"fine-tuned teacher: {spec.validation_split} accuracy {frozen[spec.validation_split]:.4f} frozen -> "
              f"{tuned:.4f} fine-tuned")
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(weights, lambda f: torch.save(model.state_dict(), f))
-    atomic_write(facts_path, json.dumps(facts, indent=2))  # last: marks it complete
+    if processes.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(weights, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(facts_path, json.dumps(facts, indent=2))  # last: marks it complete
     return model, facts
-

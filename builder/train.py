@@ -1,9 +1,11 @@
 """The one trainer: fine-tuning, distillation and QAT all run through DeepSpeed's engine.
 
-Here DeepSpeed runs on its CPU accelerator in one process; the same code runs on GPUs, and on several machines
-under DeepSpeed's launcher (which sets RANK/WORLD_SIZE/...). Known traps handled: without the launcher DeepSpeed
-looks for MPI unless the rendezvous variables are set (set here when absent, with an in-memory process group); the
-optimizer is a torch AdamW handed
+Here DeepSpeed runs on its CPU accelerator, in one process or in several under DeepSpeed's launcher (which sets
+RANK/WORLD_SIZE/...; builder/processes.py): each process trains on its shard of every batch (`epoch_batches`), the
+engine all-reduces the gradients, and the stop decisions (time cap, a NaN loss) are all-reduced too, so every rank
+stops at the same step with the same weights (checked at the end). Known traps handled: without the launcher
+DeepSpeed looks for MPI unless the rendezvous variables are set (set here when absent, with an in-memory process
+group); the optimizer is a torch AdamW handed
 to the engine, because `"AdamW"` in DeepSpeed's config triggers a long FusedAdam JIT build; its shm communication
 op is JIT-built once per machine (`make install` builds it ahead: `python -m builder.train --prebuild`).
 
@@ -21,12 +23,14 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from . import processes
 from .core.data import Split, trim_padding
 from .core.errors import ConfigError, VariantError, unknown_name
 from .core.spec import parse_spec
@@ -38,7 +42,9 @@ LENGTH_GROUP = 50  # batches per length-sorted chunk
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. The budget is `steps` optimizer steps when set, else `epochs` passes over the train split
-    (`max_examples` of it per pass when set). `max_seconds` is a safety cap, not a budget."""
+    (`max_examples` of it per pass when set). `max_seconds` is a safety cap, not a budget. `batch_size` is per
+    process (DeepSpeed's micro batch): N processes take batches of N x batch_size, so an epoch is N times fewer
+    steps, and a budget in steps sees N times the examples."""
 
     epochs: int = 1
     steps: int | None = None  # exactly this many optimizer steps (over as many passes as it takes); wins over epochs
@@ -72,15 +78,15 @@ class TrainConfig:
             raise ConfigError("training: swa_epochs averages end-of-epoch weights; it needs a budget in epochs, "
                               f"not steps (steps: {self.steps})", hint="drop `steps` or `swa_epochs`")
 
-    def planned_steps(self, examples: int) -> int:
-        """Optimizer steps this run is meant to take on a split of `examples` examples."""
+    def planned_steps(self, examples: int, world: int = 1) -> int:
+        """Optimizer steps this run is meant to take on a split of `examples` examples, by `world` processes."""
         if self.steps is not None:
             return self.steps
-        return self.epochs * self.steps_per_epoch(examples)
+        return self.epochs * self.steps_per_epoch(examples, world)
 
-    def steps_per_epoch(self, examples: int) -> int:
+    def steps_per_epoch(self, examples: int, world: int = 1) -> int:
         count = examples if self.max_examples is None else min(self.max_examples, examples)
-        return -(-count // self.batch_size)
+        return -(-count // (self.batch_size * world))
 
 
 @dataclass(frozen=True)
@@ -160,13 +166,14 @@ def seed_everything(seed: int) -> None:
 
 
 def _rendezvous() -> None:
-    """Outside DeepSpeed's launcher (no WORLD_SIZE): one process, its process group on an in-memory store. A TCP
-    rendezvous on a port picked here could lose that port to another process between picking and binding
-    (EADDRINUSE, seen on this shared machine); DeepSpeed skips its own init when a group exists, and needs the
-    variables only so that it does not go looking for MPI."""
+    """Under a launcher (WORLD_SIZE set): join its process group (processes.init). Outside it: one process, its
+    process group on an in-memory store. A TCP rendezvous on a port picked here could lose that port to another
+    process between picking and binding (EADDRINUSE, seen on this shared machine); DeepSpeed skips its own init
+    when a group exists, and needs the variables only so that it does not go looking for MPI."""
     import torch.distributed as dist
 
     if "WORLD_SIZE" in os.environ:
+        processes.init()
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
     if not dist.is_initialized():
@@ -187,8 +194,13 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
     `after_backward(model)` runs between each backward pass and optimizer step, on the gradients (e.g. a
     sparsity regularizer that adds its own gradient, as Torch-Pruning's GroupNormPruner.regularize does).
 
+    Several processes (a launcher's WORLD_SIZE): every rank must call this with the same model, split and config;
+    each trains on its shard of every batch, and all stop at the same step (the time cap and a NaN loss are
+    decided by all of them together). Raises VariantError when the ranks end with different weights.
+
     Returns (the trained model in eval mode, facts): facts is a JSON-able dict of the run (steps taken and planned,
-    epochs, batch size, seconds, whether the time cap cut it short, final loss) for the build record.
+    epochs, batch size per process, processes, effective batch size, seconds, whether the time cap cut it short,
+    final loss, the weights' hash) for the build record.
     Raises VariantError when the loss becomes NaN or infinite.
     """
     import logging
@@ -200,6 +212,7 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    rank, world = processes.rank(), processes.world_size()
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -207,19 +220,23 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
         "train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": 1,
         "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0,
         "wall_clock_breakdown": False})
+    # one generator, the same on every rank: all draw the same batches (and augmentations), each takes its shard
     rng = np.random.default_rng(config.seed)
     count = len(split) if config.max_examples is None else min(config.max_examples, len(split))
-    per_epoch = config.steps_per_epoch(len(split))
-    total_steps = config.planned_steps(len(split))
+    per_epoch = config.steps_per_epoch(len(split), world)
+    total_steps = config.planned_steps(len(split), world)
     epochs = -(-total_steps // per_epoch)
     started = last_report = time.perf_counter()
+    offset = processes.clock_offset()
     averaged, averaged_epochs, step, losses = None, 0, 0, []
     out_of_time = False
     lengths = split.inputs[spec.sequence_mask].sum(axis=1) if spec.sequence_mask and config.length_grouped else None
     for epoch in range(epochs):
-        for index in epoch_batches(rng, len(split), count, config.batch_size, lengths):
+        for index in epoch_batches(rng, len(split), count, config.batch_size, lengths, rank, world):
             if step >= total_steps:
                 break
+            # the cap is checked before each step after the first: a run always takes one step
+            over_time = step > 0 and time.perf_counter() - started + offset > config.max_seconds
             batch = {k: v[index] for k, v in split.inputs.items()}
             if spec.sequence_mask:
                 batch = trim_padding(batch, spec.sequence_mask)
@@ -227,9 +244,17 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
                 batch = augment(batch, rng)
             inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
             loss = loss_fn(engine, inputs, torch.from_numpy(split.labels[index]))
-            if not torch.isfinite(loss):
-                raise VariantError(f"{what}: the loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
-                                   "training diverged", hint="lower the learning rate (training: {lr: ...})")
+            # decided by all ranks at once (one MAX all-reduce): a rank that stopped alone would leave the others
+            # waiting in the gradient all-reduce
+            finite = bool(torch.isfinite(loss))
+            diverged, out_of_time = processes.any_rank([not finite, over_time])
+            if diverged:
+                where = "" if world == 1 else f" on rank {rank}" if not finite else " on another rank"
+                raise VariantError(f"{what}: the loss became {loss.item() if not finite else 'non-finite'} at step "
+                                   f"{step} (epoch {epoch + 1}){where}; training diverged",
+                                   hint="lower the learning rate (training: {lr: ...})")
+            if out_of_time:
+                break
             engine.backward(loss)
             if after_backward is not None:
                 after_backward(model)
@@ -244,9 +269,6 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
                 progress(f"{what}: epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss "
                          f"{np.mean(losses[-20:]):.4f} ({now - started:.0f} s, cap {config.max_seconds:.0f} s)")
                 last_report = now
-            if now - started > config.max_seconds and step < total_steps:
-                out_of_time = True
-                break
         if epoch >= epochs - config.swa_epochs and not out_of_time:
             state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
             if averaged is None:
@@ -260,31 +282,60 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
     if averaged is not None and averaged_epochs > 1:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in averaged.items()})
     seconds = time.perf_counter() - started
+    weights = weights_hash(model)
+    hashes = processes.gather(weights)
+    if len(set(hashes)) > 1:  # the engine's gradient all-reduce did not happen, or a rank trained differently
+        raise VariantError(f"{what}: the {world} processes ended with different weights ({hashes}): their "
+                           "gradients were not all-reduced", hint="run every rank with the same spec and command")
+    # every rank's loss is its shard's: the record's is their mean
+    final_loss = float(np.mean(processes.gather(float(np.mean(losses[-20:])))))
     facts = {"steps": step, "planned_steps": total_steps, "epochs": round(step / per_epoch, 2),
-             "batch_size": config.batch_size, "processes": 1, "effective_batch_size": config.batch_size,
+             "batch_size": config.batch_size, "processes": world, "effective_batch_size": config.batch_size * world,
              "examples_per_epoch": count, "seconds": round(seconds, 1), "max_seconds": config.max_seconds,
-             "stopped_by_time_cap": out_of_time, "final_loss": round(float(np.mean(losses[-20:])), 4),
-             "seed": config.seed, "swa_epochs_averaged": averaged_epochs if averaged_epochs > 1 else 0}
-    progress(f"{what}: {step}/{total_steps} steps in {seconds:.0f} s, final loss {facts['final_loss']:.4f}"
-             + (f" - CUT SHORT by the {config.max_seconds:.0f} s time cap at step {step} of {total_steps}: this "
-                "model is not the recipe's (raise train_seconds or lower the budget)" if out_of_time else "")
-             + (f", weights averaged over {averaged_epochs} epochs" if averaged_epochs > 1 else ""))
+             "stopped_by_time_cap": out_of_time, "final_loss": round(final_loss, 4),
+             "seed": config.seed, "swa_epochs_averaged": averaged_epochs if averaged_epochs > 1 else 0,
+             "steps_per_second": round(step / seconds, 2) if seconds > 0 else None, "weights_hash": weights}
+    message = (f"{what}: {step}/{total_steps} steps in {seconds:.0f} s, final loss {facts['final_loss']:.4f}"
+               + (f" ({world} processes, batch {config.batch_size} each, {config.batch_size * world} in all)"
+                  if world > 1 else "")
+               + (f" - CUT SHORT by the {config.max_seconds:.0f} s time cap at step {step} of {total_steps}: this "
+                  "model is not the recipe's (raise train_seconds or lower the budget)" if out_of_time else "")
+               + (f", weights averaged over {averaged_epochs} epochs" if averaged_epochs > 1 else ""))
+    progress(message)
+    if world > 1 and rank != 0:  # the build is silent on these ranks: one line per run says where each stopped
+        # one write: the ranks share the launcher's stdout, and print() would write the newline apart
+        sys.stdout.write(f"[rank {rank}/{world}] {message}; weights {weights}\n")
+        sys.stdout.flush()
     return model.eval(), facts
 
 
-def epoch_batches(rng, size: int, count: int, batch_size: int, lengths: np.ndarray | None = None) -> list:
-    """One epoch's batches (index arrays) of `count` examples drawn without replacement from `size`. With
-    `lengths`: grouped by length (see TrainConfig.length_grouped). Depends only on `rng`'s state."""
+def epoch_batches(rng, size: int, count: int, batch_size: int, lengths: np.ndarray | None = None, rank: int = 0,
+                  world: int = 1) -> list:
+    """This rank's batches (index arrays) of one epoch of `count` examples drawn without replacement from `size`.
+    With `lengths`: grouped by length (see TrainConfig.length_grouped). Depends only on `rng`'s state, `rank` and
+    `world`, never on how the ranks are scheduled.
+
+    Every rank draws the same epoch: batches of `world * batch_size`, each dealt out round-robin (example i of a
+    batch to rank i % world), so a step's shards are disjoint, together they are the batch one process would take
+    with `world * batch_size`, and length-grouped shards have similar lengths. When `count` is not a multiple of
+    `world`, the first examples of the epoch's order are repeated to make it one (as torch's DistributedSampler
+    pads), so that every rank has an example at every step."""
     order = rng.permutation(size)[:count]
+    if len(order) % world:
+        order = np.concatenate([order, order[:world - len(order) % world]])
+    total = len(order)
+    group = batch_size * world
     if lengths is None:
-        return [order[start:start + batch_size] for start in range(0, count, batch_size)]
-    chunk = batch_size * LENGTH_GROUP
-    batches = []
-    for start in range(0, count, chunk):
-        part = order[start:start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
+        batches = [order[start:start + group] for start in range(0, total, group)]
+    else:
+        chunk = group * LENGTH_GROUP
+        batches = []
+        for start in range(0, total, chunk):
+            part = order[start:start + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches.extend(part[i:i + group] for i in range(0, len(part), group))
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return [batch[rank::world] for batch in batches]
 
 
 def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, loss_fn: Callable | None = None,
@@ -335,8 +386,6 @@ def cross_entropy_loss(output_index: int = 0) -> Callable:
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
         import torch
 
@@ -449,6 +498,15 @@ def weights_hash(model) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def rank0_weights(model):
+    """`model` with rank 0's weights on every rank; alone, `model` unchanged. Only when the ranks' weight hashes
+    differ (a factory that is not deterministic, a cached teacher only rank 0 has read) are rank 0's weights sent
+    to the others."""
+    if processes.several() and len(set(processes.gather(weights_hash(model)))) > 1:
+        model.load_state_dict(processes.decide(lambda: model.state_dict()))
+    return model
 
 
 def feature_output_index(spec, name: str | None = None) -> int | None:

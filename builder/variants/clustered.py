@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import processes
 from ..core.errors import VariantError
 from ..measure import gzip_bytes
 from ..train import TrainingOverrides, fine_tune, recovery_loss
@@ -181,6 +182,8 @@ def apply(model, context, config: Config):
         student = fine_tune(student, context, config, "clustered centroid fine-tune",
                             recovery_loss(context, config.temperature, config.alpha))
     bake(student)
+    if not processes.is_main():  # the rest writes the compressed artifact: rank 0's alone
+        return student
     trained = {}  # the fine-tuned centroids, read back from the baked weights (indices unchanged)
     for name, (centroids, index) in codebooks.items():
         weight = student.state_dict()[name].numpy()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import processes
 from ..core.errors import VariantError
 from ..measure import count_macs, fixed_batch, latency_p50_ms
 from ..torch2onnx import example_batch, export, verify
@@ -289,6 +290,8 @@ def apply(model, context, config: Config):
     info["student_validation_accuracy"] = accuracy(branched)
 
     folded = reparameterize(branched)
+    if not processes.is_main():  # the rest measures and writes files: rank 0's alone
+        return folded
     images = torch.from_numpy(validation.inputs[input_name])
     with torch.no_grad():
         want, got = branched(images), folded(images)

@@ -248,3 +248,60 @@ def test_a_misspelt_budget_suggests_the_right_one():
     with pytest.raises(VariantError) as info:
         steps("distilled")[0].config({"distilled": {"train_step": 5}})
     assert "did you mean `train_steps`" in info.value.hint
+
+
+def test_shards_of_a_step_are_disjoint_and_together_the_batch_of_one_process_with_twice_the_batch():
+    from builder.train import epoch_batches
+
+    for lengths in (None, np.random.default_rng(0).integers(1, 60, size=1000)):
+        ranks = [epoch_batches(np.random.default_rng(3), 1000, 1000, 10, lengths, rank, 2) for rank in (0, 1)]
+        alone = epoch_batches(np.random.default_rng(3), 1000, 1000, 20, lengths)
+        assert len(ranks[0]) == len(ranks[1]) == len(alone) == 50  # every rank has a batch at every step
+        for a, b, whole in zip(*ranks, alone):
+            assert len(a) == len(b) == 10 and not set(a) & set(b)
+            assert sorted(np.concatenate([a, b]).tolist()) == sorted(whole.tolist())
+        assert sorted(np.concatenate(ranks[0] + ranks[1]).tolist()) == list(range(1000))  # the epoch, once
+        again = epoch_batches(np.random.default_rng(3), 1000, 1000, 10, lengths, 1, 2)
+        assert all(np.array_equal(x, y) for x, y in zip(again, ranks[1]))  # from the seed alone, no messages
+
+
+def test_an_epoch_that_does_not_divide_among_the_ranks_repeats_its_first_examples():
+    from builder.train import epoch_batches
+
+    ranks = [epoch_batches(np.random.default_rng(0), 7, 7, 2, None, rank, 3) for rank in range(3)]
+    sizes = [[len(b) for b in r] for r in ranks]
+    assert sizes[0] == sizes[1] == sizes[2] == [2, 1]  # 7 padded to 9: 6 and 3 per step, dealt out evenly
+    seen = np.concatenate([b for r in ranks for b in r])
+    assert set(seen.tolist()) == set(range(7)) and len(seen) == 9
+
+
+def test_alone_the_agreement_helpers_are_plain_calls(monkeypatch):
+    from builder import processes
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert processes.world_size() == 1 and processes.is_main() and not processes.several()
+    assert processes.decide(lambda: 42) == 42 and processes.gather("x") == ["x"]
+    assert processes.any_rank([True, False]) == [True, False]
+    assert processes.main_first(lambda: "done") == "done"
+    monkeypatch.setenv(processes.CLOCK_OFFSET_ENV, "1:5.5")
+    assert processes.clock_offset() == 0.0  # the hook names rank 1; this is rank 0
+    monkeypatch.setenv("RANK", "1")
+    assert processes.clock_offset() == 5.5
+
+
+def test_the_steps_of_an_epoch_follow_the_processes():
+    config = TrainConfig(epochs=2, batch_size=16)
+    assert config.planned_steps(100) == 2 * 7 and config.planned_steps(100, world=2) == 2 * 4
+    assert TrainConfig(steps=30, batch_size=16).planned_steps(100, world=4) == 30  # a budget in steps stays
+
+
+def test_the_scaling_benchmark_spec_is_the_digits_model_with_its_student_budget_in_steps():
+    from builder.core.spec import load_spec
+    from tests.conftest import ROOT
+
+    bench = load_spec(ROOT / "builder" / "sources" / "digits_steps.yaml")
+    digits = load_spec(ROOT / "builder" / "sources" / "digits.yaml")
+    assert (bench.factory, bench.data, bench.inputs, bench.outputs) == (digits.factory, digits.data, digits.inputs,
+                                                                        digits.outputs)
+    assert bench.variants["distilled"]["train_steps"] == 200  # steps, so 1 and N processes run the same count
