@@ -234,7 +234,8 @@ def test_a_bad_schedule_is_refused_when_the_config_is_made():
         steps("reparam")[0].config({"reparam": {"train_schedule": "linear"}})
 
 
-@pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0}])
+@pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0},
+                                     {"train_threads": 0}])
 def test_bad_budgets_are_refused_when_the_config_is_made(options):
     from builder.variants import steps
 
@@ -248,3 +249,23 @@ def test_a_misspelt_budget_suggests_the_right_one():
     with pytest.raises(VariantError) as info:
         steps("distilled")[0].config({"distilled": {"train_step": 5}})
     assert "did you mean `train_steps`" in info.value.hint
+
+
+def test_training_runs_at_the_configured_thread_count_and_restores_it():
+    from builder.train import TrainingOverrides, run_training
+
+    seen, before = [], torch.get_num_threads()
+    loss = cross_entropy_loss()
+
+    def counting(model, inputs, labels):
+        seen.append(torch.get_num_threads())
+        return loss(model, inputs, labels)
+
+    config = train_config(SPEC, TrainingOverrides(train_steps=3, train_threads=1))
+    _, facts = run_training(torch.nn.Linear(4, 2), counting, SPLIT, SPEC, config, progress=lambda _: None)
+    assert seen == [1, 1, 1] and facts["threads"] == 1 and torch.get_num_threads() == before
+    _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=1),
+                            progress=lambda _: None)
+    assert facts["threads"] == before  # torch's default, recorded
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        TrainConfig(threads=0).check()
