@@ -323,22 +323,27 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
     return model
 
 
-def shift_images(max_shift: int) -> Callable:
+def shift_images(max_shift: int, per_example: bool = False) -> Callable:
     """An `augment` for distillation: every float [batch, C, H, W] input moved by up to `max_shift` pixels in H and
-    W (zero fill), one random shift per batch. A student learning from the teacher's outputs can learn on inputs
+    W (zero fill), one random shift per batch (`per_example`: one per example, more views per step). A student learning from the teacher's outputs can learn on inputs
     no label was given for ("function matching"): the teacher labels each shifted image itself, which is worth
     far more to a student trained from scratch on a few thousand images than more epochs of the same ones."""
 
+    def shift(array, dy, dx):
+        shifted = np.zeros_like(array)
+        h, w = array.shape[-2:]
+        shifted[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            array[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return shifted
+
     def augment(batch: dict, rng) -> dict:
-        dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+        size = len(next(iter(batch.values())))
+        moves = rng.integers(-max_shift, max_shift + 1, size=(size, 2) if per_example else 2)
         out = {}
         for name, array in batch.items():
             if array.ndim == 4 and array.dtype.kind == "f":
-                shifted = np.zeros_like(array)
-                h, w = array.shape[2:]
-                shifted[:, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-                    array[:, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-                array = shifted
+                array = (np.stack([shift(a, dy, dx) for a, (dy, dx) in zip(array, moves)]) if per_example
+                         else shift(array, *moves))
             out[name] = array
         return out
 

@@ -46,6 +46,7 @@ class Config(TrainingOverrides):  # and the training budget
     temperature: float = 2.0
     alpha: float = 0.5
     augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
+    augment_per_example: bool = False  # one shift per image instead of one per batch
     # initialise the first block's 3x3 conv from the teacher's first conv where the kernel and input channels match:
     # its widths[0] filters of largest norm (stem_from_teacher)
     stem_from_teacher: bool = False
@@ -315,7 +316,7 @@ def apply(model, context, config: Config):
             "depths": list(config.depths), "strides": list(config.strides),
             "normalisation": {"mean": [round(m, 4) for m in mean], "std": [round(s, 4) for s in std]},
             "student_untrained_validation_accuracy": accuracy(branched.eval())}
-    augment = shift_images(config.augment_shift) if config.augment_shift else None
+    augment = shift_images(config.augment_shift, config.augment_per_example) if config.augment_shift else None
     loss = distillation_loss(teacher, 0, config.temperature, config.alpha, cache_teacher=augment is None)
     branched = fine_tune(branched, context, config, "distillation", loss, augment)
     info["student_validation_accuracy"] = accuracy(branched)

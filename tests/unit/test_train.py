@@ -138,6 +138,17 @@ def test_shift_images_moves_image_inputs_only():
     assert len(seen) > 5
 
 
+def test_per_example_shifts_move_each_image_on_its_own():
+    from builder.train import shift_images
+
+    image = np.zeros((64, 1, 5, 5), np.float32)
+    image[:, 0, 2, 2] = 1.0
+    out = shift_images(2, per_example=True)({"image": image}, np.random.default_rng(0))["image"]
+    assert out.shape == image.shape and out.sum() == 64.0
+    places = {tuple(np.argwhere(one[0])[0]) for one in out}
+    assert len(places) > 5 and all(abs(y - 2) <= 2 and abs(x - 2) <= 2 for y, x in places)
+
+
 def test_cosine_schedule_trains_and_unknown_schedules_are_refused():
     torch.manual_seed(0)
     labels = (SPLIT.inputs["input"][:, 0] > 0).astype(np.int64)
