@@ -327,7 +327,8 @@ def shift_images(max_shift: int, per_example: bool = False) -> Callable:
     """An `augment` for distillation: every float [batch, C, H, W] input moved by up to `max_shift` pixels in H and
     W (zero fill), one random shift per batch (`per_example`: one per example, more views per step). A student
     learning from the teacher's outputs can learn on inputs no label was given for ("function matching"): the
-    teacher labels each shifted image itself, which is worth far more to a student trained from scratch on a few thousand images than more epochs of the same ones."""
+    teacher labels each shifted image itself, which is worth far more to a student trained from scratch on a few
+    thousand images than more epochs of the same ones."""
 
     def shift(array, dy, dx):
         shifted = np.zeros_like(array)
