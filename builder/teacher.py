@@ -52,8 +52,11 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     import torch
 
     config = teacher_config(options)
+    training = dataclasses.asdict(config)
+    if training["threads"] is None:  # torch's default: the key of every recipe cached before the field existed
+        del training["threads"]
     recipe = {"factory": spec.factory, "train_split": spec.train_split, "loss": "cross_entropy on " + spec.metric.output,
-              "training": dataclasses.asdict(config), "base_weights": weights_hash(model)}
+              "training": training, "base_weights": weights_hash(model)}
     key = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
     folder = workdir / "teacher"
     weights, facts_path = folder / f"{key}.pt", folder / f"{key}.json"

@@ -62,8 +62,15 @@ class TrainConfig:
     # sorted by length, and the batches shuffled again, so a batch carries little padding (random batches of
     # Rotten Tomatoes snippets were about half padding); the batches are still random, their lengths similar
     length_grouped: bool = True
+    # torch intra-op threads while training (restored after); None: torch's default, the cores. A small model
+    # gains little from a second thread, and on a busy machine a team of threads waits for its slowest member at
+    # every op: the digits student trained ~10x faster at 1 thread than at 2 under a load of ~10 on 2 cores.
+    # Float sums depend on it, so a fixed count also fixes the result across machines with other core counts.
+    threads: int | None = None
 
     def check(self) -> None:
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"training: threads must be a positive integer, got {self.threads!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_seconds <= 0:
             raise ConfigError(f"training: epochs, batch_size, lr and max_seconds must be positive, got {self}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
@@ -104,9 +111,10 @@ class TrainingOverrides:
     train_seconds: float | None = None  # overrides training.max_seconds, the safety cap
     # overrides training.schedule: students trained from scratch want `cosine`, fine-tunes of trained weights `constant`
     train_schedule: str | None = None
+    train_threads: int | None = None  # overrides training.threads
 
     def check(self) -> None:
-        for name in ("train_epochs", "train_steps"):
+        for name in ("train_epochs", "train_steps", "train_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise VariantError(f"{self._variant()}: {name} must be a positive integer, got {value!r}")
@@ -131,6 +139,8 @@ class TrainingOverrides:
             options["max_seconds"] = self.train_seconds
         if self.train_schedule is not None:
             options["schedule"] = self.train_schedule
+        if self.train_threads is not None:
+            options["threads"] = self.train_threads
         return options
 
     def _variant(self) -> str:
@@ -203,6 +213,19 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
     final loss, the weights' hash) for the build record.
     Raises VariantError when the loss becomes NaN or infinite.
     """
+    import torch
+
+    previous = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        model, facts = _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward)
+    finally:
+        torch.set_num_threads(previous)
+    return model, facts | {"threads": config.threads or previous}
+
+
+def _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward) -> tuple:
     import logging
 
     import torch
@@ -351,22 +374,28 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
     return model
 
 
-def shift_images(max_shift: int) -> Callable:
+def shift_images(max_shift: int, per_example: bool = False) -> Callable:
     """An `augment` for distillation: every float [batch, C, H, W] input moved by up to `max_shift` pixels in H and
-    W (zero fill), one random shift per batch. A student learning from the teacher's outputs can learn on inputs
-    no label was given for ("function matching"): the teacher labels each shifted image itself, which is worth
-    far more to a student trained from scratch on a few thousand images than more epochs of the same ones."""
+    W (zero fill), one random shift per batch (`per_example`: one per example, more views per step). A student
+    learning from the teacher's outputs can learn on inputs no label was given for ("function matching"): the
+    teacher labels each shifted image itself, which is worth far more to a student trained from scratch on a few
+    thousand images than more epochs of the same ones."""
+
+    def shift(array, dy, dx):
+        shifted = np.zeros_like(array)
+        h, w = array.shape[-2:]
+        shifted[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            array[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return shifted
 
     def augment(batch: dict, rng) -> dict:
-        dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+        size = len(next(iter(batch.values())))
+        moves = rng.integers(-max_shift, max_shift + 1, size=(size, 2) if per_example else 2)
         out = {}
         for name, array in batch.items():
             if array.ndim == 4 and array.dtype.kind == "f":
-                shifted = np.zeros_like(array)
-                h, w = array.shape[2:]
-                shifted[:, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-                    array[:, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-                array = shifted
+                array = (np.stack([shift(a, dy, dx) for a, (dy, dx) in zip(array, moves)]) if per_example
+                         else shift(array, *moves))
             out[name] = array
         return out
 

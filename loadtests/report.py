@@ -427,8 +427,8 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
     # Δ is paired: fp32 on exactly the examples the variant was measured on, which may be fewer than fp32's own
     # (quick builds); the column beside it shows that fp32 accuracy, so Δ = accuracy - it, row by row
     header = ["variant", "accuracy %", "agreement %", "on examples", "fp32 % on these examples",
-              "Δ pts vs fp32 on these examples ± se", "size MB", "params M",
-              "MMACs", "compute vs fp32", "p50 ms", "p99 ms", "p99 windows", "max examples/s", "windows",
+              "Δ pts vs fp32 on these examples ± se", "size MB", "params M", "MMACs", "compute vs fp32",
+              "% of peak b1 / b32", "p50 ms", "p99 ms", "p99 windows", "max examples/s", "windows",
               "at users", "batch", "failures", "verdict"]
     choice = report["recommendations"][source]
     body = []
@@ -441,8 +441,9 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
         verdict = ("chosen" if r.triton_model == choice["model"] else
                    "tied" if r.triton_model in choice.get("tied", []) else "")
         body.append([r.variant, _num(r.accuracy, 2, 100), _num(r.agreement, 1, 100), str(r.eval_examples or "-"),
-                     _num(fp32_on_same_examples(r), 2, 100), delta, _num(r.onnx_bytes, 1, 1e-6), _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6),
-                     _num(r.compute, 2), _num(best.get("p50_ms")), _num(best.get("p99_ms")),
+                     _num(fp32_on_same_examples(r), 2, 100), delta, _num(r.onnx_bytes, 1, 1e-6),
+                     _num(r.params, 2, 1e-6), _num(r.macs, 1, 1e-6), _num(r.compute, 2), peak_fraction_text(r.entry),
+                     _num(best.get("p50_ms")), _num(best.get("p99_ms")),
                      _interval(p99_interval(best)) if best else "-", _num(best.get("throughput")),
                      _interval(throughput_interval(best)) if best else "-", str(best.get("users", "-")),
                      _num(server.get("realised_batch"), 2), str(r.failures), verdict])
@@ -454,10 +455,45 @@ SUMMARY_NOTE = ("accuracy, agreement and Δ are on the row's own examples (\"on 
                 "so compare a variant's accuracy with that column, not with fp32's own row; "
                 "agreement = top-1 agreement with fp32 on the same test examples (build record); compute vs fp32 "
                 "= in-process ONNX Runtime latency relative to fp32 measured beside it, geometric mean of batch 1 "
-                "and 32 at 1 thread (build record); p99 and max examples/s: the variant's highest-throughput step, "
+                "and 32 at 1 thread (build record); % of peak = achieved FLOP/s (2 x MACs x batch / in-process p50, "
+                "1 thread) over the build machine's measured GEMM peak, the int8 peak for quantized variants and "
+                "the fp32 one otherwise, at batch 1 / 32 (build record `roofline`; - for builds made before it "
+                "was recorded; MACs count only matrix products and convolutions, so it is a lower bound); p99 and "
+                "max examples/s: the variant's highest-throughput step, "
                 "Locust's figures over the whole step; windows = min..max over the step's equal windows after "
                 "every user started (loadtests/intervals.py). Variants whose throughput windows overlap the "
                 "leader's are tied; ties go to lower compute, then the smaller file.")
+
+
+def peak_fraction_text(entry: dict) -> str:
+    """"75.0 / 81.2": the record's fraction of the machine's peak at batch 1 and 32 (1 thread), in percent; "-"
+    for a batch the record has no figure for (records built before builder/roofline.py)."""
+    by_latency = (entry.get("roofline") or {}).get("by_latency") or {}
+    if not by_latency:
+        return "-"
+    return " / ".join(_num((by_latency.get(key) or {}).get("fraction_of_peak"), 1, 100) for key in ("b1_t1", "b32_t1"))
+
+
+def isa_line(report: dict, source: str) -> str:
+    """One line naming the CPU ISA (and peak GEMM at 1 thread) the `source` variants' % of peak was measured on,
+    from the build records' `cpu_isa` and `roofline`; every distinct machine once, in the table's order."""
+    seen = {}
+    for row in (r for r in report["rows"] if r.source == source):
+        isa = row.entry.get("cpu_isa") or {}
+        if not isa:
+            continue
+        peaks = seen.setdefault((isa.get("summary", "unknown"), isa.get("model") or "unknown CPU"), {})
+        roofline = row.entry.get("roofline") or {}
+        if roofline.get("precision") and roofline.get("peak_gflops"):
+            peaks.setdefault(roofline["precision"], roofline["peak_gflops"].get("1"))
+    if not seen:
+        return "CPU ISA of the builds: not recorded (built before builder/roofline.py): % of peak is not known."
+    machines = []
+    for (summary, model), peaks in seen.items():
+        peak = ", ".join(f"{precision} {gflops:,.0f} G{'FLOP' if precision == 'fp32' else 'OP'}/s"
+                         for precision, gflops in sorted(peaks.items()) if gflops)
+        machines.append(f"{summary} ({model}" + (f"; 1-thread GEMM peak {peak}" if peak else "") + ")")
+    return "CPU ISA of the builds, where % of peak was measured: " + "; ".join(machines) + "."
 
 
 def plan_table(report: dict, source: str) -> tuple[list[str], list[list[str]]] | None:
@@ -626,9 +662,10 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
     for source in report["sources"]:
         advice = report["recommendations"][source]["text"]
         md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), "",
-               f"*{SUMMARY_NOTE}*", ""]
+               isa_line(report, source), "", f"*{SUMMARY_NOTE}*", ""]
         body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
-                 html_table(*summary_table(report, source)), f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>"]
+                 html_table(*summary_table(report, source)), f"<p>{html.escape(isa_line(report, source))}</p>",
+                 f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>"]
         planned = plan_table(report, source)
         if planned:
             md += [f"### {source}: capacity plan", "", markdown_table(*planned), "", plan_text(report, source), ""]

@@ -47,6 +47,10 @@ class Config(TrainingOverrides):  # and the training budget
     temperature: float = 2.0
     alpha: float = 0.5
     augment_shift: int = 0  # image students: train on inputs shifted by up to this many pixels (train.shift_images)
+    augment_per_example: bool = False  # one shift per image instead of one per batch
+    # initialise the first block's 3x3 conv from the teacher's first conv where the kernel and input channels match:
+    # its widths[0] filters of largest norm (stem_from_teacher)
+    stem_from_teacher: bool = False
 
     def check(self) -> None:
         super().check()
@@ -200,6 +204,32 @@ def reparameterize(model):
     return folded
 
 
+def stem_from_teacher(branched, teacher) -> dict:
+    """Copy into the student's first 3x3 conv the teacher's first Conv2d filters, where the shapes allow: the same
+    input channels and a 3x3 kernel, at least as many filters as the student's stem has (it takes the ones of
+    largest L2 norm, in the teacher's order). Stride, padding and the teacher's bias do not carry over: the
+    student's BatchNorm follows the conv and sets each channel's offset and scale, so only the filters' shapes
+    matter. Both standardise the same raw pixels first (for digits the student's (x - 33.3) / 78.6 is the
+    teacher's (x / 255 - 0.1307) / 0.3081). Returns what was done for the build record: {"from": conv name,
+    "filters": [indices]}, or {"skipped": why}."""
+    import torch
+
+    stem = blocks_of(branched)[0].conv3
+    name, conv = next(((n, m) for n, m in teacher.named_modules() if isinstance(m, torch.nn.Conv2d)), (None, None))
+    if conv is None:
+        return {"skipped": "the teacher has no Conv2d"}
+    if (conv.in_channels != stem.in_channels or conv.kernel_size != stem.kernel_size or conv.groups != 1
+            or conv.out_channels < stem.out_channels):
+        return {"skipped": f"the teacher's first conv `{name}` is {conv.in_channels}->{conv.out_channels} "
+                           f"{tuple(conv.kernel_size)} (groups {conv.groups}); the student's stem is "
+                           f"{stem.in_channels}->{stem.out_channels} {tuple(stem.kernel_size)}"}
+    with torch.no_grad():
+        norms = conv.weight.flatten(1).norm(dim=1)
+        chosen = sorted(torch.argsort(norms, descending=True, stable=True)[:stem.out_channels].tolist())
+        stem.weight.copy_(conv.weight[chosen])
+    return {"from": name, "filters": chosen}
+
+
 def channel_stats(images: np.ndarray) -> tuple[list, list]:
     """Per-channel mean and standard deviation of [N, C, H, W] images (float64, then rounded to float32)."""
     data = images.astype(np.float64)
@@ -280,11 +310,14 @@ def apply(model, context, config: Config):
     def accuracy(m) -> float:
         return torch_accuracy(m, spec, validation)
 
-    info = {"student": "mobileone", "widths": list(config.widths), "depths": list(config.depths),
-            "strides": list(config.strides),
+    stem = stem_from_teacher(branched, teacher) if config.stem_from_teacher else None
+    if stem is not None:
+        context.progress(f"reparam: stem from the teacher: {stem}")
+    info = {"student": "mobileone", "stem_from_teacher": stem, "widths": list(config.widths),
+            "depths": list(config.depths), "strides": list(config.strides),
             "normalisation": {"mean": [round(m, 4) for m in mean], "std": [round(s, 4) for s in std]},
             "student_untrained_validation_accuracy": accuracy(branched.eval())}
-    augment = shift_images(config.augment_shift) if config.augment_shift else None
+    augment = shift_images(config.augment_shift, config.augment_per_example) if config.augment_shift else None
     loss = distillation_loss(teacher, 0, config.temperature, config.alpha, cache_teacher=augment is None)
     branched = fine_tune(branched, context, config, "distillation", loss, augment)
     info["student_validation_accuracy"] = accuracy(branched)

@@ -118,3 +118,26 @@ def test_separable_mac_formulas_match_the_counted_macs():
     assert conv["D_F"] == [6, 6] and conv["standard"] == 9 * 8 * 16 * 36 and conv["separable"] == 9 * 8 * 36 + 8 * 16 * 36
     assert macs["standard_student"] == count_macs(net, example)
     assert macs["standard_student"] - macs["separable_student"] == conv["standard"] - conv["separable"]
+
+
+def test_the_stem_takes_the_teachers_largest_filters_where_the_shapes_allow():
+    torch.manual_seed(2)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU())
+    branched = reparam.student("image", 1, 10, reparam.Config(), [33.0], [78.0])
+    done = reparam.stem_from_teacher(branched, teacher)
+    norms = teacher[0].weight.flatten(1).norm(dim=1)
+    assert done["from"] == "0" and len(done["filters"]) == 16
+    assert min(norms[done["filters"]]) >= max(norms[[i for i in range(32) if i not in done["filters"]]])
+    assert torch.equal(reparam.blocks_of(branched)[0].conv3.weight, teacher[0].weight[done["filters"]])
+
+
+@pytest.mark.parametrize("teacher, why", [
+    (torch.nn.Conv2d(3, 32, 3), "3->32"),  # other input channels
+    (torch.nn.Conv2d(1, 32, 5), "(5, 5)"),  # another kernel
+    (torch.nn.Conv2d(1, 8, 3), "1->8"),  # fewer filters than the stem has
+    (torch.nn.Linear(4, 4), "no Conv2d")])
+def test_a_teacher_whose_first_conv_does_not_fit_leaves_the_stem_as_it_was(teacher, why):
+    branched = reparam.student("image", 1, 10, reparam.Config(), [33.0], [78.0])
+    before = reparam.blocks_of(branched)[0].conv3.weight.clone()
+    done = reparam.stem_from_teacher(branched, teacher)
+    assert why in done["skipped"] and torch.equal(reparam.blocks_of(branched)[0].conv3.weight, before)

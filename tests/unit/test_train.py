@@ -138,6 +138,17 @@ def test_shift_images_moves_image_inputs_only():
     assert len(seen) > 5
 
 
+def test_per_example_shifts_move_each_image_on_its_own():
+    from builder.train import shift_images
+
+    image = np.zeros((64, 1, 5, 5), np.float32)
+    image[:, 0, 2, 2] = 1.0
+    out = shift_images(2, per_example=True)({"image": image}, np.random.default_rng(0))["image"]
+    assert out.shape == image.shape and out.sum() == 64.0
+    places = {tuple(np.argwhere(one[0])[0]) for one in out}
+    assert len(places) > 5 and all(abs(y - 2) <= 2 and abs(x - 2) <= 2 for y, x in places)
+
+
 def test_cosine_schedule_trains_and_unknown_schedules_are_refused():
     torch.manual_seed(0)
     labels = (SPLIT.inputs["input"][:, 0] > 0).astype(np.int64)
@@ -234,7 +245,8 @@ def test_a_bad_schedule_is_refused_when_the_config_is_made():
         steps("reparam")[0].config({"reparam": {"train_schedule": "linear"}})
 
 
-@pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0}])
+@pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0},
+                                     {"train_threads": 0}])
 def test_bad_budgets_are_refused_when_the_config_is_made(options):
     from builder.variants import steps
 
@@ -305,3 +317,23 @@ def test_the_scaling_benchmark_spec_is_the_digits_model_with_its_student_budget_
     assert (bench.factory, bench.data, bench.inputs, bench.outputs) == (digits.factory, digits.data, digits.inputs,
                                                                         digits.outputs)
     assert bench.variants["distilled"]["train_steps"] == 200  # steps, so 1 and N processes run the same count
+
+
+def test_training_runs_at_the_configured_thread_count_and_restores_it():
+    from builder.train import TrainingOverrides, run_training
+
+    seen, before = [], torch.get_num_threads()
+    loss = cross_entropy_loss()
+
+    def counting(model, inputs, labels):
+        seen.append(torch.get_num_threads())
+        return loss(model, inputs, labels)
+
+    config = train_config(SPEC, TrainingOverrides(train_steps=3, train_threads=1))
+    _, facts = run_training(torch.nn.Linear(4, 2), counting, SPLIT, SPEC, config, progress=lambda _: None)
+    assert seen == [1, 1, 1] and facts["threads"] == 1 and torch.get_num_threads() == before
+    _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=1),
+                            progress=lambda _: None)
+    assert facts["threads"] == before  # torch's default, recorded
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        TrainConfig(threads=0).check()
