@@ -63,7 +63,6 @@ def cpu_isa(cpuinfo: str | None = None) -> dict:
 
 
 def _gemm_model(precision: str, size: int):
-    import onnx
     from onnx import TensorProto, helper
 
     if precision == "fp32":

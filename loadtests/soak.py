@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from builder.core.artifacts import find_record, request_batches
-from builder.core.errors import ArtifactsError, BuilderError, unknown_name
+from builder.core.errors import BuilderError, unknown_name
 from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import all_stubs, memory
