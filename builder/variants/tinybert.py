@@ -288,7 +288,8 @@ def tinybert_loss(teacher, teacher_encoder, narrow, kept_heads: list[list[int]],
         total = (pred + config.embedding_weight * embd + config.hidden_weight * hidn
                  + config.attention_weight * attn)
         if terms is not None:
-            terms.update(pred=float(pred), embd=float(embd), hidn=float(hidn), attn=float(attn))
+            terms.update({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in
+                          (("pred", pred), ("embd", embd), ("hidn", hidn), ("attn", attn))})
         return total
 
     return loss
