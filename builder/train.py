@@ -243,6 +243,12 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
         "train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": 1,
         "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0,
         "wall_clock_breakdown": False})
+    # the kit's torch is the CPU build, so DeepSpeed's accelerator is its CPU one even on a GPU machine; a CUDA
+    # build of torch would place the model on a GPU while batches, teachers and the export stay on the CPU
+    if getattr(engine, "device", torch.device("cpu")).type != "cpu":
+        raise VariantError(f"{what}: DeepSpeed placed the model on {engine.device}; the kit's trainer runs on CPU "
+                           "ranks only", hint="install the CPU build of torch (`make install`) or set "
+                           "DS_ACCELERATOR=cpu")
     # one generator, the same on every rank: all draw the same batches (and augmentations), each takes its shard
     rng = np.random.default_rng(config.seed)
     count = len(split) if config.max_examples is None else min(config.max_examples, len(split))

@@ -337,3 +337,20 @@ def test_training_runs_at_the_configured_thread_count_and_restores_it():
     assert facts["threads"] == before  # torch's default, recorded
     with pytest.raises(ConfigError, match="threads must be a positive integer"):
         TrainConfig(threads=0).check()
+
+
+def test_a_model_placed_on_a_gpu_is_refused_in_one_line(monkeypatch):
+    """A CUDA build of torch would make DeepSpeed put the model on a GPU while batches stay on the CPU."""
+    import deepspeed
+
+    real = deepspeed.initialize
+
+    def on_gpu(**kwargs):
+        engine, *rest = real(**kwargs)
+        engine.device = torch.device("cuda", 0)
+        return (engine, *rest)
+
+    monkeypatch.setattr(deepspeed, "initialize", on_gpu)
+    with pytest.raises(VariantError, match="placed the model on cuda:0") as info:
+        train(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=1), progress=lambda _: None)
+    assert "CPU build of torch" in info.value.hint
