@@ -420,18 +420,6 @@ def cross_entropy_loss(output_index: int = 0) -> Callable:
     return loss
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
-        import torch
-
-        spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
-                           "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
-                           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
-                           "metric": {"output": "y"}}, where="prebuild")
-        split = Split({"input": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
-        train(torch.nn.Linear(2, 2), cross_entropy_loss(), split, spec, TrainConfig(batch_size=4))
-
-
 def distillation_loss(teacher, metric_index: int, temperature: float = 2.0, alpha: float = 0.5,
                       feature_index: int | None = None, feature_weight: float = 0.0, projection=None,
                       cache_teacher: bool = True) -> Callable:
@@ -563,3 +551,15 @@ def recovery_loss(context, temperature: float = 2.0, alpha: float = 0.5) -> Call
     feature_index = feature_output_index(spec)
     return distillation_loss(context.teacher.eval(), metric_index, temperature, alpha, feature_index,
                              1.0 if feature_index is not None else 0.0)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
+        import torch
+
+        spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
+                           "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
+                           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
+                           "metric": {"output": "y"}}, where="prebuild")
+        split = Split({"input": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
+        train(torch.nn.Linear(2, 2), cross_entropy_loss(), split, spec, TrainConfig(batch_size=4))
