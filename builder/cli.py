@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_build(args) -> int:
+    try:
+        return _build(args)
+    finally:
+        processes.finish()  # every rank, rank 0's writes done, before any rank exits
+
+
+def _build(args) -> int:
     spec = resolve_spec(args.model, args.config)
     variants = list(spec.standard_variants) if args.variant == "all" else [
         v.strip() for v in args.variant.split(",") if v.strip()]

@@ -134,6 +134,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """The end of a command, on every rank: wait until rank 0 has written everything, then leave the process group.
+    A rank that exits while the group is open can abort in its communication threads ("terminate called without an
+    active exception", exit -6) while rank 0 is still exporting. Under the launcher a rank 0 that dies takes the
+    others with it, so the wait cannot outlive it."""
+    if not several():
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def clock_offset() -> float:
     """Seconds the test hook (CLOCK_OFFSET_ENV) adds to this rank's training clock; 0 without it."""
     value = os.environ.get(CLOCK_OFFSET_ENV)

@@ -195,7 +195,10 @@ def test_ctrl_c_stops_locust_and_the_server_and_keeps_partial_results(built, tmp
                                 "--duration", "20s", "--no-perf-analyzer", "--no-footprint",
                                 "--repository", str(built["repository"]),
                                 "--artifacts", str(built["artifacts"]), "--out", str(out)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               # Ctrl-C as at a terminal: a suite started in the background by a non-interactive
+                               # shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "raw").is_dir() or not locust_processes():
         assert time.monotonic() < deadline and process.poll() is None
