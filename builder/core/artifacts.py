@@ -111,8 +111,13 @@ def update_entry(artifacts: pathlib.Path, triton_model: str, key: str, value) ->
         found = []
 
         def change(record):
-            entry = record["variants"].get(variant)
-            if entry is not None and entry.get("triton_model", triton_model) == triton_model:
+            # by the served name: a combined variant's key (`distilled+int8`) is not its served name's suffix
+            # (`distilled-int8`, builder/core/names.py); records written before entries named themselves, by key
+            entry = next((e for e in record["variants"].values() if e.get("triton_model") == triton_model),
+                         None)
+            if entry is None and "triton_model" not in record["variants"].get(variant, {"triton_model": None}):
+                entry = record["variants"][variant]
+            if entry is not None:
                 entry[key] = value
                 found.append(True)
 
