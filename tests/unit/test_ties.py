@@ -89,7 +89,7 @@ def test_a_variant_ahead_beyond_the_intervals_wins_without_a_tie():
     steps = [step("m_fp32", 4, 1291, 3.0, 1250, 1350), step("m_pruned", 4, 1024, 3.5, 980, 1150)]
     choice = recommend(rows_for(steps), steps, 50, 1.0)
     assert choice["model"] == "m_fp32" and choice["tied"] == []
-    assert "ahead of every other variant beyond the measured intervals" in choice["text"]
+    assert "ahead of every other variant beyond the measured intervals and by more than 5%" in choice["text"]
 
 
 def test_ties_are_with_the_leader_and_equal_compute_goes_to_the_smaller_file():
@@ -188,3 +188,16 @@ def test_a_quick_builds_delta_is_shown_against_fp32_on_the_variants_own_examples
     # accuracy - the fp32 column is the Δ, row by row
     assert rows["pruned"]["accuracy %"] == "84.68" and rows["pruned"]["fp32 % on these examples"] == "85.93"
     assert rows["pruned"]["Δ pts vs fp32 on these examples ± se"].startswith("-1.25")
+
+
+def test_a_lead_smaller_than_the_spread_between_runs_is_a_tie_even_beyond_the_windows():
+    # measured: two consecutive demos put pruned 1.1 % behind pruned+int8, then 3 % ahead, both beyond the windows
+    steps = [step("m_pruned", 1, 1467.5, 1.0, 1460, 1475), step("m_int8", 1, 1483.6, 0.9, 1489, 1493.8),
+             step("m_fp32", 1, 1178.2, 1.6, 1170, 1185)]
+    choice = recommend(rows_for(steps), steps, 50, 1.0)
+    assert choice["model"] == "m_int8" and choice["tied"] == ["m_pruned"]
+    assert "within 5%: the spread between runs" in choice["text"]
+    swapped = [step("m_pruned", 1, 1476.6, 0.9, 1470.6, 1496.8), step("m_int8", 1, 1433.4, 0.9, 1425, 1440),
+               step("m_fp32", 1, 1251.6, 1.5, 1240, 1260)]
+    again = recommend(rows_for(swapped), swapped, 50, 1.0)
+    assert again["model"] == "m_int8" and again["tied"] == ["m_pruned"]  # the same choice from the other run
