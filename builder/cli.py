@@ -25,6 +25,7 @@ from .core.names import model_name
 from .demo import run_demo
 from .models import resolve_spec
 from .serving.repository import check_no_legacy_names, list_models
+from .serving.front import MAX_BODY_MB
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--admin-key-file", type=pathlib.Path,
                        help="file holding the key of the locked admin APIs (default: $TRITONKIT_ADMIN_KEY, else a "
                             "key generated for this run; see docs/security.md)")
+    serve.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB,
+                       help=f"largest HTTP request body the front accepts, after inflating (default {MAX_BODY_MB} MiB)")
 
     demo = commands.add_parser("demo", help="build, serve and check both demo models end to end")
     demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
@@ -227,7 +230,7 @@ def cmd_serve(args) -> int:
         print(f"warning: {args.repository} holds no model; build one with `builder build`", file=sys.stderr)
     server = EmbeddedServer(args.repository, args.http_port, args.grpc_port, args.metrics_port,
                             model_control=args.model_control, log_file=args.log_file, host=args.host,
-                            admin_key_file=args.admin_key_file,
+                            admin_key_file=args.admin_key_file, max_body_mb=args.max_body_mb,
                             on_event=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}", flush=True))
     # SIGTERM ends the wait like Ctrl-C does, so the server and its stubs are stopped in order
     signal.signal(signal.SIGTERM, _interrupt)

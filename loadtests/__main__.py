@@ -10,6 +10,7 @@
   python -m loadtests bench [--models minilm_fp32,digits_fp32]
   python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
   python -m loadtests soak --models digits_fp32,minilm_fp32 --duration 10m   (failures and memory growth at 80 %)
+  python -m loadtests oversize --models digits_fp32,minilm_fp32   (small requests declaring 20 GB; the front's cost)
 
 Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
@@ -36,6 +37,7 @@ from .bench import print_table as print_bench_table, run_bench
 from .generator_bench import print_table as print_generator_table, run_generator_bench
 from .compare import compare_runs, tables
 from .deploy import DeployError, models_to_load, write_overlay
+from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
 from .plan import DEFAULT_HEADROOM, read_prices
 from .report import (build_report, footprint_rows, footprint_table, plan_table, plan_text, summary_table,
                      write_report)
@@ -242,10 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     soak.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     soak.add_argument("--out", type=pathlib.Path, help="output folder (default reports/soak-<date-time>)")
+    oversize = commands.add_parser("oversize", help="small requests declaring huge tensors on every port: answer, "
+                                                    "time, memory; and what the HTTP front costs at 1 user")
+    oversize.add_argument("--models", required=True, help="served model names, comma-separated")
+    oversize.add_argument("--requests", type=int, default=300, help="sequential requests per path and round (300)")
+    oversize.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the hot-path comparison (5)")
+    oversize.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
+    oversize.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/oversize.json"))
     args = parser.parse_args(argv)
     command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
                "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
-               "deploy": cmd_deploy, "soak": cmd_soak}[args.command]
+               "deploy": cmd_deploy, "soak": cmd_soak, "oversize": cmd_oversize}[args.command]
     return run_command(lambda: command(args), verbose=args.verbose,
                        interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
@@ -495,6 +504,17 @@ def cmd_soak(args) -> int:
     print_soak(results)
     print(f"\nresults: {out / 'soak.json'}")
     return 0 if all(ok for _, ok in verdicts(results)) else 1
+
+
+def cmd_oversize(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results = run_oversize(args.repository, models, args.requests, args.rounds,
+                           progress=lambda line: print(line, flush=True))
+    print_oversize(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"\nresults: {args.out}")
+    return 0 if oversize_verdict(results) else 1
 
 
 if __name__ == "__main__":

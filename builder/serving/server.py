@@ -14,7 +14,9 @@ because such a model was missing are loaded again after it.
 
 Safe by default (docs/security.md): HTTP, gRPC and metrics bind 127.0.0.1 unless `host` says otherwise, and the
 administrative APIs (RESTRICTED_APIS) answer only requests that carry the admin key (client/admin.py) in the header
-ADMIN_HEADER. With explicit model control, a model whose backend stub process dies is reloaded by a watcher thread
+ADMIN_HEADER. The HTTP port is the kit's front (builder/serving/front.py), which refuses a request whose declared
+shapes its bytes do not cover before Triton allocates them; Triton's own HTTP listens on a loopback port of its own
+and answers only the front (every API there needs the front's key). With explicit model control, a model whose backend stub process dies is reloaded by a watcher thread
 (builder/serving/recovery.py).
 """
 
@@ -40,10 +42,12 @@ from dataclasses import dataclass
 from client.admin import ADMIN_HEADER, AdminKeyError, configured_key, key_file_for, new_key, write_key_file
 
 from ..core.errors import ServeError
+from .front import FRONT_HEADER, MAX_BODY_MB
 from .tritonconfig import parse_text
 from .recovery import StubWatcher
 
 BACKEND_SOURCE = pathlib.Path(__file__).parent / "backends" / "onnxruntime"
+FRONT_SCRIPT = pathlib.Path(__file__).parent / "front.py"  # stdlib only: the official image runs the same file
 SHM_DIR = pathlib.Path("/dev/shm")
 NO_GPU = "has kind KIND_GPU but no GPUs are available"  # Triton 2.51's reason for refusing a KIND_GPU model
 FALLBACK_PARAMETER = "embedded_cpu_fallback"  # read by backends/onnxruntime/model.py
@@ -55,6 +59,7 @@ LOOPBACK = "127.0.0.1"
 # statistics (the counters /metrics publishes anyway, and /metrics cannot be locked).
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 OPEN_APIS = ("inference", "health", "metadata", "model-config", "statistics")
+FRONT_READY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -117,12 +122,14 @@ class EmbeddedServer:
     either a key is generated and written to client.admin.key_file_for(port) (`admin_key_source` says which).
     recover: with explicit model control, reload a model whose backend stub process died (builder/serving/recovery.py);
     `on_event(line)` is told what happened, `recoveries` keeps it.
+    max_body_mb: the largest HTTP request body the front accepts (inflated), in MiB.
     """
 
     def __init__(self, repository: str | pathlib.Path, http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, model_control: str = "explicit", log_verbose: int = 0,
                  log_file: str | pathlib.Path | None = None, host: str = LOOPBACK,
-                 admin_key_file: str | pathlib.Path | None = None, recover: bool = True, on_event=None):
+                 admin_key_file: str | pathlib.Path | None = None, recover: bool = True, on_event=None,
+                 max_body_mb: float = MAX_BODY_MB):
         self.repository = pathlib.Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.host = check_host(host)
@@ -138,6 +145,9 @@ class EmbeddedServer:
         self.log_verbose = log_verbose
         self.log_file = pathlib.Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
+        self.front: subprocess.Popen | None = None  # the HTTP front on http_port
+        self.triton_http_port: int | None = None  # Triton's own HTTP, loopback, behind the front
+        self.max_body_mb = max_body_mb
         self.workdir: pathlib.Path | None = None
         self.cpu_fallbacks: dict[str, str] = {}  # model -> what it asked for and got instead (see the module doc)
         self.shm_prefix = f"tritonkit_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
@@ -175,6 +185,8 @@ class EmbeddedServer:
             where = f"{ports}: REACHABLE FROM THE NETWORK"
         return [where,
                 f"open to anyone who reaches them: {', '.join(OPEN_APIS)}; metrics (read-only)",
+                f"HTTP requests are checked by the kit's front first: bodies up to {self.max_body_mb:g} MiB, declared "
+                f"shapes covered by the data that came (gRPC: by Triton itself)",
                 f"locked (header {ADMIN_HEADER}: the admin key): {', '.join(RESTRICTED_APIS)}",
                 f"admin key: {self.admin_key_source}"]
 
@@ -208,14 +220,20 @@ class EmbeddedServer:
         shutil.copy2(stub, python_backend / "triton_python_backend_stub")
         shutil.copytree(BACKEND_SOURCE, backends / "onnxruntime", ignore=shutil.ignore_patterns("__pycache__"))
 
+        front_key = new_key()
+        key_path = self.workdir / "front-key"
+        write_key_file(key_path, front_key)
+        self.triton_http_port = free_port()
+
         env = dict(os.environ)
         env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = f"{libs}{os.pathsep}{env['LD_LIBRARY_PATH']}" if env.get("LD_LIBRARY_PATH") else str(libs)
         command = [
             str(binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-            f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
-            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            f"--http-address={LOOPBACK}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
+            f"--http-port={self.triton_http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}",
+            f"--http-restricted-api={','.join(OPEN_APIS)}:{FRONT_HEADER}={front_key}",
             f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}",
             "--allow-metrics=true", "--allow-gpu-metrics=false", "--exit-on-error=false", "--strict-readiness=false",
             f"--model-control-mode={self.model_control}", f"--log-verbose={self.log_verbose}", "--exit-timeout-secs=10",
@@ -233,6 +251,7 @@ class EmbeddedServer:
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         try:
+            self._start_front(key_path)
             self._wait_ready(timeout)
             if self.model_control == "explicit":
                 self._load_gpu_models_on_cpu()
@@ -242,6 +261,20 @@ class EmbeddedServer:
         except BaseException:
             self.stop()
             raise
+
+    def _start_front(self, key_path: pathlib.Path) -> None:
+        ready = self.workdir / "front-ready"
+        self.front = subprocess.Popen(
+            [sys.executable, str(FRONT_SCRIPT), f"--listen={self.host}:{self.http_port}",
+             f"--upstream={self.triton_http_port}", f"--key-file={key_path}", f"--max-body-mb={self.max_body_mb:g}",
+             f"--ready-file={ready}"],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + FRONT_READY_S
+        while not ready.exists():
+            if self.front.poll() is not None or time.monotonic() > deadline:
+                raise ServeError(f"the HTTP front did not start on {self.host}:{self.http_port}: {self.log_tail()}",
+                                 hint=f"full log: {self.log_path}")
+            time.sleep(0.02)
 
     def _set_admin_key(self) -> None:
         try:
@@ -327,6 +360,7 @@ class EmbeddedServer:
         if watcher is not None:  # first: the stubs that end now are not crashes
             watcher.stop()
         process, self.process = self.process, None
+        front, self.front = self.front, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
@@ -339,6 +373,13 @@ class EmbeddedServer:
             except (ProcessLookupError, PermissionError):
                 pass
             process.wait()
+        if front is not None:  # after Triton: it answers the requests Triton drained
+            front.terminate()
+            try:
+                front.wait(5)
+            except subprocess.TimeoutExpired:
+                front.kill()
+                front.wait()
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None

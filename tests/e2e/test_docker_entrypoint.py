@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 from builder.build import build_variant
-from builder.serving.server import BACKEND_SOURCE, free_port, triton_paths
+from builder.serving.server import BACKEND_SOURCE, FRONT_SCRIPT, free_port, triton_paths
 from builder.core.spec import load_spec
 from builder.serving.tritonconfig import ServingConfig
 from tests.conftest import TINY_SPEC
@@ -76,11 +76,13 @@ class Server:
                  env: dict | None = None):
         self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         args = [a for a in args if not a.startswith(("--http-port=", "--grpc-port=", "--metrics-port="))]
-        args += [f"--{name}-port={port}" for name, port in self.ports.items()]
+        args += [f"--{name}-port={port}" for name, port in self.ports.items()] + ["--http-address=127.0.0.1"]
+        self.behind = free_port()  # Triton's own HTTP behind the entrypoint's front
         self.shm_prefix = f"tritonkit_e2e_{uuid.uuid4().hex[:8]}_"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRITONKIT_ADMIN_KEY")}
         full_env.update({"PATH": f"{stand_in}:{os.environ['PATH']}", "TEST_SHM_PREFIX": self.shm_prefix,
-                         "TRITONKIT_ADMIN_KEY_FILE": "/nonexistent", **(env or {})})
+                         "TRITONKIT_ADMIN_KEY_FILE": "/nonexistent", "TRITONKIT_FRONT": str(FRONT_SCRIPT),
+                         "TRITONKIT_TRITON_HTTP_PORT": str(self.behind), **(env or {})})
         self.log = log
         self.process = subprocess.Popen([*command, *args], env=full_env, stdout=open(log, "wb"),
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -233,5 +235,27 @@ def test_readiness_probe_refuses_a_server_with_no_model(stand_in, tmp_path):
         assert ready.returncode == 1 and "serves no model" in ready.stderr
         smoke = probe("smoke", "--url", server.url, "--wait", "1")
         assert smoke.returncode == 1 and smoke.stderr.count("error:") == 1
+    finally:
+        server.stop()
+
+
+def test_the_images_http_port_is_the_front_and_tritons_own_answers_nobody_else(repository, stand_in, tmp_path):
+    server = image_server(repository, stand_in, tmp_path)
+    try:
+        assert probe("smoke", "--url", server.url, "--wait", "120").returncode == 0
+        huge = {"inputs": [{"name": "x", "shape": [1, 10**9], "datatype": "FP32", "data": [1]}]}
+        status, text = http(server.url, "POST", "/v2/models/tiny_fp32/infer", huge)
+        assert status == 400 and "declares shape [1, 1000000000]" in text
+        behind = f"http://127.0.0.1:{server.behind}"
+        status, text = http(behind, "POST", "/v2/models/tiny_fp32/infer", huge)
+        assert status == 403 and "tritonkit-front-key" in text
+        assert http(behind, "GET", "/v2/health/ready")[0] == 403
+        assert http(server.url, "GET", "/v2/health/ready")[0] == 200
+        assert "through the front" in server.log.read_text()
+        # a stop reaches Triton through the entrypoint's trap, and the front goes with it
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(40) == 0
+        with pytest.raises(OSError):
+            http(server.url, "GET", "/v2/health/live")
     finally:
         server.stop()

@@ -31,6 +31,7 @@ from packaging.requirements import Requirement
 
 from builder.cli import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
 from builder.models import resolve_spec
+from builder.serving.front import FRONT_HEADER
 from builder.serving.server import EmbeddedServer
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 
@@ -379,14 +380,22 @@ def entrypoint(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "tritonserver"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_OUT"\nenv > "$ENV_OUT"\n')
+    # it waits (up to 3 s) for the front to start, so that the front's flags are recorded before both are stopped
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_OUT"\nenv > "$ENV_OUT"\n'
+                    'case "$*" in *--http-port=18000*) for i in $(seq 30); do [ -e "$FRONT_ARGV_OUT" ] && break; '
+                    'sleep 0.1; done ;; esac\n')
     fake.chmod(0o755)
+    # a stand-in front that records its flags and waits to be stopped (the real one: tests/unit/test_front.py)
+    front = tmp_path / "front.py"
+    front.write_text("import json, os, sys, time\nopen(os.environ['FRONT_ARGV_OUT'], 'w').write(json.dumps(sys.argv[1:]))"
+                     "\ntime.sleep(60)\n")
 
     def run(args: list[str], env: dict | None = None):
         out, env_out = tmp_path / "argv", tmp_path / "env"
         out.unlink(missing_ok=True)
         full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ARGV_OUT": str(out), "ENV_OUT": str(env_out),
-                    "TRITONKIT_ADMIN_KEY_FILE": str(tmp_path / "no-such-key"), **(env or {})}
+                    "TRITONKIT_ADMIN_KEY_FILE": str(tmp_path / "no-such-key"), "TRITONKIT_FRONT": str(front),
+                    "FRONT_ARGV_OUT": str(tmp_path / "front-argv"), **(env or {})}
         result = subprocess.run(["bash", str(ENTRYPOINT), *args], env=full_env, capture_output=True, text=True,
                                 timeout=30, check=False)
         argv = out.read_text().splitlines() if out.exists() else None
@@ -406,13 +415,19 @@ def repository(tmp_path):
 
 
 def restricted(argv: list[str]) -> dict[str, tuple[set[str], str, str]]:
-    """{flag: (APIs, header, key)} of the restricted-API flags in `argv` (`<apis>:<header>=<key>`)."""
-    found = {}
-    for name, value in flags(argv).items():
+    """{flag: (APIs, header, key)} of the admin-key restricted-API flags in `argv` (`<apis>:<header>=<key>`)."""
+    return {name: lock for name, lock in locks(argv) if lock[1] == ADMIN_HEADER}
+
+
+def locks(argv: list[str]) -> list[tuple[str, tuple[set[str], str, str]]]:
+    """[(flag, (APIs, header, key))] of every restricted-API flag in `argv`, in order."""
+    found = []
+    for arg in argv:
+        name, _, value = arg.removeprefix("--").partition("=")
         if name in ("http-restricted-api", "grpc-restricted-protocol"):
             apis, setting = value.split(":", 1)
             header, key = setting.split("=", 1)
-            found[name] = (set(apis.split(",")), header, key)
+            found.append((name, (set(apis.split(",")), header, key)))
     return found
 
 
@@ -426,6 +441,29 @@ def test_entrypoint_locks_admin_apis_with_the_key_from_the_environment(entrypoin
                      "grpc-restricted-protocol": (RESTRICTED_APIS, ADMIN_HEADER, "k" * 32)}
     assert "TRITONKIT_ADMIN_KEY=" not in environment   # not passed on to the server and its stubs
     assert "k" * 32 not in stderr                       # said where it came from, never what it is
+
+
+def test_entrypoint_puts_tritons_http_behind_the_front(entrypoint, repository, tmp_path):
+    args = [f"--model-repository={repository}", "--http-port=8000"]
+    code, argv, stderr, _ = entrypoint(args, env={"TRITONKIT_ADMIN_KEY": "k" * 32, "TRITONKIT_MAX_BODY_MB": "8"})
+    assert code == 0, stderr
+    # Triton's own HTTP: loopback on a port of its own, given after the caller's flags (the last one wins)
+    assert argv[len(args):len(args) + 2] == ["--http-address=127.0.0.1", "--http-port=18000"]
+    (_, (apis, header, front_key)), = [lock for lock in locks(argv) if lock[1][1] == FRONT_HEADER]
+    assert apis == {"inference", "health", "metadata", "model-config", "statistics"}
+    assert re.fullmatch(r"[0-9a-f]{64}", front_key) and front_key not in stderr
+    front = json.loads((tmp_path / "front-argv").read_text())
+    assert front[:2] == ["--listen=0.0.0.0:8000", "--upstream=18000"] and "--max-body-mb=8" in front
+    assert not pathlib.Path(front[2].removeprefix("--key-file=")).exists(), "the front's key file is left behind"
+    # without HTTP there is nothing to put a front before
+    code, argv, _, _ = entrypoint([f"--model-repository={repository}", "--allow-http=false"])
+    assert code == 0 and "--http-port=18000" not in argv
+
+
+def test_entrypoint_refuses_to_start_without_its_front(entrypoint, repository, tmp_path):
+    code, argv, stderr, _ = entrypoint([f"--model-repository={repository}"],
+                                       env={"TRITONKIT_FRONT": str(tmp_path / "missing.py")})
+    assert code == 67 and argv is None and "the HTTP front" in stderr and "hint:" in stderr
 
 
 def test_entrypoint_reads_the_key_file_and_otherwise_locks_with_a_random_key(entrypoint, repository, tmp_path):
