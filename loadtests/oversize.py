@@ -87,23 +87,25 @@ class Sampler:
         self._thread.join()
 
 
-def http_oversize(url: str, model: str, config: dict, shapes: dict) -> tuple[str, str, int]:
-    """(status, first line of the answer, body bytes) of the oversize request over HTTP/JSON."""
+def http_oversize(url: str, model: str, config: dict, shapes: dict) -> tuple[str, str, int, float]:
+    """(status, first line of the answer, body bytes, seconds) of the oversize request over HTTP/JSON."""
     inputs = [{"name": t["name"], "shape": shapes[t["name"]], "datatype": triton_dtype(t["data_type"]), "data": [1]}
               for t in config["input"]]
     body = json.dumps({"inputs": inputs}).encode()
     request = urllib.request.Request(f"{url}/v2/models/{model}/infer", data=body, method="POST")
+    started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return str(response.status), response.read(200).decode(errors="replace"), len(body)
+            answer = str(response.status), response.read(200).decode(errors="replace")
     except urllib.error.HTTPError as e:
-        return str(e.code), json.loads(e.read()).get("error", ""), len(body)
+        answer = str(e.code), json.loads(e.read()).get("error", "")
     except (urllib.error.URLError, OSError) as e:
-        return "no answer", str(e), len(body)
+        answer = "no answer", str(e)
+    return *answer, len(body), time.monotonic() - started
 
 
-def grpc_oversize(url: str, model: str, config: dict, shapes: dict) -> tuple[str, str, int]:
-    """The same over gRPC: raw contents of one element per input."""
+def grpc_oversize(url: str, model: str, config: dict, shapes: dict) -> tuple[str, str, int, float]:
+    """The same over gRPC, raw contents of one element per input; the channel is connected before the clock starts."""
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -113,11 +115,14 @@ def grpc_oversize(url: str, model: str, config: dict, shapes: dict) -> tuple[str
         entry.shape.extend(shapes[tensor["name"]])
         request.raw_input_contents.append(bytes(TYPE_BYTES.get(tensor["data_type"], 4)))
     with grpc.insecure_channel(url.removeprefix("grpc://")) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        started = time.monotonic()
         try:
             service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
-            return "OK", "", request.ByteSize()
+            answer = "OK", ""
         except grpc.RpcError as e:
-            return e.code().name, e.details(), request.ByteSize()
+            answer = e.code().name, e.details()
+        return *answer, request.ByteSize(), time.monotonic() - started
 
 
 def oversize_rows(server: EmbeddedServer, models: list[str]) -> list[dict]:
@@ -131,9 +136,7 @@ def oversize_rows(server: EmbeddedServer, models: list[str]) -> list[dict]:
         shapes = huge_shapes(config)
         for port, url, send in ports:
             with Sampler(server) as sampler:
-                started = time.monotonic()
-                status, message, size = send(url, model, config, shapes)
-                seconds = time.monotonic() - started
+                status, message, size, seconds = send(url, model, config, shapes)
             rows.append({"model": model, "port": port, "declared": shapes, "body_bytes": size, "status": status,
                          "seconds": seconds, "growth_bytes": max(0, sampler.peak - sampler.before),
                          "ready": server_ready(server), "message": message.splitlines()[0][:160] if message else ""})

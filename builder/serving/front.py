@@ -28,11 +28,14 @@ the embedded server with the kit's (builder/serving/server.py). Run as
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import zlib
 
 FRONT_HEADER = "tritonkit-front-key"
@@ -40,13 +43,15 @@ MAX_BODY_MB = 64  # default bound on one request's body (after inflating); `--ma
 HEAD_LIMIT = 64 * 1024  # request line + headers
 IDLE_TIMEOUT_S = 120.0  # an idle keep-alive connection is closed after this
 READ_TIMEOUT_S = 60.0  # a started request must arrive within this (slow-loris)
+UPSTREAM_TIMEOUT_S = 600.0  # Triton's answer (a long queue, a slow model) must come within this
+MAX_CONNECTIONS = 1024
 ELEMENT_BYTES = {"BOOL": 1, "INT8": 1, "UINT8": 1, "INT16": 2, "UINT16": 2, "FP16": 2, "BF16": 2, "INT32": 4,
                  "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8, "BYTES": 4}  # BYTES: its length prefix
 # Not passed on: they describe this connection, not the request (RFC 9110 7.6.1), or are ours to set.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
               "expect", "content-length", "content-encoding", FRONT_HEADER}
 REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway"}
+           431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 class RequestError(Exception):
@@ -159,67 +164,70 @@ def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     return method, target, version, headers
 
 
-class Front:
-    """Listen on (host, port), check each request, pass it to Triton's HTTP on 127.0.0.1:`upstream`.
+class Connection:
+    """One client connection, served on its own thread with blocking sockets: at one request at a time that costs
+    fewer Python steps than an event loop (the front sits on every HTTP request's path)."""
 
-    One upstream connection per client connection, opened on its first request and kept alive with it.
-    """
+    def __init__(self, client: socket.socket, front: "Front"):
+        self.client, self.front = client, front
+        self.reader = client.makefile("rb")
+        self.upstream: socket.socket | None = None
+        self.upstream_reader = None
 
-    def __init__(self, upstream: int, key: str, max_body: int):
-        self.upstream, self.key, self.max_body = upstream, key, max_body
-
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream = None
+    def serve(self) -> None:
         try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT_S)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    return
-                except asyncio.LimitOverrunError:
-                    writer.write(error_response(431, f"request headers over {HEAD_LIMIT} bytes", True))
-                    return
-                try:
-                    request, keep_alive = await self.read_request(head, reader, writer)
-                except RequestError as e:
-                    writer.write(error_response(e.status, str(e), e.close))
-                    if e.close:
-                        return
-                    continue
-                if upstream is None:
-                    try:
-                        upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
-                    except OSError as e:
-                        writer.write(error_response(502, f"Triton's HTTP port is not answering ({e.strerror})", True))
-                        return
-                try:
-                    upstream[1].write(request)
-                    response, upstream_open = await relay_response(upstream[0], head.startswith(b"HEAD "))
-                except (ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
-                    writer.write(error_response(502, f"Triton's HTTP port closed the connection ({e})", True))
-                    return
-                writer.write(response)
-                await writer.drain()
-                if not upstream_open:
-                    upstream[1].close()
-                    upstream = None
-                if not keep_alive:
-                    return
-        finally:
-            if upstream is not None:
-                upstream[1].close()
-            try:
-                await writer.drain()
-            except ConnectionError:
+            while self.serve_one():
                 pass
-            writer.close()
+        except (OSError, ValueError):
+            pass  # the client went away or timed out: nothing to answer
+        finally:
+            self.close_upstream()
+            self.reader.close()
+            self.client.close()
+            self.front.slots.release()
 
-    async def read_request(self, head: bytes, reader, writer) -> tuple[bytes, bool]:
-        """(the request as it goes to Triton, keep the connection alive?); RequestError for one we answer."""
-        method, target, version, headers = parse_head(head[:-4])
+    def serve_one(self) -> bool:
+        """Answer one request; whether the connection stays open."""
+        self.client.settimeout(IDLE_TIMEOUT_S)
+        line = self.reader.readline(HEAD_LIMIT)
+        if not line:
+            return False
+        self.client.settimeout(READ_TIMEOUT_S)
+        try:
+            request, keep_alive, head_only = self.read_request(line)
+        except RequestError as e:
+            self.client.sendall(error_response(e.status, str(e), e.close))
+            return not e.close
+        try:
+            response, upstream_open = self.exchange(request, head_only)
+        except (OSError, ValueError) as e:
+            self.close_upstream()
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+            self.client.sendall(error_response(502, f"Triton's HTTP port did not answer ({reason})", True))
+            return False
+        self.client.sendall(response)
+        if not upstream_open:
+            self.close_upstream()
+        return keep_alive
+
+    def read_request(self, line: bytes) -> tuple[bytes, bool, bool]:
+        """(the request as it goes to Triton, keep the connection alive?, a HEAD?); RequestError for one we answer."""
+        if not line.endswith(b"\n"):
+            raise RequestError(431, f"request line over {HEAD_LIMIT} bytes", close=True)
+        head = [line]
+        size = len(line)
+        while True:
+            line = self.reader.readline(HEAD_LIMIT)
+            size += len(line)
+            if size > HEAD_LIMIT:
+                raise RequestError(431, f"request headers over {HEAD_LIMIT} bytes", close=True)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            head.append(line)
+        method, target, version, headers = parse_head(b"".join(head))
         fields = dict(headers)
-        keep_alive = (fields.get("connection", "").lower() != "close"
-                      and (version == "HTTP/1.1" or fields.get("connection", "").lower() == "keep-alive"))
+        connection = fields.get("connection", "").lower()
+        keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
         if "transfer-encoding" in fields:
             raise RequestError(411, "chunked request bodies are not accepted: send Content-Length", close=True)
         try:
@@ -228,58 +236,110 @@ class Front:
                 raise ValueError
         except ValueError:
             raise RequestError(400, "Content-Length must be a non-negative integer", close=True) from None
-        if length > self.max_body:
+        if length > self.front.max_body:
             raise RequestError(413, f"the body is {length:,} bytes, more than the front's limit of "
-                                    f"{self.max_body:,} (--max-body-mb)", close=True)
-        if fields.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                                    f"{self.front.max_body:,} (--max-body-mb)", close=True)
+        if length and fields.get("expect", "").lower() == "100-continue":
+            self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT_S) if length else b""
-        except asyncio.TimeoutError:
+            body = self.reader.read(length) if length else b""
+        except TimeoutError:
             raise RequestError(408, f"the body did not arrive within {READ_TIMEOUT_S:.0f} s", close=True) from None
-        except asyncio.IncompleteReadError:
-            raise RequestError(400, "the connection closed before the body was complete", close=True) from None
+        if len(body) < length:
+            raise RequestError(400, "the connection closed before the body was complete", close=True)
         encoding = fields.get("content-encoding", "identity").lower()
         if encoding != "identity":
-            body = inflate(body, encoding, self.max_body)
+            body = inflate(body, encoding, self.front.max_body)
         if is_infer(method, target):
             header_length = fields.get("inference-header-content-length")
             try:
-                check_infer(body, int(header_length) if header_length is not None else None)
+                header_length = int(header_length) if header_length is not None else None
             except ValueError:
                 raise RequestError(400, "Inference-Header-Content-Length must be an integer") from None
-        lines = [f"{method} {target} HTTP/1.1", f"{FRONT_HEADER}: {self.key}", f"Content-Length: {len(body)}",
-                 "Connection: keep-alive"]
+            check_infer(body, header_length)
+        lines = [f"{method} {target} HTTP/1.1", f"{FRONT_HEADER}: {self.front.key}", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers if name not in HOP_BY_HOP]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive, method == "HEAD"
+
+    def exchange(self, request: bytes, head_only: bool) -> tuple[bytes, bool]:
+        """Send `request` to Triton (connecting on first use); (its response, does Triton keep the connection?)."""
+        if self.upstream is None:
+            self.upstream = socket.create_connection(("127.0.0.1", self.front.upstream), timeout=UPSTREAM_TIMEOUT_S)
+            self.upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.upstream_reader = self.upstream.makefile("rb")
+        self.upstream.sendall(request)
+        return read_response(self.upstream_reader, head_only)
+
+    def close_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream_reader.close()
+            self.upstream.close()
+            self.upstream = self.upstream_reader = None
 
 
-async def relay_response(reader: asyncio.StreamReader, head_only: bool) -> tuple[bytes, bool]:
-    """(Triton's response as it goes to the client, Triton keeps the connection open?)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, _, rest = head.partition(b"\r\n")
-    status = int(status_line.split(b" ", 2)[1])
-    fields = {}
-    for line in rest.split(b"\r\n"):
+def read_response(reader, head_only: bool) -> tuple[bytes, bool]:
+    """(Triton's response as it goes to the client, does Triton keep the connection open?) from a buffered reader."""
+    status_line = reader.readline(HEAD_LIMIT)
+    if not status_line:
+        raise ValueError("the connection closed")
+    lines, fields = [status_line], {}
+    while (line := reader.readline(HEAD_LIMIT)) not in (b"\r\n", b"\n", b""):
+        lines.append(line)
         name, _, value = line.partition(b":")
-        if name:
-            fields[name.strip().lower()] = value.strip()
+        fields[name.strip().lower()] = value.strip()
+    status = int(status_line.split(b" ", 2)[1])
     upstream_open = fields.get(b"connection", b"").lower() != b"close"
     if head_only or status < 200 or status in (204, 304):
-        return head, upstream_open
+        return b"".join(lines) + b"\r\n", upstream_open
     if fields.get(b"transfer-encoding", b"").lower() == b"chunked":  # sent on with a Content-Length instead
         body = bytearray()
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16):
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, if any
+        while size := int(reader.readline(HEAD_LIMIT).split(b";")[0].strip(), 16):
+            body += reader.read(size)
+            reader.readline(HEAD_LIMIT)
+        while reader.readline(HEAD_LIMIT) not in (b"\r\n", b"\n", b""):  # trailers, if any
             pass
-        kept = [line for line in rest.split(b"\r\n") if line and not line.lower().startswith(b"transfer-encoding")]
-        head = b"\r\n".join([status_line, *kept, b"Content-Length: %d" % len(body)]) + b"\r\n\r\n"
-        return head + bytes(body), upstream_open
+        kept = [line for line in lines if not line.lower().startswith(b"transfer-encoding")]
+        return b"".join(kept) + b"Content-Length: %d\r\n\r\n" % len(body) + bytes(body), upstream_open
     if b"content-length" in fields:
-        return head + await reader.readexactly(int(fields[b"content-length"])), upstream_open
-    return head + await reader.read(), False  # no framing: the body ends with the connection
+        length = int(fields[b"content-length"])
+        body = reader.read(length)
+        if len(body) < length:
+            raise ValueError("the connection closed inside a response")
+        return b"".join(lines) + b"\r\n" + body, upstream_open
+    return b"".join(lines) + b"\r\n" + reader.read(), False  # no framing: the body ends with the connection
+
+
+@dataclasses.dataclass
+class Front:
+    """Listen, check each request, pass it on to Triton's HTTP on 127.0.0.1:`upstream` with the front's key.
+
+    One thread and one upstream connection per client connection (opened on its first request, kept alive with
+    it); at most MAX_CONNECTIONS at once, the next is answered 503 and closed.
+    """
+
+    upstream: int
+    key: str
+    max_body: int
+    slots: threading.Semaphore = dataclasses.field(default_factory=lambda: threading.BoundedSemaphore(MAX_CONNECTIONS))
+
+    def serve_forever(self, listener: socket.socket, stop: threading.Event) -> None:
+        listener.settimeout(0.5)  # so that `stop` is noticed
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if stop.is_set():
+                    return
+                raise
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.slots.acquire(blocking=False):
+                with contextlib.suppress(OSError):
+                    client.sendall(error_response(503, f"more than {MAX_CONNECTIONS} connections are open", True))
+                client.close()
+                continue
+            threading.Thread(target=Connection(client, self).serve, daemon=True).start()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -287,17 +347,12 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-async def serve(listen: tuple[str, int], front: Front, ready_file: str | None) -> None:
-    server = await asyncio.start_server(front.serve_client, *listen, limit=HEAD_LIMIT, reuse_address=True)
-    if ready_file:  # the listening socket exists: whoever started us may connect
-        with open(ready_file, "w") as f:
-            f.write(str(os.getpid()))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+def listen(address: tuple[str, int]) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(1024)
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,11 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.key_file) as f:
         key = f.read().strip()
     try:
-        listen = parse_listen(args.listen)
-        asyncio.run(serve(listen, Front(args.upstream, key, int(args.max_body_mb * 1024 * 1024)), args.ready_file))
+        listener = listen(parse_listen(args.listen))
     except OSError as e:
         print(f"error: the HTTP front cannot listen on {args.listen}: {e.strerror}", file=sys.stderr)
         return 1
+    if args.ready_file:  # the port listens: whoever started us may connect
+        with open(args.ready_file, "w") as f:
+            f.write(str(os.getpid()))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Front(args.upstream, key, int(args.max_body_mb * 1024 * 1024)).serve_forever(listener, stop)
+    listener.close()
     return 0
 
 

@@ -118,7 +118,7 @@ def test_builder_serve_prints_what_happened(repository):
         assert f"HTTP 127.0.0.1:{ports['http']}, gRPC 127.0.0.1:{ports['grpc']}, metrics 127.0.0.1:{ports['metrics']}: " \
                "this machine only" in output
         assert "a model whose backend process dies is reloaded" in output
-        server_pid = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_server_of(int(p), ports["http"]))
+        server_pid = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_server_of(int(p), ports["grpc"]))
         seconds, _, old_pid = serve_again_after_kill(f"grpc://127.0.0.1:{ports['grpc']}", "tiny_fp32", TOKENS,
                                                      server_pid)
         assert seconds < RECOVERY_DEADLINE_S
@@ -130,9 +130,9 @@ def test_builder_serve_prints_what_happened(repository):
     assert "tiny_fp32: reloaded in " in rest and ", serving again" in rest
 
 
-def _is_server_of(pid: int, http_port: int) -> bool:
+def _is_server_of(pid: int, grpc_port: int) -> bool:
     try:
         args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     except OSError:
         return False
-    return args[0].endswith(b"/tritonserver") and f"--http-port={http_port}".encode() in args
+    return args[0].endswith(b"/tritonserver") and f"--grpc-port={grpc_port}".encode() in args
