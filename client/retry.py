@@ -70,6 +70,8 @@ def call(attempt: Callable[[int, float], T], replicas: int, deadline_s: float, p
         try:
             return attempt(replica, remaining), replica
         except RETRYABLE as e:
+            if policy.attempts == 1:  # retries off: the error as the server gave it
+                raise
             wait = policy.backoff(tried, random)
             if tried == policy.attempts or clock() + wait >= end:
                 spent = deadline_s - (end - clock())

@@ -7,6 +7,7 @@ Inference calls have a deadline and are retried (client/retry.py) on errors a re
 
 from __future__ import annotations
 
+import http.client
 from typing import Sequence
 
 import numpy as np
@@ -103,7 +104,10 @@ def translate(error: Exception, model: str | None = None) -> ClientError:
     if status in ("403", "StatusCode.PERMISSION_DENIED") or "restricted" in lowered:
         return ClientError(f"refused: {message}", hint=f"this API needs the admin key (header {ADMIN_HEADER}): "
                                                          "set TRITONKIT_ADMIN_KEY or pass the key file")
-    if isinstance(error, OSError) or "unavailable" in status.lower() or "failed to connect" in lowered \
+    # a server that dies while a request is in flight: HTTP's geventhttpclient raises HTTPConnectionClosed
+    # ("connection closed."), an http.client.HTTPException, not an OSError
+    dropped = isinstance(error, http.client.HTTPException) and "connection closed" in lowered
+    if isinstance(error, OSError) or dropped or "unavailable" in status.lower() or "failed to connect" in lowered \
             or "connection refused" in lowered:
         return ServerUnavailableError(f"Triton server not reachable: {message}",
                                       hint="start it with `builder serve`, or check --url")

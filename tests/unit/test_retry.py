@@ -180,3 +180,12 @@ def test_the_client_fails_over_to_a_live_replica_and_stays_there():
 
 def grpc_unavailable():
     return InferenceServerException(msg="failed to connect to all addresses", status=str(grpc.StatusCode.UNAVAILABLE))
+
+
+def test_a_connection_closed_mid_request_is_an_unreachable_server():
+    import http.client
+
+    class HTTPConnectionClosed(http.client.HTTPException):  # geventhttpclient's, without importing gevent here
+        pass
+
+    assert type(translate(HTTPConnectionClosed("connection closed."), "m")) is ServerUnavailableError
