@@ -119,7 +119,7 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
                              **({"priority_levels": length_buckets, "default_priority_level": length_buckets}
                                 if length_buckets > 1 else {}),
                              **({"default_queue_policy": queue_policy(serving.slo_p99_ms, spec.max_batch_size,
-                                                                      serving.instances)}
+                                                                      serving.instances, serving.max_queue_delay_us)}
                                 if serving.queue_policy else {})},
         "instance_group": [{"kind": DEVICES[serving.device], "count": serving.instances}],
         "parameters": {
@@ -144,14 +144,17 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
     return config
 
 
-def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int) -> dict:
+def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int, max_queue_delay_us: int = 0) -> dict:
     """Triton's `dynamic_batching.default_queue_policy` for a p99 latency budget of `slo_p99_ms` milliseconds, so
     that past capacity the server sheds load with a fast error instead of queueing without bound (congestion
     collapse: latency grows until clients give up, and the server spends its CPU on requests nobody waits for).
 
-    - `default_timeout_microseconds` = half the budget. A request still in the queue after that is rejected
-      (`timeout_action: REJECT`): the other half is left for its batch to run and the answer to travel, so a
-      request that is accepted has a chance to meet the budget and one that cannot is dropped before it costs CPU.
+    - `default_timeout_microseconds` = half the budget, plus the batching delay (`max_queue_delay_us`). A request
+      still in the queue after that is rejected (`timeout_action: REJECT`): the other half is left for its batch to
+      run and the answer to travel, so a request that is accepted has a chance to meet the budget and one that
+      cannot is dropped before it costs CPU. The delay is added because Triton 2.51 times a request out while the
+      batcher holds it for company: with a delay longer than the timeout every lone request is refused (found by
+      the e2e tests, whose tiny model waits 200 ms for company).
     - `max_queue_size` = 2 x max_batch_size x instances: each instance can have a full next batch waiting while it
       runs one, so the queue never starves batching; a request beyond that is rejected at once.
     - `allow_timeout_override`: a request's own timeout (the kit's client sends its remaining deadline) shortens
@@ -162,7 +165,7 @@ def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int) -> dict
     this size. Triton core's scheduler: the same on the embedded server and the official image.
     """
     return {"max_queue_size": 2 * max_batch_size * instances,
-            "default_timeout_microseconds": round(slo_p99_ms * 1000 / 2),
+            "default_timeout_microseconds": round(slo_p99_ms * 1000 / 2) + max_queue_delay_us,
             "timeout_action": "REJECT",
             "allow_timeout_override": True}
 

@@ -136,6 +136,10 @@ def test_the_queue_policy_is_derived_from_the_latency_budget():
     default = parse_text(to_text(build_config("d", digits, ServingConfig()))).dynamic_batching.default_queue_policy
     assert default.default_timeout_microseconds == 25_000  # the 50 ms budget `loadtests run` judges by
     assert default.max_queue_size == 2 * digits.max_batch_size
+    # a request the batcher holds for company is not late: the delay is added, or every lone request would time out
+    delayed = parse_text(to_text(build_config("d", digits, ServingConfig(max_queue_delay_us=200_000)))) \
+        .dynamic_batching.default_queue_policy
+    assert delayed.default_timeout_microseconds == 225_000
 
 
 def test_the_latency_budget_comes_from_the_command_else_the_spec_else_50_ms():

@@ -116,7 +116,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                           f"got {logits.shape}")
 
     serving = serving.for_spec(spec)
-    policy = queue_policy(serving.slo_p99_ms, spec.max_batch_size, 1) if serving.queue_policy else None
+    policy = queue_policy(serving.slo_p99_ms, spec.max_batch_size, 1) if serving.queue_policy else None  # no batching delay there
     tokenizer = tokenizer_model_name(spec)
     repo.write_model(repository, tokenizer, to_text(tokenizer_config(tokenizer, spec, ids, mask, length,
                                                                      length_buckets(spec, length), policy)),
