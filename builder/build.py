@@ -305,7 +305,7 @@ def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, art
         if facts["version_dir"] is None:
             step("raw-text endpoint NOT written: its encoder was not written")
         else:
-            facts["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts)
+            facts["text_endpoint"] = write_text_endpoint(spec, variant, repository, artifacts, serving)
             step(f"wrote the raw-text ensemble {facts['text_endpoint']['model']} (texts truncated at "
                  f"{facts['text_endpoint']['max_tokens']} tokens)")
     return facts

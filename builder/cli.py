@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                             "`instances`, else 1; minilm: 2)")
     build.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
     build.add_argument("--max-queue-delay-us", type=int, default=0, help="dynamic batching queue delay (default: 0)")
+    build.add_argument("--slo-p99-ms", type=float, default=None,
+                       help="p99 latency budget the queue policy is derived from: requests wait in Triton's queue "
+                            "at most half of it (default: the model spec's `slo_p99_ms`, else 50)")
+    build.add_argument("--no-queue-policy", action="store_true",
+                       help="write no queue policy: Triton's unbounded queue without timeout (for comparisons)")
     build.add_argument("--max-accuracy-drop", type=float, default=1.0,
                        help="gate: points of accuracy a variant may lose vs fp32 (default: 1.0)")
     build.add_argument("--min-agreement", type=float,
@@ -130,7 +135,8 @@ def _build(args) -> int:
                           hint="e.g. --min-agreement 0.95 for 95 % top-1 agreement with fp32")
     serving = ServingConfig(instances=args.instances, intra_op_threads=args.threads,
                             max_queue_delay_us=args.max_queue_delay_us, device=args.device, tensorrt=args.tensorrt,
-                            text_endpoint=args.text_endpoint)
+                            text_endpoint=args.text_endpoint, slo_p99_ms=args.slo_p99_ms,
+                            queue_policy=not args.no_queue_policy)
     if args.text_endpoint:
         text_inputs(spec)  # not a text model: fail before any work
     source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
@@ -141,7 +147,9 @@ def _build(args) -> int:
                    + (f" --instances {args.instances}" if args.instances else "")
                    + (f" --threads {args.threads}" if args.threads else "")
                    + f" --max-queue-delay-us {args.max_queue_delay_us} --device {args.device}"
-                   + (" --tensorrt" if args.tensorrt else "") + (" --text-endpoint" if args.text_endpoint else ""))
+                   + (" --tensorrt" if args.tensorrt else "") + (" --text-endpoint" if args.text_endpoint else "")
+                   + (f" --slo-p99-ms {args.slo_p99_ms:g}" if args.slo_p99_ms is not None else "")
+                   + (" --no-queue-policy" if args.no_queue_policy else ""))
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
                                   Gates(args.max_accuracy_drop, args.force, args.min_agreement))

@@ -30,3 +30,14 @@ class InvalidInputError(ClientError):
 
 class InferenceError(ClientError):
     """The server failed the request for another reason."""
+
+
+class ServerOverloadedError(ClientError):
+    """Triton refused the request to shed load: the model's queue was full ("Exceeds maximum queue size"), or the
+    request waited in it past its timeout ("Request timeout expired"); gRPC UNAVAILABLE, HTTP 503. The queue policy
+    that decides is in config.pbtxt (builder/serving/tritonconfig.py queue_policy). Inference is idempotent, so the
+    request is safe to retry after a backoff or on another replica; the kit's client does, within its deadline."""
+
+
+class DeadlineExceededError(ClientError):
+    """No answer within the call's deadline (`timeout=`, retries included)."""

@@ -1,13 +1,22 @@
 """One Triton client for both protocols: the URL's scheme picks gRPC (`grpc://host:8001`) or HTTP
-(`http://host:8000`). Built on tritonclient; numpy in, numpy out; failures become client.errors types."""
+(`http://host:8000`). Built on tritonclient; numpy in, numpy out; failures become client.errors types.
+
+Inference calls have a deadline and are retried (client/retry.py) on errors a retry can cure; with several URLs
+(replicas of one repository) a retry goes to the next one, and the client stays with the replica that answered.
+"""
 
 from __future__ import annotations
 
+import http.client
+from typing import Sequence
+
 import numpy as np
 
+from . import retry
 from .admin import ADMIN_HEADER, admin_headers, find_admin_key
-from .errors import (ClientError, InferenceError, InvalidInputError, ModelNotFoundError, ModelRestartingError,
-                     ServerUnavailableError)
+from .errors import (ClientError, DeadlineExceededError, InferenceError, InvalidInputError, ModelNotFoundError,
+                     ModelRestartingError, ServerOverloadedError, ServerUnavailableError)
+from .retry import RetryPolicy
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
@@ -24,6 +33,18 @@ def parse_url(url: str) -> tuple[str, str]:
     if ":" not in rest:
         rest = f"{rest}:{DEFAULT_PORTS[scheme]}"
     return scheme, rest
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[tuple[str, str]]:
+    """One URL, a comma-separated list or a sequence of them -> [(protocol, "h:p")], all of one protocol."""
+    items = [u.strip() for u in (urls.split(",") if isinstance(urls, str) else urls) if u.strip()]
+    if not items:
+        raise ClientError("no server URL given", hint="pass grpc://host:8001 or http://host:8000, or several")
+    parsed = [parse_url(u) for u in items]
+    if len({protocol for protocol, _ in parsed}) > 1:
+        raise ClientError(f"the URLs mix gRPC and HTTP: {', '.join(items)}",
+                          hint="replicas of one client speak one protocol: give every URL the same scheme")
+    return parsed
 
 
 def _protocol_module(protocol: str, aio: bool = False):
@@ -64,6 +85,18 @@ def translate(error: Exception, model: str | None = None) -> ClientError:
     message = (message or str(error)).strip()
     status = str(error.status()) if hasattr(error, "status") and callable(error.status) else ""
     lowered = message.lower()
+    # Triton core's queue policy (dynamic_batching.default_queue_policy) shedding load, measured on 2.51: gRPC
+    # UNAVAILABLE / HTTP 503 with these words, before the generic UNAVAILABLE below (not an unreachable server)
+    if "exceeds maximum queue size" in lowered or "request timeout expired" in lowered:
+        why = "its queue is full" if "queue size" in lowered else "it waited in the queue past its timeout"
+        return ServerOverloadedError(
+            f"model `{model}` refused the request, {why}: the server is past its capacity ({message})",
+            hint="retry after a backoff or on another replica (the kit's client does, within its deadline); for "
+                 "more capacity add instances or replicas; the queue policy is in config.pbtxt (`builder build "
+                 "--slo-p99-ms`)")
+    if "deadline_exceeded" in status.lower() or isinstance(error, TimeoutError):
+        return DeadlineExceededError(f"no answer from the server within the deadline: {message}",
+                                     hint="pass a longer timeout=, or check the server's load")
     if "is not healthy" in lowered:  # Triton 2.51's words for a Python-backend stub that died
         return ModelRestartingError(f"model `{model}` is restarting: its backend process died ({message})",
                                     hint="retry in a few seconds: the embedded server reloads a crashed model within "
@@ -71,7 +104,10 @@ def translate(error: Exception, model: str | None = None) -> ClientError:
     if status in ("403", "StatusCode.PERMISSION_DENIED") or "restricted" in lowered:
         return ClientError(f"refused: {message}", hint=f"this API needs the admin key (header {ADMIN_HEADER}): "
                                                          "set TRITONKIT_ADMIN_KEY or pass the key file")
-    if isinstance(error, OSError) or "unavailable" in status.lower() or "failed to connect" in lowered \
+    # a server that dies while a request is in flight: HTTP's geventhttpclient raises HTTPConnectionClosed
+    # ("connection closed."), an http.client.HTTPException, not an OSError
+    dropped = isinstance(error, http.client.HTTPException) and "connection closed" in lowered
+    if isinstance(error, OSError) or dropped or "unavailable" in status.lower() or "failed to connect" in lowered \
             or "connection refused" in lowered:
         return ServerUnavailableError(f"Triton server not reachable: {message}",
                                       hint="start it with `builder serve`, or check --url")
@@ -101,23 +137,42 @@ def normalise_metadata(raw: dict) -> dict:
 class TritonClient:
     """Synchronous client. `infer(model, {name: array}) -> {name: array}`; errors are client.errors types."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001", timeout: float = 60.0, concurrency: int = 1,
-                 admin_key: str | None = None):
-        """`concurrency`: HTTP connections kept for requests in flight at once (gRPC multiplexes one channel).
+    def __init__(self, url: str | Sequence[str] = "grpc://127.0.0.1:8001", timeout: float = 60.0,
+                 concurrency: int = 1, admin_key: str | None = None, retry_policy: RetryPolicy = RetryPolicy()):
+        """`url`: one server, or several replicas serving the same models (a sequence, or comma-separated), all
+        gRPC or all HTTP. Inference goes to one replica at a time and fails over to the next on an error a retry
+        can cure (client/retry.py); every other call goes to the replica in use.
+        `timeout`: seconds; the deadline of every inference call that passes none, and the HTTP socket timeout.
+        `concurrency`: HTTP connections kept for requests in flight at once (gRPC multiplexes one channel).
         `admin_key`: sent with the administrative calls (models, load_model, unload_model), which a server the kit
-        starts locks; None: found as client/admin.py `find_admin_key` says (environment, key file of the port)."""
-        self.protocol, self.address = parse_url(url)
-        self.url = f"{self.protocol}://{self.address}"
+        starts locks; None: found as client/admin.py `find_admin_key` says (environment, key file of the port).
+        `retry_policy`: how often an inference call is tried (retry.NO_RETRY: once)."""
+        parsed = parse_urls(url)
+        self.protocol = parsed[0][0]
+        self.urls = [f"{protocol}://{address}" for protocol, address in parsed]
+        self.url, self.address = self.urls[0], parsed[0][1]
         key = admin_key if admin_key is not None else find_admin_key(self.url)
         self._admin_headers = admin_headers(self.protocol, key)
         self._module = _protocol_module(self.protocol)
         self._timeout = timeout
+        self.retry_policy = retry_policy
         if self.protocol == "grpc":
-            self._client = self._module.InferenceServerClient(self.address)
+            self._clients = [self._module.InferenceServerClient(address) for _, address in parsed]
         else:
-            self._client = self._module.InferenceServerClient(self.address, connection_timeout=timeout,
-                                                              network_timeout=timeout, concurrency=concurrency)
+            self._clients = [self._module.InferenceServerClient(address, connection_timeout=timeout,
+                                                                network_timeout=timeout, concurrency=concurrency)
+                             for _, address in parsed]
+        self._replica = 0  # the replica in use: the last one that answered an inference call
         self._output_names: dict[str, list[str]] = {}
+
+    @property
+    def _client(self):
+        return self._clients[self._replica]
+
+    @property
+    def replica_url(self) -> str:
+        """The URL of the replica in use."""
+        return self.urls[self._replica]
 
     def __enter__(self) -> "TritonClient":
         return self
@@ -126,7 +181,8 @@ class TritonClient:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
     def _call(self, method: str, *args, model: str | None = None, **kwargs):
         try:
@@ -138,6 +194,23 @@ class TritonClient:
         if self.protocol == "grpc":
             return self._call(method, *args, model=model, as_json=True)
         return self._call(method, *args, model=model)
+
+    def _with_retries(self, attempt, timeout: float | None, model: str):
+        """`attempt(tritonclient client, remaining seconds)` under the retry policy and the deadline, starting at
+        the replica in use; the replica that answers becomes the one in use."""
+        deadline = self._timeout if timeout is None else timeout
+
+        def on_replica(replica: int, remaining: float):
+            try:
+                return attempt(self._clients[replica], remaining)
+            except ClientError:
+                raise
+            except Exception as e:  # tritonclient, grpc and socket errors alike
+                raise translate(_as_tritonclient_error(e), model) from e
+
+        result, self._replica = retry.call(on_replica, len(self._clients), deadline, self.retry_policy,
+                                           first=self._replica)
+        return result
 
     def is_live(self) -> bool:
         try:
@@ -194,13 +267,37 @@ class TritonClient:
             self._output_names[model] = [o["name"] for o in self.metadata(model)["outputs"]]
         return self._output_names[model]
 
-    def infer(self, model: str, inputs: dict, outputs: list[str] | None = None) -> dict:
-        """Run one request (the batch is axis 0 of every input). Returns every output, or those in `outputs`."""
-        names = outputs or self.output_names(model)
+    def infer(self, model: str, inputs: dict, outputs: list[str] | None = None,
+              timeout: float | None = None) -> dict:
+        """Run one request (the batch is axis 0 of every input). Returns every output, or those in `outputs`.
+
+        `timeout`: the deadline in seconds for the call, retries included (None: the client's `timeout`). What is
+        left of it goes with each try: to Triton as the request's queue timeout (honoured where the queue policy
+        allows overrides, as the kit's configs do; it can only shorten the configured one) and, over gRPC, as the
+        call's deadline. Over HTTP the socket waits up to the client's `timeout` per try. Raises client.errors
+        types: the last error once the retries are spent, DeadlineExceededError when the deadline is."""
         module = self._module
-        requested = [module.InferRequestedOutput(n) for n in names]
-        result = self._call("infer", model, make_inputs(module, inputs), outputs=requested, model=model)
-        return {n: result.as_numpy(n) for n in names}
+        tensors = make_inputs(module, inputs)
+
+        def attempt(client, remaining: float):
+            names = outputs or self._names_from(client, model)
+            requested = [module.InferRequestedOutput(n) for n in names]
+            queue_timeout_us = max(1, int(remaining * 1e6))
+            if self.protocol == "grpc":
+                result = client.infer(model, tensors, outputs=requested, timeout=queue_timeout_us,
+                                      client_timeout=remaining)
+            else:
+                result = client.infer(model, tensors, outputs=requested, timeout=queue_timeout_us)
+            return {n: result.as_numpy(n) for n in names}
+
+        return self._with_retries(attempt, timeout, model)
+
+    def _names_from(self, client, model: str) -> list[str]:
+        if model not in self._output_names:
+            raw = client.get_model_metadata(model, as_json=True) if self.protocol == "grpc" else \
+                client.get_model_metadata(model)
+            self._output_names[model] = [o["name"] for o in normalise_metadata(raw)["outputs"]]
+        return self._output_names[model]
 
     # tritonclient has no public call that sends an already-encoded request: prepare/send use what its own `infer`
     # calls (the same in tritonclient 2.51 to 2.73): gRPC `_get_inference_request` and the stub's ModelInfer, HTTP
@@ -227,23 +324,24 @@ class TritonClient:
         return PreparedRequest(model, names, (uri, body),
                                {"Inference-Header-Content-Length": json_size} if json_size is not None else None)
 
-    def send(self, prepared: PreparedRequest) -> dict:
-        """Send a prepared request; its outputs as numpy arrays. Raises client.errors types, as infer does."""
-        try:
+    def send(self, prepared: PreparedRequest, timeout: float | None = None) -> dict:
+        """Send a prepared request; its outputs as numpy arrays. Retried, within `timeout` (as infer; the queue
+        timeout is not sent: the request is encoded once), and raises client.errors types, as infer does."""
+        def attempt(client, remaining: float):
             if self.protocol == "grpc":
-                response = self._client._client_stub.ModelInfer(request=prepared.payload,
-                                                               metadata=self._client._get_metadata(None))
+                response = client._client_stub.ModelInfer(request=prepared.payload,
+                                                          metadata=client._get_metadata(None), timeout=remaining)
                 result = self._module.InferResult(response)
             else:
                 from tritonclient.http._utils import _raise_if_error
 
                 uri, body = prepared.payload
-                response = self._client._post(uri, body, prepared.headers, None)
+                response = client._post(uri, body, prepared.headers, None)
                 _raise_if_error(response)
                 result = self._module.InferResult(response, False)
-        except Exception as e:
-            raise translate(_as_tritonclient_error(e), prepared.model) from e
-        return {n: result.as_numpy(n) for n in prepared.outputs}
+            return {n: result.as_numpy(n) for n in prepared.outputs}
+
+        return self._with_retries(attempt, timeout, prepared.model)
 
 
 def _as_tritonclient_error(error: Exception) -> Exception:

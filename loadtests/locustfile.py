@@ -8,6 +8,11 @@ split (`--batch-size` examples per request) from the builder's artifacts folder,
 a failed request or an output of the wrong shape is a failure, never a fast success. Texts are padded to the
 model's length buckets (builder/core/artifacts.py), so Triton can batch them; every request is encoded once, at start.
 
+A request goes through the kit's client, which retries what a retry can cure (a backend being reloaded, a replica
+that is down, a full queue: client/retry.py) within its deadline: a retried success counts as one request, with its
+whole latency including the failed tries and the waits; only an error left after the retries is a failure.
+`--retries 1` counts every reject as a failure (an overload benchmark that measures the server's own answers).
+
 Closed loop (default): each user sends its next request when the last one returns. Open loop
 (`--arrival-rate R`): each user sends R requests per second on a fixed schedule whether or not earlier ones have
 returned, so a slow server shows up as queueing latency instead of fewer requests (coordinated omission).
@@ -33,7 +38,7 @@ grpc_gevent.init_gevent()
 import locust.stats  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
-from client import TritonClient  # noqa: E402
+from client import RetryPolicy, TritonClient  # noqa: E402
 from builder.core.artifacts import bucket_priority, find_record, length_buckets, request_batches  # noqa: E402
 
 # Locust keeps whole milliseconds below 100 ms, too coarse for a 2 ms model. Two significant digits everywhere
@@ -56,6 +61,8 @@ def add_arguments(parser):
     parser.add_argument("--length-buckets", type=int, default=1, choices=(0, 1),
                         help="text models: 1 pads each request to the model's length buckets, so Triton can batch "
                              "them (default); 0 sends each text as long as it is")
+    parser.add_argument("--retries", type=int, default=RetryPolicy().attempts,
+                        help="tries per request, retries included (default: the client's); 1: never retry")
     parser.add_argument("--errors-json", default="", include_in_web_ui=False,
                         help="write Locust's error table (message and count) to this JSON file at the end")
 
@@ -100,7 +107,8 @@ class TritonUser(User):
         self.model = options.model
         self.open_loop = options.arrival_rate > 0
         self.interval = 1.0 / options.arrival_rate if self.open_loop else 0.0
-        self.client = TritonClient(self.host, concurrency=MAX_IN_FLIGHT_PER_USER if self.open_loop else 1)
+        self.client = TritonClient(self.host, concurrency=MAX_IN_FLIGHT_PER_USER if self.open_loop else 1,
+                                   retry_policy=RetryPolicy(attempts=options.retries))
         folder, _entry = find_record(pathlib.Path(options.artifacts), self.model)
         batches = request_batches(folder, options.split, options.batch_size, tokens=options.tokens,
                                   buckets=None if options.length_buckets else ())
@@ -139,6 +147,7 @@ class TritonUser(User):
     def send(self):
         prepared, size = self.requests[self.next]
         self.next = (self.next + 1) % len(self.requests)
+        # one measured request, however many tries the client needed for it
         with self.environment.events.request.measure(self.protocol, self.model) as meta:
             result = self.client.send(prepared)
             meta["response_length"] = sum(a.nbytes for a in result.values())

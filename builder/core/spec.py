@@ -84,6 +84,9 @@ class ModelSpec:
     # variable-length model in its queue for the batcher's 500 ms idle wait (measured on MiniLM: ~1-3 % of
     # requests at 1 user, p99 510 ms against a p50 of 4 ms; none with 2 instances; docs/load-tests.md)
     instances: int | None = None
+    # The p99 latency budget (ms) its served config's queue policy is derived from (builder/serving/tritonconfig.py
+    # queue_policy) when the build command does not say (`--slo-p99-ms`); None: 50.
+    slo_p99_ms: float | None = None
     # options per variant module, e.g. {pruned: {ratio: 0.5}}; checked against the module's Config when built
     variants: dict = field(default_factory=dict)
     standard_variants: tuple[str, ...] = ("fp32", "fp16", "int8")  # what `--variant all` builds
@@ -187,6 +190,10 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     if instances is not None and (not isinstance(instances, int) or isinstance(instances, bool) or instances < 1):
         raise ConfigError(f"{where}: instances must be a positive integer (Triton instances per model), "
                           f"got {instances!r}")
+    slo = values.get("slo_p99_ms")
+    if slo is not None and (not isinstance(slo, (int, float)) or isinstance(slo, bool) or slo <= 0):
+        raise ConfigError(f"{where}: slo_p99_ms must be a positive number of milliseconds (the p99 latency budget), "
+                          f"got {slo!r}")
     return ModelSpec(**values, source=where)
 
 

@@ -12,7 +12,7 @@ import pytest
 from builder.serving.recovery import GRACE_S, POLL_S
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import find_stubs
-from client import ModelRestartingError, TritonClient
+from client import NO_RETRY, ModelRestartingError, TritonClient
 from tests.e2e.test_serve_cli import start_serve
 
 pytestmark = pytest.mark.e2e
@@ -39,9 +39,11 @@ def server(repository):
 
 
 def serve_again_after_kill(url: str, model: str, request: dict, server_pid: int) -> tuple[float, list, int]:
-    """Kill the model's stub; poll with real requests until one is answered. (seconds, failures, old pid)."""
+    """Kill the model's stub; poll with real requests until one is answered. (seconds, failures, old pid).
+    The client does not retry, so every request in between shows what the server answers (test_overload.py
+    has the retrying client under load)."""
     (stub,) = find_stubs(model, server_pid)
-    with TritonClient(url, timeout=30) as client:
+    with TritonClient(url, timeout=30, retry_policy=NO_RETRY) as client:
         client.infer(model, request)
         killed = time.monotonic()
         os.kill(stub.pid, signal.SIGKILL)

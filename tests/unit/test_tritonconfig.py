@@ -123,3 +123,47 @@ def test_the_embedded_servers_cpu_fallback_keeps_everything_but_the_instance_kin
     # the rest is the file's: the backend still sees (and reports) the accelerator
     assert fallback["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]["name"] == "tensorrt"
     assert fallback["input"] == json_format.MessageToDict(parse_text(text), preserving_proto_field_name=True)["input"]
+
+
+def test_the_queue_policy_is_derived_from_the_latency_budget():
+    # half the budget may be spent waiting in the queue; the queue holds a full next batch per instance and one more
+    minilm, digits = resolve_spec("minilm"), resolve_spec("digits")
+    policy = parse_text(to_text(build_config("m", minilm, ServingConfig(slo_p99_ms=80)))).dynamic_batching \
+        .default_queue_policy
+    assert policy.default_timeout_microseconds == 40_000
+    assert policy.max_queue_size == 2 * minilm.max_batch_size * 2  # minilm: 2 instances
+    assert policy.timeout_action == 0 and policy.allow_timeout_override  # 0 is REJECT (not DELAY)
+    default = parse_text(to_text(build_config("d", digits, ServingConfig()))).dynamic_batching.default_queue_policy
+    assert default.default_timeout_microseconds == 25_000  # the 50 ms budget `loadtests run` judges by
+    assert default.max_queue_size == 2 * digits.max_batch_size
+    # a request the batcher holds for company is not late: the delay is added, or every lone request would time out
+    delayed = parse_text(to_text(build_config("d", digits, ServingConfig(max_queue_delay_us=200_000)))) \
+        .dynamic_batching.default_queue_policy
+    assert delayed.default_timeout_microseconds == 225_000
+
+
+def test_the_latency_budget_comes_from_the_command_else_the_spec_else_50_ms():
+    import dataclasses
+
+    digits = resolve_spec("digits")
+    assert ServingConfig().for_spec(digits).slo_p99_ms == 50
+    assert ServingConfig().for_spec(dataclasses.replace(digits, slo_p99_ms=20)).slo_p99_ms == 20
+    assert ServingConfig(slo_p99_ms=10).for_spec(dataclasses.replace(digits, slo_p99_ms=20)).slo_p99_ms == 10
+    with pytest.raises(ConfigError, match="must be positive"):
+        ServingConfig(slo_p99_ms=0)
+
+
+def test_no_queue_policy_writes_triton_defaults():
+    config = parse_text(to_text(build_config("d", resolve_spec("digits"), ServingConfig(queue_policy=False))))
+    assert config.HasField("dynamic_batching") and not config.dynamic_batching.HasField("default_queue_policy")
+
+
+@pytest.mark.parametrize("bad", [0, -5, "fast", True])
+def test_a_spec_with_a_bad_latency_budget_is_refused(bad):
+    from builder.core.spec import parse_spec
+
+    raw = {"name": "m", "factory": "a.b:c", "data": "a.b:d", "metric": {"output": "y"}, "slo_p99_ms": bad,
+           "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 2]}],
+           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]}
+    with pytest.raises(ConfigError, match="slo_p99_ms must be a positive number"):
+        parse_spec(raw, where="m.yaml")

@@ -30,7 +30,7 @@ from ...core.names import model_name
 from ...core.spec import length_buckets
 from .. import repository as repo
 from ..limits import PARAMETER as LIMITS_PARAMETER, to_parameter
-from ..tritonconfig import TRITON_DTYPES, parse_text, to_text
+from ..tritonconfig import TRITON_DTYPES, ServingConfig, parse_text, queue_policy, to_text
 
 TEXT_INPUT = "TEXT"
 MODEL_SOURCE = pathlib.Path(__file__).with_name("tokenizer_model.py")
@@ -80,9 +80,12 @@ def encoder_max_length(config_file: pathlib.Path, ids: str) -> int | None:
     return min((d["max"] for d in dims.values() if any(name == ids for name, _ in d["axes"])), default=None)
 
 
-def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path) -> dict:
+def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
+                        serving: ServingConfig = ServingConfig()) -> dict:
     """Write `<model>_tokenizer`, `<model>_postprocess` and the ensemble `<model>_<variant>_text` into
     `repository` (each atomically, the ensemble last). Returns what was written, for the build record.
+    The tokenizer and postprocess models get the encoder's queue policy (`serving`'s latency budget), for their
+    one instance; the ensemble has no queue of its own.
 
     Raises ConfigError for a model that is not a text model, RepositoryError if the encoder `<model>_<variant>`
     is not in the repository (an ensemble without it could never load).
@@ -112,20 +115,23 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
                           f"a fixed number of classes for the text endpoint's label and probabilities, "
                           f"got {logits.shape}")
 
+    serving = serving.for_spec(spec)
+    policy = queue_policy(serving.slo_p99_ms, spec.max_batch_size, 1) if serving.queue_policy else None  # no batching delay there
     tokenizer = tokenizer_model_name(spec)
     repo.write_model(repository, tokenizer, to_text(tokenizer_config(tokenizer, spec, ids, mask, length,
-                                                                     length_buckets(spec, length))),
+                                                                     length_buckets(spec, length), policy)),
                      files={"model.py": MODEL_SOURCE, "tokenizer.json": tokenizer_file})
     postprocess = postprocess_model_name(spec)
     onnx_file = postprocess_onnx(logits.name, classes, workdir / "text_endpoint" / "postprocess.onnx")
-    repo.write_model(repository, postprocess, to_text(postprocess_config(postprocess, spec, logits.name, classes)),
+    repo.write_model(repository, postprocess, to_text(postprocess_config(postprocess, spec, logits.name, classes, policy)),
                      onnx_file)
     repo.write_model(repository, text_model,
                      to_text(ensemble_config(text_model, spec, encoder, tokenizer, postprocess, classes)))
     return {"model": text_model, "tokenizer": tokenizer, "postprocess": postprocess, "max_tokens": length}
 
 
-def tokenizer_config(name: str, spec, ids: str, mask: str, length: int, buckets: tuple[int, ...]) -> dict:
+def tokenizer_config(name: str, spec, ids: str, mask: str, length: int, buckets: tuple[int, ...],
+                     policy: dict | None = None) -> dict:
     return {
         "name": name,
         "backend": "python",
@@ -134,7 +140,7 @@ def tokenizer_config(name: str, spec, ids: str, mask: str, length: int, buckets:
         "output": [{"name": ids, "data_type": "TYPE_INT64", "dims": [-1]},
                    {"name": mask, "data_type": "TYPE_INT64", "dims": [-1]}],
         # requests that arrive together are tokenized in one call; each is padded on its own
-        "dynamic_batching": {},
+        "dynamic_batching": {"default_queue_policy": policy} if policy else {},
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # tokenizing is CPU work, also with --device gpu
         "parameters": {"ids_output": {"string_value": ids}, "mask_output": {"string_value": mask},
                        "max_length": {"string_value": str(length)},
@@ -144,7 +150,7 @@ def tokenizer_config(name: str, spec, ids: str, mask: str, length: int, buckets:
     }
 
 
-def postprocess_config(name: str, spec, logits: str, classes: int) -> dict:
+def postprocess_config(name: str, spec, logits: str, classes: int, policy: dict | None = None) -> dict:
     return {
         "name": name,
         "backend": "onnxruntime",
@@ -152,7 +158,7 @@ def postprocess_config(name: str, spec, logits: str, classes: int) -> dict:
         "input": [{"name": logits, "data_type": "TYPE_FP32", "dims": [classes]}],
         "output": [{"name": "label", "data_type": "TYPE_INT64", "dims": [1]},
                    {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [classes]}],
-        "dynamic_batching": {},
+        "dynamic_batching": {"default_queue_policy": policy} if policy else {},
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],  # two element-wise nodes: never worth a GPU copy
         "parameters": {"intra_op_thread_count": {"string_value": "1"},
                        "inter_op_thread_count": {"string_value": "1"},
