@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import pathlib
 import time
@@ -18,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import processes
-from .core.artifacts import MARGINAL_SPEEDUP, load_splits, write_entry
+from .core.artifacts import MARGINAL_SPEEDUP, load_splits, read_record, record_path, write_entry
 from .core.data import trim_padding
 from .core.errors import ConfigError, VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
@@ -26,7 +27,7 @@ from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
 from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
-from .roofline import achieved, machine_peak, precision_of
+from .roofline import achieved, cpu_isa, machine_peak, precision_of
 from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
@@ -66,11 +67,16 @@ class Gates:
 
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
                   serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
-                  progress: Callable[[str], None] = print, eval_limit: int | None = None) -> dict:
+                  progress: Callable[[str], None] = print, eval_limit: int | None = None,
+                  rebuild: bool = False) -> dict:
     """Build `variant` of `spec`; write it to `repository` unless it fails a gate (and not forced).
 
     `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests); the record
     says so. Default: every example.
+
+    A variant the build record says was refused, with the same `recipe_key` (recipe_key: spec, variant settings,
+    gates, evaluation, the fp32 it is measured against, the machine, the libraries), is not trained again: its
+    recorded entry is returned with `verdict_reused` set, unless `rebuild` or `gates.force`.
 
     Returns its entry of the build record (also written to disk); on a rank other than 0 of several processes,
     None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors.
@@ -90,6 +96,14 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
 
     if variant != "fp32" and not processes.decide(lambda: (workdir / "fp32" / "outputs.npz").is_file()):
         raise_missing_baseline(spec)
+    key = processes.decide(lambda: recipe_key(spec, variant, plan, gates, serving, eval_limit, workdir))
+    reused = None if rebuild or gates.force else processes.decide(lambda: refused_before(artifacts, spec, variant, key))
+    if reused is not None:
+        if main:
+            step(f"refused before with the same recipe and inputs ({reused.get('built_at', 'an earlier build')}, "
+                 f"{record_path(artifacts, spec.name)}): " + "; ".join(reused["gates_failed"])
+                 + ". Verdict reused, not retrained; --rebuild trains and measures it again")
+        return reused | {"verdict_reused": True} if main else None
     step("loading data splits")
     splits = processes.main_first(lambda: load_splits(spec, workdir))  # rank 0 writes the cache, the others read it
     seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
@@ -124,6 +138,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "fp32_latency_p50_ms": latency["fp32_latency"],
         "speedup_vs_fp32": latency["speedup"],
         "gates_failed": failed_gates,
+        "recipe_key": key,
         "notes": context.notes,
         "command": command,
         "spec": spec_dict(spec),
@@ -152,6 +167,38 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_entry(artifacts, spec.name, variant, entry)
     return entry
+
+
+def recipe_key(spec: ModelSpec, variant: str, plan: list, gates: Gates, serving: ServingConfig,
+               eval_limit: int | None, workdir: pathlib.Path) -> str:
+    """A hash of everything a variant's verdict depends on, as the teacher cache keys its recipe
+    (builder/teacher.py): the spec (its training section and every variant's options), this variant's resolved
+    step configs (their defaults included), the gates, how many examples are scored, the device the speed gate
+    judges for, the fp32 model every variant is measured against (its file's content: a new teacher is a new fp32),
+    the CPU (the speed gate) and the library versions. The kit's own code is not in it: after changing a recipe in
+    code, rebuild with --rebuild."""
+    baseline = workdir / "fp32" / "model.onnx"
+    digest = hashlib.blake2b(digest_size=16)
+    if variant != "fp32" and baseline.is_file():
+        with open(baseline, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    isa = cpu_isa()
+    recipe = {"spec": spec_dict(spec), "variant": variant,
+              "steps": [[s.name, dataclasses.asdict(c)] for s, c in plan],
+              "gates": {"max_accuracy_drop": gates.max_accuracy_drop, "min_agreement": gates.min_agreement},
+              "eval_limit": eval_limit, "device": serving.device, "fp32": digest.hexdigest(),
+              "cpu": [isa["model"], isa["summary"]], "versions": library_versions()}
+    return hashlib.blake2b(json.dumps(recipe, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def refused_before(artifacts: pathlib.Path, spec: ModelSpec, variant: str, key: str) -> dict | None:
+    """The build-record entry of `variant` if the build refused it (a gate failed, not written) with the same
+    recipe key; else None (never built, built before keys were recorded, passed, forced, or anything changed)."""
+    entry = read_record(artifacts, spec.name)["variants"].get(variant)
+    if entry and entry.get("recipe_key") == key and entry.get("gates_failed") and not entry.get("version_dir"):
+        return entry
+    return None
 
 
 def plan_steps(spec: ModelSpec, variant: str) -> list:
@@ -249,7 +296,9 @@ def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: 
     """The gates this variant fails: accuracy drop over the budget; slower than fp32 (judged on CPU only)."""
     failed_gates = []
     if scores["drop"] > gates.max_accuracy_drop:
-        failed_gates.append(f"accuracy drop {scores['drop']:.2f} points > {gates.max_accuracy_drop}")
+        # ± its paired standard error: the report and the summaries quote this reason as it is
+        failed_gates.append(f"accuracy drop {scores['drop']:.2f} ± {scores['drop_se']:.2f} points > "
+                            f"{gates.max_accuracy_drop}")
     agreed = scores["agreement"]
     if gates.min_agreement is not None and agreed["top1"] < gates.min_agreement:
         failed_gates.append(f"top-1 agreement with fp32 {agreed['top1']:.3f} < {gates.min_agreement}")
@@ -260,7 +309,7 @@ def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: 
                                        "and runs fp32's kernels")
     elif variant != "fp32" and speedup < 1.0:
         if serving.device == "cpu":
-            failed_gates.append("slower than fp32 (geometric mean speedup < 1.0)")
+            failed_gates.append(f"slower than fp32 ({speedup:.2f}x, geometric mean over batch sizes and threads)")
         else:  # the latency was measured here, on CPU: it says nothing about the GPU the model is built for
             context.notes["speed_gate"] = "not applied: slower than fp32 on CPU, but built for --device gpu"
     return failed_gates

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--min-agreement", type=float,
                        help="gate: least top-1 agreement with fp32 (0..1) on the first split (default: no gate)")
     build.add_argument("--force", action="store_true", help="write variants to the repository even if a gate fails")
+    build.add_argument("--rebuild", action="store_true",
+                       help="train and measure again a variant refused before with the same recipe and inputs "
+                            "(default: reuse its verdict from the build record)")
     build.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                        help="instance kind in config.pbtxt: KIND_CPU (default), or KIND_GPU for Triton on GPUs")
     build.add_argument("--tensorrt", action="store_true",
@@ -152,7 +155,8 @@ def _build(args) -> int:
                    + (" --no-queue-policy" if args.no_queue_policy else ""))
         try:
             entry = build_variant(spec, variant, args.repository, args.artifacts, serving, command,
-                                  Gates(args.max_accuracy_drop, args.force, args.min_agreement))
+                                  Gates(args.max_accuracy_drop, args.force, args.min_agreement),
+                                  rebuild=args.rebuild)
             if entry is not None:  # None: a rank other than 0, which trained and wrote nothing
                 rows.append(entry)
         except BuilderError as e:
@@ -180,12 +184,17 @@ def print_build_summary(model: str, rows: list, failed: list) -> None:
                   f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
                   f" {peak_percent(e, 'b1_t1'):>5} {peak_percent(e, 'b32_t1'):>5}"
                   f" {training_steps(e):>9} {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
-                  + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)"))
+                  + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)")
+                  + (f" (verdict of {e.get('built_at', 'an earlier build')} reused: same recipe and inputs)"
+                     if e.get("verdict_reused") else ""))
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
               "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread; steps: optimizer steps "
               "trained / planned, ! when the time cap cut them short; %pk: achieved FLOP/s as % of this machine's measured "
               "GEMM peak of the variant's precision, batch 1 and 32, 1 thread"
               + (f"; CPU {rows[0]['cpu_isa']['summary']}" if rows[0].get("cpu_isa") else "") + ")")
+        if any(e.get("verdict_reused") for e in rows):
+            print("(verdict reused: refused before with the same recipe and inputs, so not trained again; its figures "
+                  "are that build's. --rebuild trains and measures it again)")
         for e in rows:
             baseline = e.get("baseline", {})
             if "frozen_accuracy" in baseline:

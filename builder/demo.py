@@ -44,7 +44,8 @@ def compare_accuracy(client, model: str, spec, split, onnx_file: pathlib.Path) -
 
 def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: bool, rebuild: bool,
               progress) -> list[str]:
-    """Build each demo model's variants that are not in the repository yet; return the failures' rebuild commands."""
+    """Build each demo model's variants that are not in the repository yet (a variant refused before with the same
+    recipe and inputs keeps its recorded verdict, unless `rebuild`); return the failures' rebuild commands."""
 
     failed = []
     for spec in specs:
@@ -57,13 +58,15 @@ def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: b
                 continue
             try:
                 entry = build_variant(spec, variant, repository, artifacts, command=command, progress=progress,
-                                      eval_limit=EVAL_EXAMPLES[quick])
+                                      eval_limit=EVAL_EXAMPLES[quick], rebuild=rebuild)
             except BuilderError as e:  # one failed variant never stops the others
                 progress(f"[{name}] FAILED: {e}")
                 failed.append(command)
                 continue
             if entry["gates_failed"]:
-                progress(f"[{name}] not served: " + "; ".join(entry["gates_failed"]))
+                progress(f"[{name}] not served: " + "; ".join(entry["gates_failed"])
+                         + (" (verdict reused from the build record; `builder demo --rebuild` trains it again)"
+                            if entry.get("verdict_reused") else ""))
     return failed
 
 

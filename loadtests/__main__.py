@@ -325,19 +325,27 @@ def plan_options(args) -> dict:
             "prices": read_prices(args.prices) if args.prices else ()}
 
 
-def print_table(header: list[str], body: list[list[str]], indent: str = "") -> None:
+def print_table(header: list[str], body: list[list[str]], indent: str = "", text_last: bool = False) -> None:
+    """Columns right-aligned; with `text_last`, the last column (free text such as a verdict) left-aligned."""
     widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
-    print(indent + "  ".join(h.rjust(w) for h, w in zip(header, widths)))
+
+    def line(cells):
+        aligned = [c.rjust(w) for c, w in zip(cells, widths)]
+        if text_last:
+            aligned[-1] = cells[-1]
+        return indent + "  ".join(aligned)
+
+    print(line(header))
     for row in body:
-        print(indent + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        print(line(row))
 
 
 def print_summary(report: dict) -> None:
     for source in report["sources"]:
         header, body = summary_table(report, source)
-        keep = [0, 1, 2, 4, 8, 10, 11, 12, 13, 14, 16, 17]
+        keep = [0, 1, 2, 4, 8, 9, 10, 11, 12, 13, 14, 16, 17, header.index("verdict")]
         print(f"\n{source}")
-        print_table([header[i] for i in keep], [[row[i] for i in keep] for row in body])
+        print_table([header[i] for i in keep], [[row[i] for i in keep] for row in body], text_last=True)
         print(report["recommendations"][source]["text"])
         planned = plan_table(report, source)
         if planned:

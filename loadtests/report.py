@@ -29,7 +29,7 @@ MIN_WINDOWS = 3
 
 @dataclasses.dataclass(frozen=True)
 class VariantRow:
-    """One served variant: build facts and its best load step."""
+    """One built variant: build facts and, if served, its best load step."""
     source: str  # the model it was built from, e.g. minilm
     variant: str  # e.g. int8
     triton_model: str
@@ -47,6 +47,8 @@ class VariantRow:
     # mean of batch 1 and 32 at 1 thread: 0.25 = a quarter of fp32's compute; fp32: 1
     compute: float | None = None
     entry: dict = dataclasses.field(default_factory=dict, repr=False)  # the build-record entry (or {})
+    # the gates the build refused it for (build record `gates_failed`): built and measured, not served, no load step
+    refused: tuple[str, ...] = ()
 
 
 def relative_compute(entry: dict) -> float | None:
@@ -74,24 +76,66 @@ def entry_names(model: str, entry: dict) -> tuple[str, str]:
     return source, model[len(source) + 1:]
 
 
+def refused_entries(results: dict, records: dict[str, dict]) -> dict[str, dict]:
+    """Build-record entries of the variants the build refused (a gate failed, nothing written to the repository) of
+    the run's source models: from the artifacts' records, else from the run's copy (`refused`, loadtests/run.py)."""
+    served = set(results["models"])
+    sources = {entry_names(m, records.get(m) or results.get("records", {}).get(m, {}))[0] for m in served}
+    found = {}
+    for model, entry in {**results.get("refused", {}), **records}.items():
+        if (model not in served and entry.get("gates_failed") and not entry.get("version_dir")
+                and entry_names(model, entry)[0] in sources):
+            found[model] = entry
+    return found
+
+
+def row_of(model: str, entry: dict, steps: list[dict], refused: tuple[str, ...] = ()) -> VariantRow:
+    first = next(iter(entry.get("accuracy", {})), None)
+    drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
+    source, variant = entry_names(model, entry)
+    return VariantRow(
+        source=source, variant=variant,
+        triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
+        eval_examples=entry.get("eval_examples", {}).get(first),
+        params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
+        best=max(steps, key=lambda s: s["throughput"]) if steps else None,
+        failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points"),
+        agreement=top1_agreement(entry), compute=relative_compute(entry), entry=entry, refused=refused)
+
+
 def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
+    """One row per served model of the run, then one per variant of the same source models that the build refused
+    (no load step: its accuracy, agreement and in-process speed are the build record's)."""
     rows = []
     for model in results["models"]:
         steps = [s for s in merge_repeats(results["steps"]) if s["model"] == model]
         # the build record as the run saw it (results.json keeps a copy), else the artifacts' one now
         entry = records.get(model) or results.get("records", {}).get(model, {})
-        first = next(iter(entry.get("accuracy", {})), None)
-        drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
-        source, variant = entry_names(model, entry)
-        rows.append(VariantRow(
-            source=source, variant=variant,
-            triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
-            eval_examples=entry.get("eval_examples", {}).get(first),
-            params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
-            best=max(steps, key=lambda s: s["throughput"]) if steps else None,
-            failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points"),
-            agreement=top1_agreement(entry), compute=relative_compute(entry), entry=entry))
+        rows.append(row_of(model, entry, steps))
+    for model, entry in sorted(refused_entries(results, records).items()):
+        rows.append(row_of(model, entry, [], refused=tuple(entry["gates_failed"])))
     return rows
+
+
+def refusal_text(row: VariantRow) -> str:
+    """Why the build refused `row`, in the build's own words (its `gates_failed`). Records written before the gate
+    stated the drop's standard error get it added from the record."""
+    reasons = []
+    for reason in row.refused:
+        if reason.startswith("accuracy drop") and "±" not in reason and row.accuracy_drop_se_points is not None:
+            reason = reason.replace(" points", f" ± {row.accuracy_drop_se_points:.2f} points", 1)
+        reasons.append(reason)
+    return "; ".join(reasons)
+
+
+def next_faster_refused(rows: list[VariantRow], chosen: VariantRow) -> VariantRow | None:
+    """The refused variant that is the next step up in in-process speed from `chosen`: the slowest of those whose
+    compute is below the chosen one's by more than MARGINAL_SPEEDUP (the build's noise). None if there is none."""
+    if chosen.compute is None:
+        return None
+    faster = [r for r in rows if r.refused and r.compute is not None
+              and r.compute * (1 + MARGINAL_SPEEDUP) < chosen.compute]
+    return max(faster, key=lambda r: r.compute, default=None)
 
 
 def throughput_interval(step: dict) -> Interval:
@@ -181,9 +225,11 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
 
     Returns {"model", "variant", "users", "throughput", "throughput_interval", "p99_ms", "p99_interval",
     "accuracy_drop_points", "agreement", "tied", "reason", "text"}; when nothing qualifies, "model" is None and
-    "text" says which constraint binds.
+    "text" says which constraint binds. When the build refused a variant that runs faster in-process than the chosen
+    one, the text names the next faster of them and why it was refused (`next_faster_refused`).
     """
     measured = {s["model"] for s in steps}
+    refused = [r for r in rows if r.refused]
     rows = [r for r in rows if r.triton_model in measured]
     by_model = {r.triton_model: r for r in rows}
     accurate = within_budgets(rows, max_accuracy_drop, min_agreement)
@@ -215,6 +261,10 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
                      "these throughputs (lower bounds); rerun with more --workers or on a separate machine.")
         elif unranked:
             text += " Not ranked on their generator-bound steps: " + ", ".join(f"`{m}`" for m in unranked) + "."
+        faster = next_faster_refused(refused, row)
+        if faster is not None:  # what speed beyond the chosen one would have cost: the trade-off the user judges
+            text += (f" The next faster variant was refused: `{faster.triton_model}` would run {1 / faster.compute:.1f}x "
+                     f"fp32's in-process speed (`{chosen}`: {1 / row.compute:.1f}x), but {refusal_text(faster)}.")
         return nothing | {"model": chosen, "variant": row.variant, "users": step["users"],
                           "throughput": step["throughput"], "throughput_interval": dataclasses.asdict(throughput),
                           "p99_ms": step["p99_ms"], "p99_interval": dataclasses.asdict(p99) if p99 else None,
@@ -317,22 +367,45 @@ def plot_latency_throughput(report: dict, source: str, path: pathlib.Path) -> No
     plt.close(fig)
 
 
+def accuracy_speed_points(report: dict, source: str) -> list[dict]:
+    """The accuracy-speed plot's points: every built variant of `source` with an accuracy and an in-process speed
+    (build record): {"variant", "accuracy" (%), "speedup" (in-process vs fp32, 1 / compute), "throughput" (max
+    served examples/s, None when not served), "refused" (the build's reason, "" when served)}."""
+    return [{"variant": r.variant, "accuracy": r.accuracy * 100,
+             "speedup": 1 / r.compute if r.compute else None,
+             "throughput": r.best["throughput"] if r.best else None, "refused": refusal_text(r)}
+            for r in report["rows"] if r.source == source and r.accuracy is not None]
+
+
 def plot_accuracy_throughput(report: dict, source: str, path: pathlib.Path) -> None:
+    """Left: accuracy vs max served throughput (served variants; red: the Pareto front). Right: accuracy vs
+    in-process speedup over fp32 for every built variant, the refused ones in grey: the trade-off the gate judged."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["rows"] if r.source == source and r.best and r.accuracy is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    points = [(r.best["throughput"], r.accuracy * 100) for r in rows]
-    front = set(pareto(points))
-    for i, (row, (t, a)) in enumerate(zip(rows, points)):
-        ax.scatter([t], [a], s=60 if i in front else 30, color="C3" if i in front else "C0", zorder=3)
-        ax.annotate(row.variant, (t, a), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    points = accuracy_speed_points(report, source)
+    fig, (served_ax, speed_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    served = [p for p in points if p["throughput"] is not None]
+    xy = [(p["throughput"], p["accuracy"]) for p in served]
+    front = set(pareto(xy))
+    for i, (p, (t, a)) in enumerate(zip(served, xy)):
+        served_ax.scatter([t], [a], s=60 if i in front else 30, color="C3" if i in front else "C0", zorder=3)
+        served_ax.annotate(p["variant"], (t, a), fontsize=8, xytext=(4, 4), textcoords="offset points")
     if front:
-        line = sorted(points[i] for i in front)
-        ax.plot([p[0] for p in line], [p[1] for p in line], color="C3", linewidth=1, label="Pareto front")
-        ax.legend(fontsize=8)
-    ax.set(xlabel="max served throughput (examples/s)", ylabel="accuracy (%)", title=f"{source}: accuracy vs throughput")
-    ax.grid(alpha=0.3)
+        line = sorted(xy[i] for i in front)
+        served_ax.plot([x for x, _ in line], [y for _, y in line], color="C3", linewidth=1, label="Pareto front")
+        served_ax.legend(fontsize=8)
+    served_ax.set(xlabel="max served throughput (examples/s)", ylabel="accuracy (%)", title="served variants")
+    for p in (p for p in points if p["speedup"] is not None):
+        grey = bool(p["refused"])
+        speed_ax.scatter([p["speedup"]], [p["accuracy"]], s=30, marker="x" if grey else "o",
+                         color="grey" if grey else "C0", zorder=3)
+        speed_ax.annotate(p["variant"] + (" (refused)" if grey else ""), (p["speedup"], p["accuracy"]), fontsize=8,
+                          color="grey" if grey else "black", xytext=(4, 4), textcoords="offset points")
+    speed_ax.set(xlabel="in-process speedup vs fp32 (batch 1 and 32, 1 thread)",
+                 title="every built variant (grey: refused by the build)")
+    for ax in (served_ax, speed_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{source}: accuracy vs speed", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -405,7 +478,8 @@ def plot_operator_profile(report: dict, source: str, path: pathlib.Path) -> None
 
 
 PLOTS = (("latency", plot_latency_throughput, "p99 latency vs throughput, one curve per variant across load steps"),
-         ("accuracy", plot_accuracy_throughput, "accuracy vs max throughput; red: the Pareto front"),
+         ("accuracy", plot_accuracy_throughput, "accuracy vs max served throughput (red: the Pareto front), and vs "
+          "in-process speedup over fp32 for every built variant (grey: refused by the build, not served)"),
          ("server_time", plot_server_time, "where a request's time goes in the server, at each variant's max throughput"),
          ("operators", plot_operator_profile, "share of kernel time by operator category, batch 1 and 32, 1 thread: "
           "ONNX Runtime's profiler in-process at build time (build record: operator_profile; warm-up excluded), "
@@ -446,7 +520,7 @@ def summary_table(report: dict, source: str) -> tuple[list[str], list[list[str]]
         delta = _num(None if r.accuracy_drop_points is None else 0.0 - r.accuracy_drop_points, 2)
         if r.accuracy_drop_se_points:
             delta += f" ± {r.accuracy_drop_se_points:.2f}"
-        verdict = ("chosen" if r.triton_model == choice["model"] else
+        verdict = ("refused: " + refusal_text(r) if r.refused else "chosen" if r.triton_model == choice["model"] else
                    "tied" if r.triton_model in choice.get("tied", []) else "")
         body.append([r.variant, _num(r.accuracy, 2, 100), _num(r.agreement, 1, 100), str(r.eval_examples or "-"),
                      _num(fp32_on_same_examples(r), 2, 100), delta, _num(r.onnx_bytes, 1, 1e-6),
@@ -471,7 +545,8 @@ SUMMARY_NOTE = ("accuracy, agreement and Δ are on the row's own examples (\"on 
                 "Locust's figures over the whole step; windows = min..max over the step's equal windows after "
                 "every user started (loadtests/intervals.py). Variants whose throughput windows overlap the "
                 "leader's, or within 5 % of it (the spread between runs), are tied; ties go to lower compute, then "
-                "the smaller file.")
+                "the smaller file. A variant the build refused (verdict `refused`, with the gate it failed) was built "
+                "and measured in-process but not served: it has no load figures.")
 
 
 def peak_fraction_text(entry: dict) -> str:

@@ -389,7 +389,8 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                                   else f"{settings.workers} Locust worker process(es) and a master"
                                   if settings.workers else "one Locust process") + " on this machine, beside the server",
                "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
-               "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models)}
+               "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models),
+               "refused": refused_snapshot(artifacts, models)}
     total = len(models) * len(settings.users) * settings.repeats
     try:
         if footprint:
@@ -445,6 +446,16 @@ RECORD_KEYS = ("source", "variant", "triton_model", "accuracy", "accuracy_drop_p
 def record_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dict]:
     records = read_records(artifacts)
     return {m: {k: records[m][k] for k in RECORD_KEYS if k in records[m]} for m in models if m in records}
+
+
+def refused_snapshot(artifacts: pathlib.Path, models: list[str]) -> dict[str, dict]:
+    """The record facts of the variants the build refused (not served) of the same source models as `models`, so
+    the report lists them with their reason without the artifacts. Kept apart from `records`: the regression gate
+    compares only what was served."""
+    records = read_records(artifacts)
+    sources = {records[m]["source"] for m in models if m in records}
+    return {m: {k: e[k] for k in (*RECORD_KEYS, "gates_failed") if k in e} for m, e in records.items()
+            if m not in models and e.get("source") in sources and e.get("gates_failed") and not e.get("version_dir")}
 
 
 def server_rss(models: list[str]) -> int | None:

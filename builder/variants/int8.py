@@ -12,6 +12,10 @@ With an accuracy budget (`builder build --max-accuracy-drop`, the build's own ga
 quantized model whose drop against fp32 on the validation split exceeds the budget is searched: the nodes that hurt
 most return to float until it fits (builder/variants/int8_search.py). The record's `int8_search` holds the ranking,
 every trial (reverted nodes, accuracy, b1 latency) and the speed the reverts cost.
+
+Weights are quantized to 7 bits (`reduce_range`) on x86 CPUs without VNNI, 8 bits otherwise (`reduce_range_for`);
+the record's `int8_reduce_range` says which and why. A model is quantized for the ISA it is built on: one built on
+a VNNI machine and served on an AVX2 one can saturate there (set `reduce_range: true` to build for both).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from ..core.errors import VariantError
 from ..core.evaluate import onnx_predictor, onnx_session, run_split, score
 from ..measure import fixed_batch, latency_p50_ms
+from ..roofline import cpu_isa
 from . import int8_search
 
 STAGE = "onnx"
@@ -54,6 +59,9 @@ class Config:
     # points the search keeps in reserve below the gate: it fits on the validation split, the gate judges the
     # first evaluation split, and a drop that just fits on one can exceed on the other (MiniLM static: 0.78 vs 1.57)
     search_margin: float = 0.0
+    # weights in 7 bits instead of 8: true, false, or None (default) to choose by the build machine's ISA
+    # (reduce_range_for)
+    reduce_range: bool | None = None
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -66,9 +74,42 @@ class Config:
             raise VariantError(f"int8: search_margin must be >= 0 points, got {self.search_margin}")
         if self.ranking not in RANKINGS:
             raise VariantError(f"int8: ranking must be one of {RANKINGS}, got {self.ranking!r}")
+        if self.reduce_range not in (None, True, False):
+            raise VariantError(f"int8: reduce_range must be true, false or left out (by the CPU), got "
+                               f"{self.reduce_range!r}")
         if self.max_trials < 1 or self.search_group < 1 or self.search_examples < 1:
             raise VariantError("int8: max_trials, search_group and search_examples must be >= 1, got "
                                f"{self.max_trials}, {self.search_group}, {self.search_examples}")
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def reduce_range_for(isa: dict) -> tuple[bool, str]:
+    """(reduce_range, why) for a CPU described by builder.roofline.cpu_isa.
+
+    ONNX Runtime's U8S8 kernels (uint8 activations x int8 weights, what `int8` writes) on x86 without VNNI multiply
+    byte pairs with VPMADDUBSW, whose two-product sums saturate at 16 bits: 255 x 127 x 2 = 64,770 > 32,767. With
+    7-bit weights the sum stays within range (255 x 64 x 2 = 32,640). ONNX Runtime's quantizer recommends
+    reduce_range=True on x86 without VNNI and False with it (onnxruntime.quantization.quantize_static's docstring).
+    Measured on the wide_range fixture (tests/unit/test_compression.py): on an AVX2 machine without VNNI, 8-bit
+    weights made the accuracy search return an extra layer to float that a VNNI machine keeps in int8.
+    """
+    flags = set(isa.get("flags") or ())
+    if flags & set(VNNI_FLAGS):
+        return False, f"{isa.get('summary')}: VNNI accumulates u8 x s8 in 32 bits, no saturation"
+    if flags & {"avx2", "avx512f"}:
+        return True, (f"{isa.get('summary')}: without VNNI, u8 x s8 pairs sum in 16 bits and can saturate; 7-bit "
+                      "weights cannot")
+    return False, f"{isa.get('summary')}: not an x86 AVX2/AVX-512 CPU, whose kernels saturate"
+
+
+def chosen_reduce_range(setting: bool | None) -> tuple[bool, str, str]:
+    """(reduce_range, why, the CPU's ISA summary): the spec's `reduce_range` when set, else by this machine's ISA."""
+    isa = cpu_isa()
+    if setting is not None:
+        return setting, "set in the model spec (variants.int8.reduce_range)", isa["summary"]
+    return (*reduce_range_for(isa), isa["summary"])
 
 
 class SplitReader:
@@ -125,6 +166,7 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
         calibration = split.spread(config.calibration_examples)
 
     gemms = {n.name for n in nodes if n.op_type == "Gemm"}
+    reduce_range, why, isa = chosen_reduce_range(config.reduce_range)
 
     def quantize(target: pathlib.Path, excluded_nodes: list[str]) -> pathlib.Path:
         if method == "dynamic":
@@ -132,7 +174,8 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
             # exclusions against the new names: name both, or an excluded Gemm is quantized anyway
             gemm_names = [f"{n}_MatMul" for n in excluded_nodes if n in gemms]
             quantize_dynamic(str(prepared), str(target), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[*excluded_nodes, *gemm_names])
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[*excluded_nodes, *gemm_names],
+                             reduce_range=reduce_range)
         else:
             reader = SplitReader(calibration, context.spec.sequence_mask)
             method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -141,6 +184,7 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
             quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
                             per_channel=config.per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=method_enum, nodes_to_exclude=excluded_nodes,
+                            reduce_range=reduce_range,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         return target
 
@@ -152,7 +196,8 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
         context.notes["int8_search"] = search_notes
     else:
         quantize(output, excluded)
-    context.notes.update({"int8_method": method, "int8_excluded_nodes": excluded,
+    context.notes.update({"int8_reduce_range": {"reduce_range": reduce_range, "why": why, "cpu": isa},
+                          "int8_method": method, "int8_excluded_nodes": excluded,
                           "int8_calibration": config.calibration if method == "static" else None})
     prepared.unlink(missing_ok=True)
     return output

@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 
 from ..train import TrainingOverrides, fine_tune
+from . import int8
 
 STAGE = "torch"
 
@@ -23,22 +24,24 @@ class Config(TrainingOverrides):  # and the training budget
     train_lr: float | None = 1e-4  # a gentle fine-tune of trained weights, whatever the spec's training lr
 
 
-def fake_quant_weight(weight):
+def fake_quant_weight(weight, levels: int = 127):
+    """`weight` on the symmetric per-channel grid of ±`levels` steps (127: int8; 64: int8 with ONNX Runtime's
+    reduce_range, its 7-bit weights)."""
     import torch
 
     dims = tuple(range(1, weight.dim()))
-    scale = weight.detach().abs().amax(dim=dims, keepdim=True).clamp(min=1e-8) / 127.0
-    quantized = torch.clamp(torch.round(weight / scale), -127, 127) * scale
+    scale = weight.detach().abs().amax(dim=dims, keepdim=True).clamp(min=1e-8) / float(levels)
+    quantized = torch.clamp(torch.round(weight / scale), -levels, levels) * scale
     return weight + (quantized - weight).detach()  # straight-through estimator
 
 
-def weight_fake_quant():
-    """A parametrization: the layer always computes with its weight on the int8 grid."""
+def weight_fake_quant(levels: int = 127):
+    """A parametrization: the layer always computes with its weight on the grid the int8 step will use."""
     import torch
 
     class WeightFakeQuant(torch.nn.Module):
         def forward(self, weight):
-            return fake_quant_weight(weight)
+            return fake_quant_weight(weight, levels)
 
     return WeightFakeQuant()
 
@@ -70,10 +73,14 @@ def apply(model, context, config: Config):
     from torch.nn.utils import parametrize
 
     student = copy.deepcopy(model)
+    # train on the grid the int8 step will quantize to: 7-bit weights where it chooses reduce_range (x86 without
+    # VNNI, builder/variants/int8.py), whose symmetric int8 range is then ±64 (ONNX Runtime's get_qmin_qmax_for_qType)
+    reduce_range, _, _ = int8.chosen_reduce_range(context.spec.variants.get("int8", {}).get("reduce_range"))
+    levels = 64 if reduce_range else 127
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = []
     for layer in layers:
-        parametrize.register_parametrization(layer, "weight", weight_fake_quant())
+        parametrize.register_parametrization(layer, "weight", weight_fake_quant(levels))
         hooks.append(layer.register_forward_pre_hook(activation_hook(config.ema)))
     student = fine_tune(student, context, config, "quantization-aware training")
     for hook in hooks:
@@ -81,4 +88,5 @@ def apply(model, context, config: Config):
     for layer in layers:  # keep the weights exactly on the int8 grid they were trained on
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     context.notes["qat_layers"] = len(layers)
+    context.notes["qat_weight_levels"] = levels
     return student

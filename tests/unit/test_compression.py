@@ -66,19 +66,32 @@ def test_search_reverts_in_groups():
     assert [len(t.reverted) for t in trials] == [0, 4, 6, 5] and len(chosen) == 6  # only all six in float fit
 
 
-def build(spec_path, variants, tmp_path, drop=1.0):
+def build(spec_path, variants, tmp_path, drop=1.0, options=None):
+    import dataclasses
+
     from builder.build import Gates, build_variant
     from builder.core.spec import load_spec
 
     spec = load_spec(spec_path)
+    if options:
+        spec = dataclasses.replace(spec, variants={**spec.variants, **options})
     return {v: build_variant(spec, v, tmp_path / "repo", tmp_path / "art", gates=Gates(drop, force=True),
                              progress=lambda m: None) for v in variants}
 
 
-def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path):
+# None: chosen by this machine's ISA (8-bit weights with VNNI, 7-bit without); True: 7-bit on any ISA. 8-bit
+# weights on purpose are not a case: on x86 without VNNI they saturate, which is why the ISA chooses
+@pytest.mark.parametrize("reduce_range", [None, True], ids=["by-isa", "7-bit"])
+def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path, reduce_range):
     import onnx
 
-    entries = build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32", "int8"], tmp_path)
+    from builder.roofline import cpu_isa
+    from builder.variants.int8 import reduce_range_for
+
+    options = {} if reduce_range is None else {"int8": {"reduce_range": reduce_range}}
+    entries = build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32", "int8"], tmp_path, options=options)
+    chosen = entries["int8"]["notes"]["int8_reduce_range"]
+    assert chosen["reduce_range"] == (reduce_range_for(cpu_isa())[0] if reduce_range is None else True)
     search = entries["int8"]["notes"]["int8_search"]
     assert search["trials"][0]["drop_points"] > 10  # full int8 breaks the gate on this fixture
     assert search["within_budget"] and entries["int8"]["accuracy_drop_points"] <= 1.0
@@ -87,6 +100,41 @@ def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path):
     graph = onnx.load(entries["int8"]["version_dir"] + "/model.onnx").graph
     assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 3
     assert [t["reverted"] for t in search["trials"]] == [0, 1]
+
+
+AVX2 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+AVX512 = "model name\t: Intel Xeon Platinum 8124M\nflags\t\t: fpu avx avx2 fma avx512f avx512bw\n"
+VNNI = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu avx avx2 fma avx512f avx512_vnni\n"
+AVX_VNNI = "model name\t: Intel Core i7-12700\nflags\t\t: fpu avx avx2 fma avx_vnni\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [(AVX2, True), (AVX512, True), (VNNI, False), (AVX_VNNI, False),
+                                               (ARM, False), ("", False)],
+                         ids=["avx2", "avx512-no-vnni", "avx512-vnni", "avx-vnni", "arm", "unreadable"])
+def test_int8_weights_are_7_bit_exactly_on_x86_without_vnni(cpuinfo, expected):
+    from builder.roofline import cpu_isa
+    from builder.variants.int8 import reduce_range_for
+
+    reduce_range, why = reduce_range_for(cpu_isa(cpuinfo))
+    assert reduce_range is expected and why
+
+
+def test_the_machine_decides_unless_the_spec_does(monkeypatch):
+    from builder.roofline import cpu_isa
+    from builder.variants import int8, qat
+
+    monkeypatch.setattr(int8, "cpu_isa", lambda: cpu_isa(AVX2))
+    assert int8.chosen_reduce_range(None)[::2] == (True, "AVX2 (no VNNI)")
+    assert int8.chosen_reduce_range(False)[0] is False  # e.g. built here for a VNNI fleet
+    monkeypatch.setattr(int8, "cpu_isa", lambda: cpu_isa(VNNI))
+    assert int8.chosen_reduce_range(None)[0] is False
+    import torch
+
+    # QAT trains on the grid the int8 step will use: ±64 steps with 7-bit weights
+    weight = torch.linspace(-1, 1, 1001).reshape(1, 1001)  # one output channel, max |w| = 1
+    steps = torch.unique(torch.round(qat.fake_quant_weight(weight, 64) * 64))
+    assert steps.min() == -64 and steps.max() == 64 and len(steps) == 129
 
 
 def test_int8_search_is_off_without_a_budget_and_by_option(tmp_path):
