@@ -2,6 +2,7 @@
 
   builder build --model minilm --variant fp32        (a demo model)
   builder build --config my_model.yaml --variant fp32 (your model: see builder/core/spec.py)
+  builder build --hf-model DIR --data data.csv --variant fp32,int8   (a Transformers classifier and its data)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
 """
@@ -29,6 +30,7 @@ from .serving.front import MAX_BODY_MB
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
+from .sources import hf
 from .train import TrainingOverrides, train_config
 from .variants import steps
 
@@ -47,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="build variants into the model repository")
     build.add_argument("--model", help="a demo model: digits or minilm")
     build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
+    build.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
+                       help="a Hugging Face Transformers sequence classifier, as save_pretrained wrote it (with its "
+                            "tokenizer); the spec inferred goes to <artifacts>/<name>/spec.yaml")
+    build.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
+                       help="with --hf-model: a CSV or JSON-lines file, split 70/10/20 with a fixed seed, or one "
+                            "per split: --data train=a.csv --data validation=b.csv --data test=c.csv")
+    build.add_argument("--text-column", help="with --hf-model: the column holding the text (default: text)")
+    build.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
+                                              "config.json's id2label or its index (default: label)")
+    build.add_argument("--name", help="with --hf-model: the model's name (default: the directory's name)")
     build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
@@ -108,7 +120,11 @@ def cmd_build(args) -> int:
 
 
 def _build(args) -> int:
-    spec = resolve_spec(args.model, args.config)
+    if args.variant != "all":
+        for variant in args.variant.split(","):
+            if variant.strip():
+                steps(variant.strip())  # an unknown name fails before --hf-model writes its spec
+    spec, source = resolve_build_spec(args)
     variants = list(spec.standard_variants) if args.variant == "all" else [
         v.strip() for v in args.variant.split(",") if v.strip()]
     for variant in variants:
@@ -133,7 +149,6 @@ def _build(args) -> int:
                             text_endpoint=args.text_endpoint)
     if args.text_endpoint:
         text_inputs(spec)  # not a text model: fail before any work
-    source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
     rows, failed = [], []
     for variant in variants:
         command = (f"builder build {source} --variant {variant} --repository {shlex.quote(str(args.repository))} "
@@ -156,6 +171,48 @@ def _build(args) -> int:
         return 1 if failed else 0
     print_build_summary(spec.name, rows, failed)
     return 1 if failed else 0
+
+
+HF_ONLY = ("data", "text_column", "label_column", "name")
+
+
+def resolve_build_spec(args):
+    """(the spec, how a rebuild command names it: `--model x` or `--config file`). With --hf-model, the spec is
+    inferred from the directory and the data and written beside the build record first (builder/sources/hf.py)."""
+    if not args.hf_model:
+        given = [f"--{flag.replace('_', '-')}" for flag in HF_ONLY if getattr(args, flag) is not None]
+        if given:  # never silently ignored
+            raise ConfigError(f"{', '.join(given)} apply only with --hf-model",
+                              hint="a spec's own data function reads its data (docs/own-model.md)")
+        spec = resolve_spec(args.model, args.config)
+        return spec, f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
+    if args.model or args.config:
+        raise ConfigError("--hf-model replaces --model and --config: name one of them")
+    if not args.data:
+        raise ConfigError("--hf-model needs its data: --data FILE (CSV or JSON lines)",
+                          hint="or one file per split: --data train=a.csv --data validation=b.csv --data test=c.csv")
+    command = " ".join(["builder build --hf-model", shlex.quote(str(args.hf_model)),
+                        *(f"--data {shlex.quote(v)}" for v in args.data),
+                        *(f"--{flag.replace('_', '-')} {shlex.quote(getattr(args, flag))}"
+                          for flag in HF_ONLY[1:] if getattr(args, flag) is not None)])
+    path = hf.write_spec(args.hf_model, data_files(args.data), args.artifacts, args.text_column or "text",
+                         args.label_column or "label", args.name, command=command)
+    print(f"wrote the inferred spec {path}")
+    return resolve_spec(config=path), f"--config {shlex.quote(str(path))}"
+
+
+def data_files(values: list[str]):
+    """--data values: one path, or {split: path} from `split=path` values."""
+    if len(values) == 1 and values[0].partition("=")[0] not in hf.SPLITS:
+        return values[0]
+    files = {}
+    for value in values:
+        split, sep, path = value.partition("=")
+        if not sep or split not in hf.SPLITS or split in files:
+            raise ConfigError(f"--data {value}: with several files, each is SPLIT=FILE, one for each of "
+                              f"{', '.join(hf.SPLITS)}", hint="or one file, which the kit splits 70/10/20")
+        files[split] = path
+    return files
 
 
 def print_build_summary(model: str, rows: list, failed: list) -> None:
