@@ -18,7 +18,9 @@ from typing import Callable
 
 from . import processes
 from .core.artifacts import atomic_write
+from .core.errors import VariantError
 from .core.spec import ModelSpec, call_source
+from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
 from .variants.distilled import torch_accuracy
@@ -49,6 +51,9 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     options = teacher_options(spec)
     if not options.fine_tune:
         return model, None
+    if isinstance(model, OnnxFile):
+        raise VariantError(f"{spec.name}: fp32's fine_tune trains the PyTorch model, and an ONNX file has none",
+                           hint=f"remove `fine_tune` from variants.fp32 in {spec.source}")
     import torch
 
     config = teacher_config(options)

@@ -14,7 +14,9 @@ The demo models are described by the same YAML files a user writes (builder/sour
 
 Shapes: the first dimension is always `batch`; other named dimensions are dynamic (their size for export examples
 and warm-up comes from `example_sizes`), integers are fixed. The module's forward takes the inputs as keyword
-arguments and returns one tensor or a tuple in the order of `outputs`.
+arguments and returns one tensor or a tuple in the order of `outputs`. `factory_args` / `data_args` (optional) are
+keyword arguments passed besides the work folder: the built-in sources for a Hugging Face directory or an ONNX file
+(builder/sources/hf.py, onnxfile.py) are such functions, and the spec the kit infers for them is one of these files.
 """
 
 from __future__ import annotations

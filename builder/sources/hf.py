@@ -2,10 +2,10 @@
 
     builder build --hf-model DIR --data data.csv --text-column text --label-column label --variant fp32,int8
 
-`write_spec` reads the directory's config.json and the data file(s), checks every row, and only then writes the spec
-it inferred to `<artifacts>/<model>/spec.yaml`: an ordinary spec whose factory and data are the two functions of this
-module (`load_model`, `load_data`), parameterised by `factory_args` and `data_args`. `builder build --config` builds
-it again; the user may edit it and grow it into a full spec.
+`infer_spec` reads the directory's config.json and the data file(s) and checks every row; only then is the spec it
+inferred written to `<artifacts>/<model>/spec.yaml` (files.write_spec): an ordinary spec whose factory and data are
+the two functions of this module (`load_model`, `load_data`), parameterised by `factory_args` and `data_args`.
+`builder build --config` builds it again; the user may edit it and grow it into a full spec.
 
 Supported: sequence classification (an `...ForSequenceClassification` architecture in config.json). The served
 model takes `input_ids` and `attention_mask` [batch, seq] and returns `logits` [batch, classes]; the class names
@@ -28,15 +28,11 @@ import re
 
 import numpy as np
 
-from ..core.artifacts import atomic_write, spec_path, tokenizer_path
+from ..core.artifacts import tokenizer_path
 from ..core.data import Split
 from ..core.errors import ConfigError, DataError
-from ..core.names import MAX_MODEL_NAME
-from ..core.spec import parse_spec
-from .files import Row, read_rows
+from .files import Row, check_split_names, default_name, read_rows, split_seeded
 
-SPLITS = ("train", "validation", "test")
-SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.2}  # of one file; train is the rest
 SEED = 0
 EXAMPLE_TOKENS = 32  # the export example's and Triton warm-up's sequence length (capped at max_tokens)
 # two instances, as the text demo: with one, Triton 2.51's dynamic batcher left ~1-3 % of a text model's requests
@@ -128,11 +124,8 @@ def read_examples(files, text_column: str, label_column: str, classes: list[str]
                   seed: int = SEED) -> dict[str, tuple[list[str], np.ndarray]]:
     """{split: (texts, labels)} from `files`: one path (split 70/10/20 with `seed`) or {train, validation, test:
     path}. Every row is checked. Raises DataError, or ConfigError for a wrong set of splits."""
+    check_split_names(files)
     if isinstance(files, dict):
-        if sorted(files) != sorted(SPLITS):
-            raise ConfigError(f"data files for splits {sorted(files)}: name one file, or one for each of "
-                              f"{', '.join(SPLITS)}", hint="--data train=a.csv --data validation=b.csv "
-                                                           "--data test=c.csv, or --data all.csv")
         result = {}
         for split, path in files.items():
             rows = read_rows(path, text_column, label_column)
@@ -141,15 +134,8 @@ def read_examples(files, text_column: str, label_column: str, classes: list[str]
         return result
     rows = read_rows(files, text_column, label_column)
     labels = np.array([label_of(r, files, classes, label_column) for r in rows], dtype=np.int64)
-    counts = {s: round(len(rows) * f) for s, f in SPLIT_FRACTIONS.items()}
-    if min(counts.values()) < 1 or len(rows) - sum(counts.values()) < 1:
-        raise DataError(f"{files}: {len(rows)} examples are too few to split into train, validation and test "
-                        f"(70/10/20)", hint="at least 10 examples, or one file per split")
-    order = np.random.default_rng(seed).permutation(len(rows))
-    test, validation = order[:counts["test"]], order[counts["test"]:counts["test"] + counts["validation"]]
-    train = order[counts["test"] + counts["validation"]:]
     return {name: ([rows[i].text for i in index], labels[index])
-            for name, index in (("train", train), ("validation", validation), ("test", test))}
+            for name, index in split_seeded(len(rows), files, seed).items()}
 
 
 def load_data(workdir: pathlib.Path, model_dir: str, files, text_column: str, label_column: str, max_tokens: int,
@@ -192,12 +178,6 @@ def load_model(workdir: pathlib.Path, model_dir: str, max_tokens: int):
     return SequenceClassifier(model.eval()).eval()
 
 
-def default_name(model_dir: pathlib.Path) -> str:
-    """A served-name-safe model name from the directory's name: `my BERT (v2)` -> `my_bert_v2`."""
-    name = re.sub(r"[^a-z0-9_.-]+", "_", pathlib.Path(model_dir).resolve().name.lower()).strip("_.-")
-    return name[:MAX_MODEL_NAME].rstrip("_.-") or "model"
-
-
 def infer_spec(model_dir: pathlib.Path, files, text_column: str = "text", label_column: str = "label",
                name: str | None = None) -> dict:
     """The spec (as YAML's dict) of a classifier directory and its data, every data row checked."""
@@ -226,23 +206,3 @@ def infer_spec(model_dir: pathlib.Path, files, text_column: str = "text", label_
         "instances": INSTANCES,
         "standard_variants": ["fp32", "fp16", "int8"],
     }
-
-
-def write_spec(model_dir: pathlib.Path, files, artifacts: pathlib.Path, text_column: str = "text",
-               label_column: str = "label", name: str | None = None, command: str = "") -> pathlib.Path:
-    """Infer the spec (infer_spec) and write it to `<artifacts>/<name>/spec.yaml`; returns its path. Nothing is
-    written when the directory or the data is wrong. Raises ConfigError if that folder already holds a spec
-    inferred from another directory or other data (its cached splits and models would be reused as they are)."""
-    import yaml
-
-    spec = infer_spec(model_dir, files, text_column, label_column, name)
-    path = spec_path(artifacts, spec["name"])
-    parse_spec(spec, where=str(path))  # a bad --name fails here, before the folder exists
-    text = (f"# Inferred by `{command or 'builder build --hf-model'}`. Edit it and build it again with\n"
-            f"#   builder build --config {path} --variant ...\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=120))
-    if path.is_file() and yaml.safe_load(path.read_text()) != spec:
-        raise ConfigError(f"{path} was inferred from another directory or other data; its cached splits and "
-                          f"models would be reused", hint=f"pass --name for a new model, or delete {path.parent}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text)
-    return path

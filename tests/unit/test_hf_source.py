@@ -10,7 +10,8 @@ from builder.cli import data_files, main
 from builder.core.errors import ConfigError, DataError
 from builder.core.spec import call_source, load_spec
 from builder.sources.files import read_rows
-from builder.sources.hf import default_name, read_examples
+from builder.sources.files import default_name
+from builder.sources.hf import read_examples
 from tests.conftest import FIXTURES, TINY_SPEC
 
 CLASSES = ["negative", "positive"]
@@ -81,9 +82,9 @@ def test_data_flags():
 
 def test_hf_flags_are_never_silently_ignored(capsys):
     assert main(["build", "--model", "digits", "--data", "x.csv"]) == 2
-    assert "error: --data apply only with --hf-model" in capsys.readouterr().err
+    assert "error: --data apply only with --hf-model or --onnx-model" in capsys.readouterr().err
     assert main(["build", "--hf-model", "dir", "--config", "x.yaml"]) == 2
-    assert "--hf-model replaces --model and --config" in capsys.readouterr().err
+    assert "name one model: --model, --config, --hf-model or --onnx-model" in capsys.readouterr().err
 
 
 def test_a_directory_without_config_json_is_refused(tmp_path, capsys):
@@ -94,6 +95,7 @@ def test_a_directory_without_config_json_is_refused(tmp_path, capsys):
 
 def test_default_name_is_a_served_name():
     assert default_name("/models/My BERT (v2)") == "my_bert_v2"
+    assert default_name("/models/cnn.v2.onnx") == "cnn.v2"
 
 
 def test_source_args_are_checked_against_the_function(tmp_path):
