@@ -21,17 +21,18 @@ import numpy as np
 from . import processes
 from .core.artifacts import MARGINAL_SPEEDUP, load_splits, read_record, record_path, write_entry
 from .core.data import trim_padding
-from .core.errors import ConfigError, VariantError
+from .core.errors import ConfigError, ExportError, VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
-from .measure import agreement, count_macs, fixed_batch, gzip_bytes, latency_table
+from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .roofline import achieved, cpu_isa, machine_peak, precision_of
 from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
 from .serving.text_endpoint import max_tokens, write_text_endpoint
+from .sources.onnxfile import OnnxFile
 from .teacher import load_model
 from .torch2onnx import check_limits, example_batch, export, verify
 from .train import seed_everything
@@ -109,6 +110,8 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
     step("loading model")
     model, teacher = load_model(spec, workdir, splits, step)
+    if isinstance(model, OnnxFile):
+        refuse_torch_steps(spec, variant, plan)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
                            max_accuracy_drop=gates.max_accuracy_drop, teacher_key=teacher and teacher["key"])
     if teacher is not None and variant == "fp32":
@@ -232,7 +235,10 @@ def transform_torch(model, variant: str, plan: list, context: BuildContext) -> t
         model = s.module.apply(model, context, config)
     if not processes.is_main():
         return model, None, {}
-    onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
+    if isinstance(model, OnnxFile):
+        onnx_path, torch_facts = copy_checked(model, spec, context.splits, out, step)
+    else:
+        onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
     torch_facts["notes"] = dict(context.notes)
     (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
     torch_facts.pop("notes")
@@ -320,7 +326,8 @@ def profile_variant(model, onnx_path: pathlib.Path, variant: str, context: Build
     spec, split, step = context.spec, context.splits[context.spec.evaluate[0]], context.progress
     step("profiling operators (ONNX Runtime profiler, batch 1 and 32)")
     facts = {"operator_profile": profile_table(onnx_path, spec, split)}
-    if variant == "fp32" and sequence_axes(spec):  # once per model, on the untransformed torch model in hand
+    # once per model, on the untransformed torch model in hand (an ONNX source has none)
+    if variant == "fp32" and sequence_axes(spec) and not isinstance(model, OnnxFile):
         step(f"counting MACs by layer type at sequence lengths {', '.join(map(str, MACS_LENGTHS))}")
         facts["macs_by_length"] = macs_by_length(model, spec, split)
     return facts
@@ -420,6 +427,43 @@ def export_checked(model, spec: ModelSpec, splits: dict, out: pathlib.Path, step
     return onnx_path, {"export_max_abs_diff": verify(model, spec, onnx_path, verify_batch),
                        "params": int(sum(p.numel() for p in model.parameters())),
                        "macs": count_macs(model, fixed_batch(spec, splits[spec.evaluate[0]], 1))}
+
+
+def copy_checked(source: OnnxFile, spec: ModelSpec, splits: dict, out: pathlib.Path, step) -> tuple[pathlib.Path, dict]:
+    """fp32 of an ONNX source: the file as given, copied, checked to run on real examples and to answer the spec's
+    outputs; its parameters and MACs counted from the graph. Raises ExportError if ONNX Runtime cannot run it."""
+    import shutil
+
+    import onnx
+
+    onnx_path = out / "model.onnx"
+    step(f"copying {source.path} as given")
+    shutil.copyfile(source.path, onnx_path)
+    check_limits(onnx_path)
+    step("checking that ONNX Runtime runs it on real examples")
+    batch = splits[spec.validation_split].spread(VERIFY_EXAMPLES).inputs
+    try:
+        outputs = onnx_predictor(onnx_session(onnx_path))(batch)
+    except Exception as e:  # ONNX Runtime's own exception types, for a graph it cannot load or run
+        raise ExportError(f"{source.path}: ONNX Runtime cannot run it on the data's examples: {e}") from e
+    missing = [t.name for t in spec.outputs if t.name not in outputs]
+    if missing:
+        raise ExportError(f"{source.path}: no output(s) {missing}")
+    model = onnx.load(str(onnx_path))
+    return onnx_path, {"export_max_abs_diff": 0.0,  # nothing exported: the file is the model
+                       # weights: the float initializers (int64 ones are shapes and indices the exporter folded)
+                       "params": int(sum(np.prod(t.dims) for t in model.graph.initializer
+                                         if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))),
+                       "macs": count_onnx_macs(model, fixed_batch(spec, splits[spec.evaluate[0]], 1))}
+
+
+def refuse_torch_steps(spec: ModelSpec, variant: str, plan: list) -> None:
+    """An ONNX source has no PyTorch model: refuse, in one line, a variant that trains or changes one."""
+    torch_steps = [s.name for s, _ in plan if s.stage == "torch" and s.name != "fp32"]
+    if torch_steps:
+        raise VariantError(f"{spec.name}: `{variant}` trains or changes the PyTorch model ({', '.join(torch_steps)}), "
+                           f"and an ONNX file has none", hint="build the post-training variants: fp16, int8, "
+                                                              "int8-dynamic, int8-static")
 
 
 def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, dict] | None:

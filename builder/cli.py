@@ -2,6 +2,8 @@
 
   builder build --model minilm --variant fp32        (a demo model)
   builder build --config my_model.yaml --variant fp32 (your model: see builder/core/spec.py)
+  builder build --hf-model DIR --data data.csv --variant fp32,int8   (a Transformers classifier and its data)
+  builder build --onnx-model m.onnx --data data.npz --variant fp32,int8,fp16   (an ONNX file and its data)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
 """
@@ -29,6 +31,7 @@ from .serving.front import MAX_BODY_MB
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
+from .sources import files, hf, onnxfile
 from .train import TrainingOverrides, train_config
 from .variants import steps
 
@@ -47,6 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="build variants into the model repository")
     build.add_argument("--model", help="a demo model: digits or minilm")
     build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
+    build.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
+                       help="a Hugging Face Transformers sequence classifier, as save_pretrained wrote it (with its "
+                            "tokenizer); the spec inferred goes to <artifacts>/<name>/spec.yaml")
+    build.add_argument("--onnx-model", type=pathlib.Path, metavar="FILE",
+                       help="an ONNX file with a dynamic batch axis: fp32 as given and the post-training variants "
+                            "(fp16, int8); the spec inferred goes to <artifacts>/<name>/spec.yaml")
+    build.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
+                       help="with --hf-model a CSV or JSON-lines file, with --onnx-model an .npz (one array per "
+                            "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
+                            "--data train=a.csv --data validation=b.csv --data test=c.csv")
+    build.add_argument("--text-column", help="with --hf-model: the column holding the text (default: text)")
+    build.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
+                                              "config.json's id2label or its index (default: label)")
+    build.add_argument("--name", help="with --hf-model or --onnx-model: the model's name (default: the directory's "
+                                      "or file's name)")
     build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
@@ -116,7 +134,11 @@ def cmd_build(args) -> int:
 
 
 def _build(args) -> int:
-    spec = resolve_spec(args.model, args.config)
+    if args.variant != "all":
+        for variant in args.variant.split(","):
+            if variant.strip():
+                steps(variant.strip())  # an unknown name fails before --hf-model writes its spec
+    spec, source = resolve_build_spec(args)
     variants = list(spec.standard_variants) if args.variant == "all" else [
         v.strip() for v in args.variant.split(",") if v.strip()]
     for variant in variants:
@@ -142,7 +164,6 @@ def _build(args) -> int:
                             queue_policy=not args.no_queue_policy)
     if args.text_endpoint:
         text_inputs(spec)  # not a text model: fail before any work
-    source = f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
     rows, failed = [], []
     for variant in variants:
         command = (f"builder build {source} --variant {variant} --repository {shlex.quote(str(args.repository))} "
@@ -168,6 +189,58 @@ def _build(args) -> int:
         return 1 if failed else 0
     print_build_summary(spec.name, rows, failed)
     return 1 if failed else 0
+
+
+HF_ONLY = ("data", "text_column", "label_column", "name")  # flags of a model given as it lies on disk
+
+
+def resolve_build_spec(args):
+    """(the spec, how a rebuild command names it: `--model x` or `--config file`). With --hf-model or --onnx-model,
+    the spec is inferred from the model and its data, every row checked, and written beside the build record first
+    (builder/sources/hf.py, onnxfile.py)."""
+    given = [f"--{flag.replace('_', '-')}" for flag in HF_ONLY if getattr(args, flag) is not None]
+    if not (args.hf_model or args.onnx_model):
+        if given:  # never silently ignored
+            raise ConfigError(f"{', '.join(given)} apply only with --hf-model or --onnx-model",
+                              hint="a spec's own data function reads its data (docs/own-model.md)")
+        spec = resolve_spec(args.model, args.config)
+        return spec, f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
+    if sum(bool(x) for x in (args.model, args.config, args.hf_model, args.onnx_model)) > 1:
+        raise ConfigError("name one model: --model, --config, --hf-model or --onnx-model")
+    kind = "--hf-model" if args.hf_model else "--onnx-model"
+    if not args.data:
+        raise ConfigError(f"{kind} needs its data: --data FILE ({'CSV or JSON lines' if args.hf_model else '.npz'})",
+                          hint="or one file per split: --data train=a --data validation=b --data test=c")
+    if args.onnx_model and (args.text_column or args.label_column):
+        raise ConfigError("--text-column and --label-column apply to --hf-model; an .npz holds one array per "
+                          "input and `labels`")
+    command = " ".join(["builder build", kind, shlex.quote(str(args.hf_model or args.onnx_model)),
+                        *(f"--data {shlex.quote(v)}" for v in args.data),
+                        *(f"--{flag.replace('_', '-')} {shlex.quote(getattr(args, flag))}"
+                          for flag in HF_ONLY[1:] if getattr(args, flag) is not None)])
+    if args.hf_model:
+        spec = hf.infer_spec(args.hf_model, data_files(args.data), args.text_column or "text",
+                             args.label_column or "label", args.name)
+    else:
+        spec = onnxfile.infer_spec(args.onnx_model, data_files(args.data),
+                                   args.name or files.default_name(args.onnx_model))
+    path = files.write_spec(spec, args.artifacts, command)
+    print(f"wrote the inferred spec {path}")
+    return resolve_spec(config=path), f"--config {shlex.quote(str(path))}"
+
+
+def data_files(values: list[str]):
+    """--data values: one path, or {split: path} from `split=path` values."""
+    if len(values) == 1 and values[0].partition("=")[0] not in files.SPLITS:
+        return values[0]
+    found = {}
+    for value in values:
+        split, sep, path = value.partition("=")
+        if not sep or split not in files.SPLITS or split in found:
+            raise ConfigError(f"--data {value}: with several files, each is SPLIT=FILE, one for each of "
+                              f"{', '.join(files.SPLITS)}", hint="or one file, which the kit splits 70/10/20")
+        found[split] = path
+    return found
 
 
 def print_build_summary(model: str, rows: list, failed: list) -> None:

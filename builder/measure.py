@@ -33,6 +33,42 @@ def count_macs(model, example: dict) -> int:
     return int(counter.get_total_flops() // 2)
 
 
+def count_onnx_macs(model, example: dict) -> int:
+    """Multiply-accumulates of one run of an ONNX graph (`onnx.ModelProto`) on `example`, counted from its shapes:
+    MatMul, Gemm and Conv, the ops that hold nearly all of a model's MACs (what count_macs counts for a torch
+    model). A node whose shapes shape inference cannot resolve is not counted, so this is a lower bound."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: its input shapes are fixed below
+    for value in model.graph.input:
+        if value.name in example:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, example[value.name].shape):
+                dim.Clear()
+                dim.dim_value = int(size)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = [d.dim_value for d in dims]
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    macs = 0
+    for node in model.graph.node:
+        a, out = shapes.get(node.input[0]) if node.input else None, shapes.get(node.output[0])
+        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if out is None or a is None or w is None:
+            continue
+        if node.op_type == "MatMul":
+            macs += int(np.prod(out)) * a[-1]
+        elif node.op_type == "Gemm":
+            trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+            macs += int(np.prod(out)) * (a[0] if trans_a else a[-1])
+        elif node.op_type == "Conv":  # weight [out channels, in channels / group, *kernel]
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+    return int(macs)
+
+
 def fixed_batch(spec, split, batch: int) -> dict:
     """`batch` real examples with every dynamic non-batch axis cut (or zero-padded) to its example size."""
     picked = split.spread(batch)

@@ -18,7 +18,9 @@ from typing import Callable
 
 from . import processes
 from .core.artifacts import atomic_write
-from .core.spec import ModelSpec, resolve_callable
+from .core.errors import VariantError
+from .core.spec import ModelSpec, call_source
+from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
 from .variants.distilled import torch_accuracy
@@ -45,10 +47,13 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     """(model, facts): the factory's model, fine-tuned from the cache (or now, then cached) when the spec's fp32
     says `fine_tune`; facts is None without a fine-tune, else the JSON-able facts of the fine-tune."""
     # rank 0 first: a factory may fill a cache in `workdir` (minilm's head) that the others then read
-    model = rank0_weights(processes.main_first(lambda: resolve_callable(spec.factory, spec.source)(workdir)))
+    model = rank0_weights(processes.main_first(lambda: call_source(spec, "factory", workdir)))
     options = teacher_options(spec)
     if not options.fine_tune:
         return model, None
+    if isinstance(model, OnnxFile):
+        raise VariantError(f"{spec.name}: fp32's fine_tune trains the PyTorch model, and an ONNX file has none",
+                           hint=f"remove `fine_tune` from variants.fp32 in {spec.source}")
     import torch
 
     config = teacher_config(options)

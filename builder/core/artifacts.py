@@ -3,6 +3,7 @@
   <artifacts>/<model>/record.json      the build record: per variant, what was measured and how to reproduce it
   <artifacts>/<model>/data/<split>.npz the cached data splits (`splits.json` lists them; written last)
   <artifacts>/<model>/tokenizer.json   a text model's tokenizer
+  <artifacts>/<model>/spec.yaml        the spec the kit inferred for a model given as it lies on disk (--hf-model)
 
 Every read and write of these goes through this module. A record is changed only under an exclusive lock
 (`fcntl.flock` on the `<model>/` folder: a build and a footprint run of the same model never lose each other's
@@ -25,7 +26,7 @@ import numpy as np
 
 from .data import Split
 from .errors import ArtifactsError, ConfigError, unknown_name
-from .spec import resolve_callable
+from .spec import call_source
 
 MAX_TOKENS = 256
 # a record's speedup within this of 1.0 is noise: the build re-measures it beside fp32 before its speed gate, and
@@ -67,6 +68,11 @@ def locked(folder: pathlib.Path):
 def tokenizer_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
     """Where a text model's factory writes its tokenizer.json (read by the raw-text endpoint and `text_inputs`)."""
     return pathlib.Path(artifacts) / model / "tokenizer.json"
+
+
+def spec_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
+    """Where the spec inferred for a model given as a directory and a data file is written (builder/sources/hf.py)."""
+    return pathlib.Path(artifacts) / model / "spec.yaml"
 
 
 def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
@@ -157,7 +163,7 @@ def load_splits(spec, workdir: pathlib.Path) -> dict[str, Split]:
     if index.is_file():
         names = json.loads(index.read_text())
         return {name: read_split(folder / f"{name}.npz") for name in names}
-    splits = resolve_callable(spec.data, spec.source)(workdir)
+    splits = call_source(spec, "data", workdir)
     if not isinstance(splits, dict) or not all(isinstance(s, Split) for s in splits.values()):
         raise ConfigError(f"{spec.source}: data function `{spec.data}` must return a dict of name -> builder.core.data.Split")
     for role in (spec.train_split, spec.validation_split, spec.calibration_split, *spec.evaluate):

@@ -35,6 +35,10 @@ class VariantError(BuilderError):
     """A variant could not be built."""
 
 
+class DataError(BuilderError):
+    """A user's data file is wrong. The message is one line: the file, the row and what is wrong."""
+
+
 class ArtifactsError(BuilderError):
     """A build record or a cached data split is missing or unreadable."""
 

@@ -14,7 +14,9 @@ The demo models are described by the same YAML files a user writes (builder/sour
 
 Shapes: the first dimension is always `batch`; other named dimensions are dynamic (their size for export examples
 and warm-up comes from `example_sizes`), integers are fixed. The module's forward takes the inputs as keyword
-arguments and returns one tensor or a tuple in the order of `outputs`.
+arguments and returns one tensor or a tuple in the order of `outputs`. `factory_args` / `data_args` (optional) are
+keyword arguments passed besides the work folder: the built-in sources for a Hugging Face directory or an ONNX file
+(builder/sources/hf.py, onnxfile.py) are such functions, and the spec the kit infers for them is one of these files.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class ModelSpec:
     # what `--variant all` builds; fp16 only on request: on a CPU it is slower than fp32, and the gate refuses it
     standard_variants: tuple[str, ...] = ("fp32", "int8")
     training: dict = field(default_factory=dict)  # builder.train.TrainConfig fields for every trained variant
+    # keyword arguments of the factory and the data function besides `workdir`: one function serves many models
+    # (builder/sources/hf.py: the directory and the data files of each), checked against its signature
+    factory_args: dict = field(default_factory=dict)
+    data_args: dict = field(default_factory=dict)
     source: str = ""  # the YAML file it came from
 
     def example_shape(self, tensor: TensorSpec, batch: int = 1) -> list[int]:
@@ -167,6 +173,8 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     for key in ("factory", "data"):
         if not isinstance(values.get(key), str) or values[key].count(":") != 1:
             raise ConfigError(f"{where}: {key} must be `package.module:function`, got {values.get(key)!r}")
+        if not isinstance(values.get(f"{key}_args", {}), dict):
+            raise ConfigError(f"{where}: {key}_args must map argument names to values, got {values[f'{key}_args']!r}")
     sizes = values.get("example_sizes", {}) or {}
     for t in values["inputs"]:
         for d in t.shape[1:]:
@@ -245,6 +253,21 @@ def _check_fields(cls, raw: dict, where: str, skip=frozenset()) -> dict:
     if missing:
         raise ConfigError(f"{where}: missing required field(s): {', '.join(missing)}")
     return dict(raw)
+
+
+def call_source(spec: ModelSpec, which: str, workdir: pathlib.Path):
+    """Call the spec's `factory` or `data` (`which`) with `workdir` and its `<which>_args`. Raises ConfigError,
+    naming the file, for an argument the function does not take or a required one the spec leaves out."""
+    import inspect
+
+    reference, args = getattr(spec, which), getattr(spec, f"{which}_args")
+    function = resolve_callable(reference, spec.source)
+    try:
+        inspect.signature(function).bind(workdir, **args)
+    except TypeError as e:  # checked before the call, so a TypeError inside the function is not mistaken for this
+        raise ConfigError(f"{spec.source}: {which}_args do not fit `{reference}`: {e}",
+                          hint=f"its parameters: {inspect.signature(function)}") from e
+    return function(workdir, **args)
 
 
 def resolve_callable(reference: str, where: str = "model spec"):
