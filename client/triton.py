@@ -107,8 +107,9 @@ def translate(error: Exception, model: str | None = None) -> ClientError:
     # a server that dies while a request is in flight: HTTP's geventhttpclient raises HTTPConnectionClosed
     # ("connection closed."), an http.client.HTTPException, not an OSError
     dropped = isinstance(error, http.client.HTTPException) and "connection closed" in lowered
+    # 502: the kit's HTTP front could not reach Triton behind it (a server going down or restarting)
     if isinstance(error, OSError) or dropped or "unavailable" in status.lower() or "failed to connect" in lowered \
-            or "connection refused" in lowered:
+            or "connection refused" in lowered or status == "502":
         return ServerUnavailableError(f"Triton server not reachable: {message}",
                                       hint="start it with `builder serve`, or check --url")
     if "unknown model" in lowered or "not found" in lowered or "no available versions" in lowered \
