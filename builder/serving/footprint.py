@@ -112,6 +112,12 @@ def served_files_bytes(repository: pathlib.Path, model: str) -> int | None:
     return sum(f.stat().st_size for f in versions[-1].rglob("*") if f.is_file())
 
 
+def stubs_ended(old: set[int], model: str, server_pid: int | None) -> bool:
+    """Whether the stubs `old` of `model` ended: all of them for a known server, else any (see the caller)."""
+    current = {s.pid for s in find_stubs(model, server_pid)}
+    return not old & current if server_pid is not None else (not old or bool(old - current))
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -156,8 +162,10 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             if before[model] == "READY":
                 old = {s.pid for s in find_stubs(model, server_pid)}
                 client.unload_model(model)
-                wait_for(lambda: not client.is_model_ready(model)
-                         and not old & {s.pid for s in find_stubs(model, server_pid)}, timeout, f"{model} to unload")
+                # Without the server's pid (a URL), `old` may hold stubs of the same model name served by another
+                # server on this machine, which never end: ours have ended once any of them has.
+                wait_for(lambda: not client.is_model_ready(model) and stubs_ended(old, model, server_pid),
+                         timeout, f"{model} to unload")
             present = {s.pid for s in find_stubs(model, server_pid)}  # not ours: another server's, or ending
             config = None
             if fallback:  # an EmbeddedServer's: load it as the server did, with KIND_CPU instances
