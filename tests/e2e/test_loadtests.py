@@ -239,8 +239,11 @@ def test_a_real_run_plans_gates_and_deploys(built, server, tmp_path):
     same = loadtests_cli("compare", run / "results.json", run / "results.json")
     assert same.returncode == 0 and "no regression" in same.stdout, same.stdout + same.stderr
     worse = json.loads((run / "results.json").read_text())
-    for s in worse["steps"]:  # a made-up regression: half the throughput, every window below the baseline's
-        s["interval"]["throughput"] = {k: v / 2 if k != "n" else v for k, v in s["interval"]["throughput"].items()}
+    # A made-up regression: a tenth of the throughput, every window below the baseline's. Half was not enough: in a
+    # fresh-clone CI run one 1-s window ran 4x below the others (153.8..612.9 examples/s), so the halved interval
+    # still overlapped and the gate rightly called it noise. Why that window was slow is not yet known.
+    for s in worse["steps"]:
+        s["interval"]["throughput"] = {k: v / 10 if k != "n" else v for k, v in s["interval"]["throughput"].items()}
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     gate = loadtests_cli("compare", run / "results.json", tmp_path / "worse.json")
     assert gate.returncode == 1 and "REGRESSED: throughput" in gate.stdout, gate.stdout + gate.stderr
