@@ -53,3 +53,14 @@ def trim_padding(batch: dict, sequence_mask: str) -> dict:
         return batch
     return {k: v[:, :length] if v.ndim > 1 and v.shape[1] == padded else v for k, v in batch.items()}
 
+
+
+def padded_tokens(encodings) -> dict[str, np.ndarray]:
+    """`input_ids` and `attention_mask` of a `tokenizers` encode_batch result, right-padded with 0 to the longest."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e.ids)] = e.ids
+        mask[i, :len(e.ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask}

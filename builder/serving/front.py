@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -257,7 +258,7 @@ class Connection:
             except ValueError:
                 raise RequestError(400, "Inference-Header-Content-Length must be an integer") from None
             check_infer(body, header_length)
-        lines = [f"{method} {target} HTTP/1.1", f"{FRONT_HEADER}: {self.front.key}", f"Content-Length: {len(body)}"]
+        lines = [f"{method} {target} HTTP/1.1", self.front.key_line, f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers if name not in HOP_BY_HOP]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive, method == "HEAD"
 
@@ -321,6 +322,11 @@ class Front:
     key: str
     max_body: int
     slots: threading.Semaphore = dataclasses.field(default_factory=lambda: threading.BoundedSemaphore(MAX_CONNECTIONS))
+
+    @functools.cached_property
+    def key_line(self) -> str:
+        """The header line every forwarded request carries, formatted once."""
+        return f"{FRONT_HEADER}: {self.key}"
 
     def serve_forever(self, listener: socket.socket, stop: threading.Event) -> None:
         listener.settimeout(0.5)  # so that `stop` is noticed

@@ -29,7 +29,7 @@ import re
 import numpy as np
 
 from ..core.artifacts import tokenizer_path
-from ..core.data import Split
+from ..core.data import Split, padded_tokens
 from ..core.errors import ConfigError, DataError
 from .files import Row, check_split_names, default_name, read_rows, split_seeded
 
@@ -97,14 +97,7 @@ def tokenizer(model_dir: pathlib.Path, max_tokens: int | None = None):
 
 def encode(tok, texts: list[str]) -> dict[str, np.ndarray]:
     """Token ids and attention mask, right-padded with 0 to the longest text."""
-    encodings = tok.encode_batch(texts)
-    width = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return padded_tokens(tok.encode_batch(texts))
 
 
 def label_of(row: Row, path, classes: list[str], label_column: str) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core.artifacts import read_split
-from ..core.data import Split
+from ..core.data import Split, padded_tokens
 from . import package_dir
 
 SEED = 0
@@ -128,14 +128,7 @@ def load_unlabelled(workdir: pathlib.Path) -> dict[str, np.ndarray]:
 
 def encode(texts: list[str]) -> dict[str, np.ndarray]:
     """Token ids and attention mask, right-padded to the longest text (truncated at MAX_TOKENS)."""
-    encodings = tokenizer().encode_batch(texts)
-    width = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return padded_tokens(tokenizer().encode_batch(texts))
 
 
 def load_data(workdir: pathlib.Path) -> dict[str, Split]:
