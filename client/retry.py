@@ -8,10 +8,11 @@ caller passes the attempt, the clock, the sleep and the random source, so the ru
 
 from __future__ import annotations
 
+import asyncio
 import random as _random
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from .errors import (ClientError, DeadlineExceededError, ModelRestartingError, ServerOverloadedError,
                      ServerUnavailableError)
@@ -60,23 +61,59 @@ def call(attempt: Callable[[int, float], T], replicas: int, deadline_s: float, p
     `deadline_s` from now, the last error is raised (its type kept, its message saying how many tries it took).
     `remaining_s` (> 0) is what is left of the deadline: the attempt passes it on to the server and the transport.
     """
-    end = clock() + deadline_s
-    replica = first % replicas
-    for tried in range(1, policy.attempts + 1):
-        remaining = end - clock()
-        if remaining <= 0:
-            raise DeadlineExceededError(f"no answer within the deadline of {deadline_s:g} s ({tried - 1} tries)",
-                                        hint="pass a longer timeout=, or add replicas")
+    tries = _Tries(replicas, deadline_s, policy, first, clock, random)
+    while True:
+        replica, remaining = tries.next()
         try:
             return attempt(replica, remaining), replica
         except RETRYABLE as e:
-            if policy.attempts == 1:  # retries off: the error as the server gave it
-                raise
-            wait = policy.backoff(tried, random)
-            if tried == policy.attempts or clock() + wait >= end:
-                spent = deadline_s - (end - clock())
-                raise type(e)(f"{e} (gave up after {tried} {'try' if tried == 1 else 'tries'} in {spent:.2f} s)",
-                              hint=e.hint) from e
-            sleep(wait)
-            replica = (replica + 1) % replicas
-    raise AssertionError("unreachable: the loop returns or raises")
+            sleep(tries.failed(e))
+
+
+async def acall(attempt: Callable[[int, float], Awaitable[T]], replicas: int, deadline_s: float,
+                policy: RetryPolicy = RetryPolicy(), first: int = 0, clock: Callable[[], float] = time.monotonic,
+                random: Callable[[], float] = _random.random) -> tuple[T, int]:
+    """`call` for a coroutine `attempt`, waiting with asyncio.sleep: the same rules, from the same _Tries."""
+    tries = _Tries(replicas, deadline_s, policy, first, clock, random)
+    while True:
+        replica, remaining = tries.next()
+        try:
+            return await attempt(replica, remaining), replica
+        except RETRYABLE as e:
+            await asyncio.sleep(tries.failed(e))
+
+
+class _Tries:
+    """The rules of `call` apart from how it waits: which replica and how much time the next try gets, and how long
+    to wait after a failed one (or the error to give up with)."""
+
+    def __init__(self, replicas: int, deadline_s: float, policy: RetryPolicy, first: int,
+                 clock: Callable[[], float], random: Callable[[], float]):
+        self.replicas, self.deadline_s, self.policy, self.clock, self.random = (replicas, deadline_s, policy, clock,
+                                                                                random)
+        self.end = clock() + deadline_s
+        self.replica = first % replicas
+        self.tried = 0
+
+    def next(self) -> tuple[int, float]:
+        """(replica, remaining seconds) for the next try; DeadlineExceededError when none are left."""
+        remaining = self.end - self.clock()
+        if remaining <= 0:
+            raise DeadlineExceededError(f"no answer within the deadline of {self.deadline_s:g} s "
+                                        f"({self.tried} tries)", hint="pass a longer timeout=, or add replicas")
+        self.tried += 1
+        return self.replica, remaining
+
+    def failed(self, error: ClientError) -> float:
+        """Seconds to wait after a RETRYABLE `error` before the next try (on the next replica); raises when the
+        tries run out or the wait would reach past the deadline."""
+        if self.policy.attempts == 1:  # retries off: the error as the server gave it
+            raise error
+        wait = self.policy.backoff(self.tried, self.random)
+        if self.tried == self.policy.attempts or self.clock() + wait >= self.end:
+            spent = self.deadline_s - (self.end - self.clock())
+            tries = "try" if self.tried == 1 else "tries"
+            raise type(error)(f"{error} (gave up after {self.tried} {tries} in {spent:.2f} s)",
+                              hint=error.hint) from error
+        self.replica = (self.replica + 1) % self.replicas
+        return wait

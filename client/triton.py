@@ -365,15 +365,26 @@ class PreparedRequest:
 
 
 class AsyncTritonClient:
-    """asyncio client over gRPC (tritonclient.grpc.aio), with the same methods as TritonClient, awaited."""
+    """asyncio client over gRPC (tritonclient.grpc.aio), with the same methods as TritonClient, awaited, and the
+    same deadline, retries and failover on inference (client/retry.py)."""
 
-    def __init__(self, url: str = "grpc://127.0.0.1:8001"):
-        self.protocol, self.address = parse_url(url)
-        if self.protocol != "grpc":
-            raise ClientError("the asyncio client speaks gRPC only", hint="use a grpc:// URL")
+    def __init__(self, url: str | Sequence[str] = "grpc://127.0.0.1:8001", timeout: float = 60.0,
+                 retry_policy: RetryPolicy = RetryPolicy()):
+        parsed = parse_urls(url)
+        self.protocol, self.address = parsed[0]
+        if any(protocol != "grpc" for protocol, _ in parsed):
+            raise ClientError("the asyncio client speaks gRPC only", hint="use grpc:// URLs")
+        self.urls = [f"grpc://{address}" for _, address in parsed]
         self._module = _protocol_module("grpc", aio=True)
-        self._client = self._module.InferenceServerClient(self.address)
+        self._clients = [self._module.InferenceServerClient(address) for _, address in parsed]
+        self._replica = 0  # the replica in use: the last one that answered an inference call
+        self._timeout = timeout
+        self.retry_policy = retry_policy
         self._output_names: dict[str, list[str]] = {}
+
+    @property
+    def _client(self):
+        return self._clients[self._replica]
 
     async def __aenter__(self) -> "AsyncTritonClient":
         return self
@@ -382,7 +393,8 @@ class AsyncTritonClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
 
     async def _call(self, method: str, *args, model: str | None = None, **kwargs):
         try:
@@ -410,9 +422,31 @@ class AsyncTritonClient:
             self._output_names[model] = [o["name"] for o in (await self.metadata(model))["outputs"]]
         return self._output_names[model]
 
-    async def infer(self, model: str, inputs: dict, outputs: list[str] | None = None) -> dict:
-        names = outputs or await self.output_names(model)
+    async def infer(self, model: str, inputs: dict, outputs: list[str] | None = None,
+                    timeout: float | None = None) -> dict:
+        """As TritonClient.infer: `timeout` seconds bound the call, retries included (None: the client's), and
+        what is left of them goes with each try as its queue timeout and gRPC deadline."""
         module = self._module
-        requested = [module.InferRequestedOutput(n) for n in names]
-        result = await self._call("infer", model, make_inputs(module, inputs), outputs=requested, model=model)
-        return {n: result.as_numpy(n) for n in names}
+        tensors = make_inputs(module, inputs)
+
+        async def on_replica(replica: int, remaining: float):
+            client = self._clients[replica]
+            try:
+                names = outputs or await self._names_from(client, model)
+                requested = [module.InferRequestedOutput(n) for n in names]
+                result = await client.infer(model, tensors, outputs=requested, timeout=max(1, int(remaining * 1e6)),
+                                            client_timeout=remaining)
+            except Exception as e:  # tritonclient and grpc errors alike
+                raise translate(_as_tritonclient_error(e), model) from e
+            return {n: result.as_numpy(n) for n in names}
+
+        deadline = self._timeout if timeout is None else timeout
+        result, self._replica = await retry.acall(on_replica, len(self._clients), deadline, self.retry_policy,
+                                                  first=self._replica)
+        return result
+
+    async def _names_from(self, client, model: str) -> list[str]:
+        if model not in self._output_names:
+            raw = await client.get_model_metadata(model, as_json=True)
+            self._output_names[model] = [o["name"] for o in normalise_metadata(raw)["outputs"]]
+        return self._output_names[model]

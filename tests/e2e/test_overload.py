@@ -5,6 +5,7 @@ the kit's client no request (it retries within its deadline, and fails over to t
 Only the tiny model (built here, ~15 s): it runs in well under a millisecond, so the overload case holds its
 batches in the queue (a 300 ms batching delay) instead of needing more client threads than 2 cores can drive."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from builder.core.spec import load_spec
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import find_stubs
 from builder.serving.tritonconfig import ServingConfig, parse_text
-from client import NO_RETRY, ClientError, ServerOverloadedError, TritonClient
+from client import NO_RETRY, AsyncTritonClient, ClientError, ServerOverloadedError, TritonClient
 from tests.conftest import TINY_SPEC
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +176,16 @@ def test_a_replica_killed_under_load_loses_no_request(repository, tmp_path, prot
         assert errors == [] and answered > 0
         with TritonClient(other.http_url) as client:
             assert client.is_ready()
+        if protocol == "grpc":  # the asyncio client fails over from the dead replica too
+            async def infer():
+                async with AsyncTritonClient(urls, timeout=10) as client:
+                    return await client.infer(MODEL, TOKENS)
+
+            with TritonClient(other.grpc_url) as client:
+                assert_same(asyncio.run(infer()), client.infer(MODEL, TOKENS))
+
+
+def assert_same(outputs: dict, expected: dict) -> None:
+    assert outputs.keys() == expected.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(outputs[name], array)

@@ -189,3 +189,29 @@ def test_a_connection_closed_mid_request_is_an_unreachable_server():
         pass
 
     assert type(translate(HTTPConnectionClosed("connection closed."), "m")) is ServerUnavailableError
+
+
+def test_the_asyncio_form_follows_the_same_rules():
+    import asyncio
+
+    from client.retry import acall
+
+    outcomes = [ServerOverloadedError("queue full"), ServerUnavailableError("down"), "outputs"]
+    tried = []
+
+    async def attempt(replica, remaining):
+        tried.append(replica)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    policy = RetryPolicy(backoff_s=0.001, max_backoff_s=0.002)
+    assert asyncio.run(acall(attempt, 2, 5.0, policy)) == ("outputs", 0)
+    assert tried == [0, 1, 0]
+
+    async def refused(replica, remaining):
+        raise InvalidInputError("bad shape")
+
+    with pytest.raises(InvalidInputError):
+        asyncio.run(acall(refused, 2, 5.0, policy))
