@@ -1,5 +1,7 @@
-"""In-process speed of built variants against fp32, interleaved: `python -m builder.speedbench --model minilm
---artifacts A --variants distilled,tinybert,tinybert+int8 --repeats 5`.
+"""The compression benchmark: per built variant, its accuracy facts from the build record (drop vs fp32 on the
+first evaluation split +- its standard error, top-1 agreement, build seconds, the gates it failed) beside its
+in-process speed against fp32, interleaved: `python -m builder.speedbench --model minilm --artifacts A
+--variants distilled,distilled+int8,pruned --repeats 5` (`--variants all`: every variant in the record).
 
 A build measures each variant once beside fp32; on a shared machine one such pair can be far off (another job
 takes a core during one of the two). This benchmark runs rounds of fp32 then every variant, `repeats` times, each
@@ -19,7 +21,7 @@ import numpy as np
 from .measure import fixed_batch, latency_p50_ms
 from .models import resolve_spec
 from .roofline import cpu_isa
-from .core.artifacts import load_splits
+from .core.artifacts import load_splits, read_record
 
 
 def onnx_file(folder: pathlib.Path) -> pathlib.Path:
@@ -56,29 +58,47 @@ def bench(spec, workdir: pathlib.Path, variants: list[str], repeats: int, batche
     return out
 
 
+def record_columns(entry: dict | None) -> str:
+    """drop +- se, agreement, build seconds and verdict of one record entry, as the table prints them."""
+    if entry is None:
+        return f"{'-':>13} {'-':>6} {'-':>7}  not in the record"
+    drop, se = entry.get("accuracy_drop_points"), entry.get("accuracy_drop_se_points")
+    agreement = (entry.get("agreement_with_fp32") or {}).get("top1")
+    failed = entry.get("gates_failed") or []
+    drop_text = "-" if drop is None else f"{drop:.2f} +- {se or 0:.2f}"
+    return (f"{drop_text:>13} {'-' if agreement is None else f'{agreement:.3f}':>6} "
+            f"{entry.get('build_seconds', 0):>7.0f}  {'refused: ' + '; '.join(failed) if failed else 'passes'}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m builder.speedbench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--variants", required=True, help="comma-separated, built into --artifacts")
+    parser.add_argument("--variants", required=True,
+                        help="comma-separated, built into --artifacts; `all`: every variant of the build record")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     spec = resolve_spec(args.model)
-    variants = args.variants.split(",")
+    artifacts = pathlib.Path(args.artifacts)
+    record = read_record(artifacts, spec.name).get("variants", {})
+    variants = [v for v in record if v != "fp32"] if args.variants == "all" else args.variants.split(",")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    result = bench(spec, pathlib.Path(args.artifacts) / spec.name, variants, args.repeats)
+    result = bench(spec, artifacts / spec.name, variants, args.repeats)
+    split, isa = spec.evaluate[0], cpu_isa()
     print(f"\nspeedup vs fp32, in-process ONNX Runtime, 1 thread, median of {args.repeats} interleaved rounds "
-          f"[min..max]; CPU {cpu_isa()}")
-    print(f"{'variant':<20} {'b1 ms':>8} {'x b1':>18} {'best':>6} {'b32 ms':>9} {'x b32':>18} {'best':>6}")
+          f"[min..max]; CPU {isa['model']}, {isa['summary']}. Drop: points vs fp32 on `{split}` +- its standard error (build record)")
+    print(f"{'variant':<20} {'b1 ms':>8} {'x b1':>18} {'best':>6} {'b32 ms':>9} {'x b32':>18} {'best':>6} "
+          f"{'drop':>13} {'agree':>6} {'build s':>7}  verdict")
     for v in ["fp32", *variants]:
         if v == "fp32":
             first = result[variants[0]]
             print(f"{v:<20} {first['b1']['fp32_ms']:>8.2f} {'1.00':>18} {'1.00':>6} {first['b32']['fp32_ms']:>9.2f} "
-                  f"{'1.00':>18} {'1.00':>6}")
+                  f"{'1.00':>18} {'1.00':>6} {record_columns(record.get(v))}")
             continue
         b1, b32 = result[v]["b1"], result[v]["b32"]
         print(f"{v:<20} {b1['ms']:>8.2f} {b1['median']:>6.2f} [{b1['min']:5.2f}..{b1['max']:5.2f}] {b1['best']:>6.2f} "
-              f"{b32['ms']:>9.2f} {b32['median']:>6.2f} [{b32['min']:5.2f}..{b32['max']:5.2f}] {b32['best']:>6.2f}")
+              f"{b32['ms']:>9.2f} {b32['median']:>6.2f} [{b32['min']:5.2f}..{b32['max']:5.2f}] {b32['best']:>6.2f} "
+              f"{record_columns(record.get(v))}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (2 cores: above ~1 other jobs shared them)")
     return 0
 

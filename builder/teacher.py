@@ -23,7 +23,7 @@ from .core.spec import ModelSpec, call_source
 from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
-from .variants.distilled import torch_accuracy
+from .core.evaluate import torch_accuracy
 
 
 def teacher_options(spec: ModelSpec):
@@ -58,8 +58,9 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
 
     config = teacher_config(options)
     training = dataclasses.asdict(config)
-    if training["threads"] is None:  # torch's default: the key of every recipe cached before the field existed
-        del training["threads"]
+    for field in ("threads", "select_every"):  # None: the key of every recipe cached before the field existed
+        if training[field] is None:
+            del training[field]
     recipe = {"factory": spec.factory, "train_split": spec.train_split, "loss": "cross_entropy on " + spec.metric.output,
               "training": training, "base_weights": weights_hash(model)}
     key = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()

@@ -67,8 +67,16 @@ class TrainConfig:
     # every op: the digits student trained ~10x faster at 1 thread than at 2 under a load of ~10 on 2 cores.
     # Float sums depend on it, so a fixed count also fixes the result across machines with other core counts.
     threads: int | None = None
+    # every this many steps, and at the end, the model's validation metric is measured, and the run ends with the
+    # best of those checkpoints (the earliest of equals): the schedule can then be long enough to converge without
+    # its last step being the one that ships. None: the last step's weights
+    select_every: int | None = None
 
     def check(self) -> None:
+        if self.select_every is not None and (not isinstance(self.select_every, int) or self.select_every < 1):
+            raise ConfigError(f"training: select_every must be a positive integer, got {self.select_every!r}")
+        if self.select_every and self.swa_epochs:
+            raise ConfigError("training: select_every picks one checkpoint, swa_epochs averages several; use one")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"training: threads must be a positive integer, got {self.threads!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_seconds <= 0:
@@ -112,9 +120,10 @@ class TrainingOverrides:
     # overrides training.schedule: students trained from scratch want `cosine`, fine-tunes of trained weights `constant`
     train_schedule: str | None = None
     train_threads: int | None = None  # overrides training.threads
+    train_select_every: int | None = None  # overrides training.select_every (checkpoint selection on validation)
 
     def check(self) -> None:
-        for name in ("train_epochs", "train_steps", "train_threads"):
+        for name in ("train_epochs", "train_steps", "train_threads", "train_select_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise VariantError(f"{self._variant()}: {name} must be a positive integer, got {value!r}")
@@ -141,6 +150,8 @@ class TrainingOverrides:
             options["schedule"] = self.train_schedule
         if self.train_threads is not None:
             options["threads"] = self.train_threads
+        if self.train_select_every is not None:
+            options["select_every"] = self.train_select_every
         return options
 
     def _variant(self) -> str:
@@ -191,18 +202,21 @@ def _rendezvous() -> None:
 
 
 def train(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
-          what: str = "training", augment: Callable | None = None, after_backward: Callable | None = None):
+          what: str = "training", augment: Callable | None = None, after_backward: Callable | None = None,
+          validate: Callable | None = None):
     """Train `model` in place on `split` and return it in eval mode; see run_training."""
-    return run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward)[0]
+    return run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward, validate)[0]
 
 
 def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, progress: Callable[[str], None] = print,
                  what: str = "training", augment: Callable | None = None,
-                 after_backward: Callable | None = None) -> tuple:
+                 after_backward: Callable | None = None, validate: Callable | None = None) -> tuple:
     """Train `model` in place on `split`; `loss_fn(model, inputs: dict of tensors, labels: tensor) -> scalar`.
     `augment(batch: dict of arrays, rng) -> batch` changes each batch first (e.g. `shift_images`).
     `after_backward(model)` runs between each backward pass and optimizer step, on the gradients (e.g. a
     sparsity regularizer that adds its own gradient, as Torch-Pruning's GroupNormPruner.regularize does).
+    `validate(model) -> float` (higher is better, the model in eval mode) scores the checkpoints that
+    `config.select_every` asks for (CheckpointSelection); it is required then.
 
     Several processes (a launcher's WORLD_SIZE): every rank must call this with the same model, split and config;
     each trains on its shard of every batch, and all stop at the same step (the time cap and a NaN loss are
@@ -219,13 +233,15 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        model, facts = _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward)
+        model, facts = _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward,
+                                     validate)
     finally:
         torch.set_num_threads(previous)
     return model, facts | {"threads": config.threads or previous}
 
 
-def _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward) -> tuple:
+def _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward,
+                  validate) -> tuple:
     import logging
 
     import torch
@@ -260,6 +276,7 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
     averaged, averaged_epochs, step, losses = None, 0, 0, []
     out_of_time = False
     lengths = split.inputs[spec.sequence_mask].sum(axis=1) if spec.sequence_mask and config.length_grouped else None
+    selection = CheckpointSelection(config.select_every, validate, what) if config.select_every else None
     for epoch in range(epochs):
         for index in epoch_batches(rng, len(split), count, config.batch_size, lengths, rank, world):
             if step >= total_steps:
@@ -293,6 +310,8 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
             engine.step()
             step += 1
             losses.append(loss.item())
+            if selection is not None and (step % selection.every == 0 or step == total_steps):
+                selection.score(model, step, progress)
             now = time.perf_counter()
             if now - last_report > 10:
                 progress(f"{what}: epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss "
@@ -310,6 +329,8 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
             break
     if averaged is not None and averaged_epochs > 1:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in averaged.items()})
+    if selection is not None:
+        selection.finish(model, step, progress)
     seconds = time.perf_counter() - started
     weights = weights_hash(model)
     hashes = processes.gather(weights)
@@ -324,6 +345,8 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
              "stopped_by_time_cap": out_of_time, "final_loss": round(final_loss, 4),
              "seed": config.seed, "swa_epochs_averaged": averaged_epochs if averaged_epochs > 1 else 0,
              "steps_per_second": round(step / seconds, 2) if seconds > 0 else None, "weights_hash": weights}
+    if selection is not None:
+        facts |= selection.facts()
     message = (f"{what}: {step}/{total_steps} steps in {seconds:.0f} s, final loss {facts['final_loss']:.4f}"
                + (f" ({world} processes, batch {config.batch_size} each, {config.batch_size * world} in all)"
                   if world > 1 else "")
@@ -336,6 +359,41 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
         sys.stdout.write(f"[rank {rank}/{world}] {message}; weights {weights}\n")
         sys.stdout.flush()
     return model.eval(), facts
+
+
+class CheckpointSelection:
+    """Checkpoint selection on validation: `score` measures the model at a step and keeps a copy of its weights
+    when they beat every earlier checkpoint; `finish` loads the best. Every rank scores the same weights on the
+    same split, so all keep the same checkpoint."""
+
+    def __init__(self, every: int, validate: Callable | None, what: str):
+        if validate is None:
+            raise VariantError(f"{what}: select_every needs a validation score, and this variant passes none",
+                               hint="drop select_every from this variant's options")
+        self.every, self.validate = every, validate
+        self.scores: dict[int, float] = {}
+        self.best_step, self.best_state = None, None
+
+    def score(self, model, step: int, progress: Callable[[str], None]) -> None:
+        value = float(self.validate(model.eval()))
+        model.train()
+        self.scores[step] = value
+        if self.best_step is None or value > self.scores[self.best_step]:
+            self.best_step = step
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        progress(f"  step {step}: validation {value:.4f} (best {self.scores[self.best_step]:.4f} at step "
+                 f"{self.best_step})")
+
+    def finish(self, model, step: int, progress: Callable[[str], None]) -> None:
+        if step not in self.scores:  # cut short by the time cap between two checkpoints
+            self.score(model, step, progress)
+        if self.best_step != step:
+            model.load_state_dict(self.best_state)
+            progress(f"  kept the checkpoint of step {self.best_step} (validation {self.scores[self.best_step]:.4f})")
+
+    def facts(self) -> dict:
+        return {"selected_step": self.best_step,
+                "validation_by_step": {str(k): round(v, 4) for k, v in self.scores.items()}}
 
 
 def epoch_batches(rng, size: int, count: int, batch_size: int, lengths: np.ndarray | None = None, rank: int = 0,
@@ -374,8 +432,15 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
     context.teacher). The run's facts go to context.notes["training"][what] for the build record. Returns the
     trained model in eval mode."""
     spec = context.spec
+    config = train_config(spec, overrides)
+    validate = None
+    if config.select_every:
+        from .core.evaluate import torch_accuracy
+
+        validation = context.splits[spec.validation_split]
+        validate = lambda m: torch_accuracy(m, spec, validation)  # noqa: E731
     model, facts = run_training(model, loss_fn or recovery_loss(context), context.splits[spec.train_split], spec,
-                                train_config(spec, overrides), context.progress, what, augment, after_backward)
+                                config, context.progress, what, augment, after_backward, validate)
     context.notes.setdefault("training", {})[what] = facts
     return model
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import VariantError
-from ..core.evaluate import run_split, score
+from ..core.evaluate import torch_accuracy
 from ..measure import count_macs, fixed_batch
 from ..train import TrainingOverrides, distillation_loss, feature_output_index, fine_tune, shift_images
 
@@ -145,21 +145,6 @@ def apply(model, context, config: Config):
         example = fixed_batch(context.spec, context.splits[context.spec.evaluate[0]], 1)
         info["macs"] = separable_macs(model, student, info["separable_convs"], example)
     return distill(student, info, context, config, "distilled")
-
-
-def torch_accuracy(model, spec, split) -> float:
-    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after."""
-    import torch
-
-    names = [t.name for t in spec.outputs]
-
-    def predict(batch):
-        with torch.no_grad():
-            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
-        out = (out,) if isinstance(out, torch.Tensor) else out
-        return dict(zip(names, (o.numpy() for o in out)))
-
-    return score(spec.metric, run_split(predict, split, spec.sequence_mask), split.labels)
 
 
 def distill(student, info: dict, context, config, what: str):

@@ -5,7 +5,9 @@
 heads (whole heads, via Torch-Pruning's head grouping; the attention modules' head counts are patched afterwards)
 and FFN neurons. Widths that the model's outputs or its residual stream depend on are kept: embeddings, every
 Linear that writes the embedding width, and the last Linear (the classifier). Importance: L2 magnitude (`l2`,
-`l1`), or `group-lasso`: a short sparse-training phase first (`sparse_epochs`, distillation from the unpruned model
+`l1`); `taylor`: first-order Taylor estimate of the loss change, |w x dL/dw| summed over each group, from the
+gradients of the task loss of the fine-tuned model on TAYLOR_EXAMPLES training examples (Molchanov et al. 2019;
+what a head or FFN unit does for this task, where magnitude only says how big its weights are); or `group-lasso`: a short sparse-training phase first (`sparse_epochs`, distillation from the unpruned model
 plus Torch-Pruning's GroupNormPruner regularizer over the very groups it removes: each group's weights get the
 extra gradient `sparse_reg` x gamma_g x w, gamma_g rising to 2^4 for the weakest groups, DepGraph's group-norm
 sparse learning, which drives whole channel/head groups towards zero), then pruning at `ratio` by group L2 norm,
@@ -22,7 +24,8 @@ from ..measure import fixed_batch
 from ..train import TrainingOverrides, fine_tune, recovery_loss
 
 STAGE = "torch"
-IMPORTANCES = ("l2", "l1", "group-lasso")
+IMPORTANCES = ("l2", "l1", "taylor", "group-lasso")
+TAYLOR_EXAMPLES = 512  # training examples whose loss gradients rank the groups (`taylor`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,22 @@ def channel_summary(model) -> dict:
             for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
 
 
+def task_gradients(model, context) -> None:
+    """Leave in every parameter's .grad the gradient of the task loss (cross-entropy of the metric's output) summed
+    over TAYLOR_EXAMPLES training examples spread over the split: what TaylorImportance reads."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..train import as_tuple
+
+    spec = context.spec
+    metric_index = [t.name for t in spec.outputs].index(spec.metric.output)
+    model.zero_grad()
+    for batch, labels in context.splits[spec.train_split].spread(TAYLOR_EXAMPLES).batches(32, spec.sequence_mask):
+        out = as_tuple(model(**{k: torch.from_numpy(v) for k, v in batch.items()}))
+        F.cross_entropy(out[metric_index], torch.from_numpy(labels), reduction="sum").backward()
+
+
 def apply(model, context, config: Config):
     import torch
     import torch_pruning as tp
@@ -85,7 +104,10 @@ def apply(model, context, config: Config):
     settings = dict(pruning_ratio=config.ratio, ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(heads),
                     prune_head_dims=False, head_pruning_ratio=config.ratio,
                     output_transform=lambda out: out.sum() if isinstance(out, torch.Tensor) else sum(o.sum() for o in out))
-    importance = tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2)
+    if config.importance == "taylor":
+        importance = tp.importance.TaylorImportance()
+    else:
+        importance = tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2)
     if config.importance == "group-lasso":
         pruner = tp.pruner.GroupNormPruner(student, example, importance=importance, reg=config.sparse_reg, **settings)
         sparse = {**config.training_options(), "epochs": config.sparse_epochs, "steps": None}
@@ -94,10 +116,13 @@ def apply(model, context, config: Config):
         context.notes["group_lasso"] = {"sparse_epochs": config.sparse_epochs, "reg": config.sparse_reg}
     else:
         pruner = tp.pruner.MetaPruner(student, example, importance=importance, **settings)
+    if config.importance == "taylor":
+        task_gradients(student, context)
     try:
         pruner.step()
     except Exception as e:
         raise VariantError(f"pruned: Torch-Pruning could not prune this model: {e}") from e
+    student.zero_grad(set_to_none=True)  # the ranking's gradients must not reach the first training step
     for attention in attention_modules(student):
         attention.num_attention_heads = pruner.num_heads[attention.query]
         attention.all_head_size = attention.query.out_features

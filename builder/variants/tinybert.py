@@ -35,9 +35,10 @@ import numpy as np
 
 from ..core.data import Split
 from ..core.errors import VariantError
+from ..core.evaluate import torch_accuracy
 from ..core.spec import resolve_callable
 from ..train import example_key, run_training, train_config
-from .distilled import DistillationOptions, torch_accuracy
+from .distilled import DistillationOptions
 
 STAGE = "torch"
 UNLABELLED = -100  # the label of a row with none: F.cross_entropy's ignore_index

@@ -1,9 +1,11 @@
 """Compression techniques of builder/variants: int8's accuracy search, weight clustering, achieved vs peak."""
 
+import copy
 import pathlib
 
 import numpy as np
 import pytest
+import torch
 
 from builder.variants import int8_search
 
@@ -303,3 +305,46 @@ def test_group_lasso_pruning_trains_sparse_then_removes_channels(tmp_path, monke
     assert len(calls) == 2 * 128 // 32  # every step of the sparse phase (128 examples, batch 32, 2 epochs)
     widths = [m.out_features for m in pruned.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [16, 16, 16, 3] and context.notes["group_lasso"]["reg"] == 0.1
+
+
+class LoudButIdle(torch.nn.Module):
+    """Hidden units 0-3 have big input weights and no path to the output; units 4-7 small weights that decide it."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Linear(4, 8)
+        self.out = torch.nn.Linear(8, 2)
+        with torch.no_grad():
+            self.hidden.bias.zero_()  # every unit active on the (positive) inputs
+            self.hidden.weight[:4] = 5.0
+            self.hidden.weight[4:] = 0.1 * torch.eye(4)
+            self.out.weight.zero_()
+            self.out.weight[0, 4:] = 1.0
+            self.out.weight[1, 4:] = -1.0
+
+    def forward(self, input):
+        return self.out(torch.relu(self.hidden(input)))
+
+
+@pytest.mark.parametrize("importance, kept", [("l2", [5.0] * 4), ("taylor", [0.1] * 4)])
+def test_taylor_importance_keeps_the_units_the_task_needs_where_magnitude_keeps_the_big_ones(tmp_path, importance,
+                                                                                              kept):
+    from builder.build import BuildContext
+    from builder.core.data import Split
+    from builder.core.spec import parse_spec
+    from builder.variants import steps
+
+    spec = parse_spec({"name": "t", "factory": "a:b", "data": "a:b",
+                       "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
+                       "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+                       "metric": {"output": "logits"}, "training": {"max_seconds": 30}}, where="test")
+    inputs = np.abs(np.random.default_rng(0).normal(size=(64, 4))).astype(np.float32)
+    split = Split({"input": inputs}, np.random.default_rng(1).integers(0, 2, 64))
+    model = LoudButIdle()
+    context = BuildContext(spec, tmp_path, {"train": split, "validation": split, "test": split}, tmp_path,
+                           teacher=copy.deepcopy(model), progress=lambda m: None)
+    step = steps("pruned")[0]
+    config = step.config({"pruned": {"importance": importance, "ratio": 0.5, "train_steps": 1, "train_lr": 1e-9}})
+    pruned = step.module.apply(model, context, config)
+    assert pruned.hidden.out_features == 4
+    assert sorted(pruned.hidden.weight.abs().max(dim=1).values.tolist()) == pytest.approx(kept)

@@ -354,3 +354,36 @@ def test_a_model_placed_on_a_gpu_is_refused_in_one_line(monkeypatch):
     with pytest.raises(VariantError, match="placed the model on cuda:0") as info:
         train(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC, TrainConfig(steps=1), progress=lambda _: None)
     assert "CPU build of torch" in info.value.hint
+
+
+def test_checkpoint_selection_keeps_the_best_validation_step():
+    from builder.train import run_training
+
+    # scripted validation scores: the best is the second checkpoint (step 4 of 10, every 2 steps)
+    scripted = iter([0.50, 0.90, 0.70, 0.60, 0.80])
+    weights_at = {}
+
+    def validate(model):
+        assert not model.training
+        step = (len(weights_at) + 1) * 2
+        weights_at[step] = model.weight.detach().clone()
+        return next(scripted)
+
+    messages = []
+    model, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                                TrainConfig(steps=10, batch_size=16, lr=0.1, select_every=2),
+                                progress=messages.append, validate=validate)
+    assert facts["selected_step"] == 4 and list(facts["validation_by_step"]) == ["2", "4", "6", "8", "10"]
+    assert torch.equal(model.weight, weights_at[4]) and not torch.equal(weights_at[4], weights_at[10])
+    assert any("kept the checkpoint of step 4" in m for m in messages)
+    assert not model.training
+
+
+def test_checkpoint_selection_needs_a_validation_score_and_excludes_weight_averaging():
+    from builder.train import run_training
+
+    with pytest.raises(VariantError, match="select_every needs a validation score"):
+        run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
+                     TrainConfig(steps=2, batch_size=16, select_every=1), progress=lambda _: None)
+    with pytest.raises(ConfigError, match="select_every"):
+        train_config(SPEC, {"epochs": 2, "swa_epochs": 1, "select_every": 3})
