@@ -23,6 +23,7 @@ from .core.artifacts import MARGINAL_SPEEDUP, load_splits, read_record, record_p
 from .core.data import trim_padding
 from .core.errors import ConfigError, ExportError, VariantError
 from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.files import atomic_write
 from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
 from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
@@ -240,7 +241,7 @@ def transform_torch(model, variant: str, plan: list, context: BuildContext) -> t
     else:
         onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
     torch_facts["notes"] = dict(context.notes)
-    (out / "export.json").write_text(json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
+    atomic_write(out / "export.json", json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
     torch_facts.pop("notes")
     return model, onnx_path, torch_facts
 
@@ -267,7 +268,7 @@ def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, 
     accuracy = {name: score(spec.metric, outputs[name], split.labels) for name, split in measured.items()}
     first = spec.evaluate[0]
     if variant == "fp32":
-        np.savez(out / "outputs.npz", **outputs[first])
+        atomic_write(out / "outputs.npz", lambda f: np.savez(f, **outputs[first]))
     index = splits[first].spread_index(eval_limit)
     with np.load(context.workdir / "fp32" / "outputs.npz") as saved:
         reference = {k: saved[k][index] for k in saved.files}

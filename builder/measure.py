@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .core.evaluate import onnx_session
+from .core.evaluate import onnx_session, run_split, score
 
 LATENCY_BATCHES = (1, 32)
 LATENCY_THREADS = (1, 2)
@@ -135,3 +135,19 @@ def gzip_bytes(path: pathlib.Path) -> int:
     """Size of the file after gzip at level 6: what a download or a registry layer carries (clustered weights take
     few distinct values, so they compress far better than fp32's)."""
     return len(gzip.compress(pathlib.Path(path).read_bytes(), compresslevel=6))
+
+
+def torch_accuracy(model, spec, split) -> float:
+    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after, a
+    training checkpoint."""
+    import torch
+
+    names = [t.name for t in spec.outputs]
+
+    def predict(batch):
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        out = (out,) if isinstance(out, torch.Tensor) else out
+        return dict(zip(names, (o.numpy() for o in out)))
+
+    return score(spec.metric, run_split(predict, split, spec.sequence_mask), split.labels)

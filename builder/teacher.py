@@ -17,13 +17,13 @@ import pathlib
 from typing import Callable
 
 from . import processes
-from .core.artifacts import atomic_write
+from .core.files import atomic_write
 from .core.errors import VariantError
 from .core.spec import ModelSpec, call_source
 from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
-from .core.evaluate import torch_accuracy
+from .measure import torch_accuracy
 
 
 def teacher_options(spec: ModelSpec):

@@ -435,7 +435,7 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
     config = train_config(spec, overrides)
     validate = None
     if config.select_every:
-        from .core.evaluate import torch_accuracy
+        from .measure import torch_accuracy
 
         validation = context.splits[spec.validation_split]
         validate = lambda m: torch_accuracy(m, spec, validation)  # noqa: E731

@@ -21,6 +21,8 @@ import pathlib
 import secrets
 import stat
 
+from builder.core.files import atomic_write
+
 from .errors import ClientError
 
 ADMIN_HEADER = "tritonkit-admin-key"  # lowercase: gRPC metadata keys must be
@@ -67,11 +69,7 @@ def write_key_file(path: pathlib.Path, key: str) -> None:
     """Write `key` to `path`, created with mode 0600 (never readable by others, not even for a moment), in a
     folder of mode 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(key + "\n")
-    os.replace(staged, path)
+    atomic_write(path, key + "\n", mode=0o600)
 
 
 def admin_headers(protocol: str, key: str | None) -> dict | None:

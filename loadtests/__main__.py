@@ -25,6 +25,7 @@ import sys
 import time
 
 from builder.core.errors import unknown_name
+from builder.core.files import atomic_write
 from builder.core.handler import run_command
 from builder.serving.footprint import FootprintError, measure_models, parse_size, write_footprint
 from builder.serving.repository import list_models
@@ -471,7 +472,7 @@ def cmd_bench(args) -> int:
         results = run_bench(models, args.repository, args.artifacts, args.seconds, repeats=max(args.repeats, 1),
                             raw=raw, progress=progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    atomic_write(args.out, json.dumps(results, indent=2))
     (print_generator_table if args.generator_only else print_bench_table)(results)
     print(f"\nwrote {args.out}")
     return 0
@@ -520,7 +521,7 @@ def cmd_oversize(args) -> int:
                            progress=lambda line: print(line, flush=True))
     print_oversize(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    atomic_write(args.out, json.dumps(results, indent=1))
     print(f"\nresults: {args.out}")
     return 0 if oversize_verdict(results) else 1
 

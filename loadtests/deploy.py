@@ -28,6 +28,7 @@ import pathlib
 import re
 
 from builder.core.errors import BuilderError
+from builder.core.files import atomic_write
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE = ROOT / "docker" / "k8s" / "base"
@@ -154,7 +155,7 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
         out / "plan.json": json.dumps(line | {"models": models, "deployed_replicas": replicas}, indent=2) + "\n",
     }
     for path, text in files.items():
-        path.write_text(text)
+        atomic_write(path, text)
     return list(files)
 
 

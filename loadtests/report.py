@@ -17,6 +17,7 @@ import math
 import pathlib
 
 from builder.core.artifacts import MARGINAL_SPEEDUP
+from builder.core.files import atomic_write
 from builder.core.names import source_of
 from builder.serving.footprint import fits, parse_size
 
@@ -786,12 +787,12 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
            markdown_table(*steps_table(report)), ""]
     body += ["<h2>Every load step</h2>", html_table(*steps_table(report))]
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text("\n".join(md))
+    atomic_write(md_path, "\n".join(md))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
              "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
              ".advice{font-weight:bold;background:#eef6ee;padding:.6em;border-left:4px solid #3a3}"
              "figure{display:inline-block;margin:.5em}figcaption{font-size:12px;color:#555}")
-    html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Variant report</title>"
-                         f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    atomic_write(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>Variant report</title>"
+                            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     return md_path, html_path

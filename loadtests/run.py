@@ -20,6 +20,7 @@ import time
 
 from builder.core.artifacts import find_record, read_records, request_batches
 from builder.core.errors import ArtifactsError, BuilderError, unknown_name
+from builder.core.files import atomic_write
 from builder.serving.footprint import FootprintError, find_stubs, measure_models, process_memory, write_footprint
 from builder.serving.server import free_port
 from client import ClientError, TritonClient
@@ -526,7 +527,7 @@ def write_results(results: dict, out: pathlib.Path) -> None:
     import csv
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "results.json", json.dumps(results, indent=2))
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, CSV_COLUMNS)
         writer.writeheader()

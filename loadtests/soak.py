@@ -33,6 +33,7 @@ import numpy as np
 
 from builder.core.artifacts import find_record, request_batches
 from builder.core.errors import BuilderError, unknown_name
+from builder.core.files import atomic_write
 from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import all_stubs, memory
@@ -259,7 +260,7 @@ def run_soak(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pat
         finally:
             results["recoveries"] = [dataclasses.asdict(r) for r in server.recoveries]
             results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            (out / "soak.json").write_text(json.dumps(results, indent=2))
+            atomic_write(out / "soak.json", json.dumps(results, indent=2))
     return results
 
 

@@ -16,6 +16,8 @@ import os
 import pathlib
 import time
 
+from builder.core.files import atomic_write
+from builder.serving.repository import replace_config
 from builder.serving.tritonconfig import parse_text
 from client import ClientError, TritonClient
 
@@ -106,7 +108,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
                                                                    "p99_ms")}
                                     | {"realised_batch": (step["server"] or {}).get("realised_batch")})
             progress(f"    {step['throughput']:8.1f} examples/s  p99 {step['p99_ms']} ms  failures {step['failures']}")
-            (out / "tune.json").write_text(json.dumps(result, indent=2))
+            atomic_write(out / "tune.json", json.dumps(result, indent=2))
         result["complete"] = True
     finally:
         # back to what is on disk, whatever stopped the sweep. Explicitly: Triton reloads an unchanged model
@@ -117,23 +119,14 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
             client.close()
         result["best"] = best_point(result["points"], settings.slo_p99_ms)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "tune.json").write_text(json.dumps(result, indent=2))
+        atomic_write(out / "tune.json", json.dumps(result, indent=2))
     if write and result["best"]:
-        write_config(config_path, with_point(original, result["best"]))
+        replace_config(config_path.parent, with_point(original, result["best"]))
         with TritonClient(target.http_url, admin_key=target.admin_key) as client:
             client.load_model(model)
         result["written"] = str(config_path)
         progress(f"wrote the best setting to {config_path} and reloaded {model}")
     return result
-
-
-def write_config(path: pathlib.Path, config) -> None:
-    """Replace config.pbtxt atomically: a reader (Triton polling, a reload) sees the old file or the new one."""
-    from google.protobuf import text_format
-
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(text_format.MessageToString(config))
-    os.replace(staged, path)
 
 
 def print_tune(result: dict) -> None:

@@ -19,37 +19,19 @@ import fcntl
 import json
 import os
 import pathlib
-import uuid
 from typing import Callable
 
 import numpy as np
 
 from .data import Split
 from .errors import ArtifactsError, ConfigError, unknown_name
+from .files import atomic_write
 from .spec import call_source
 
 MAX_TOKENS = 256
 # a record's speedup within this of 1.0 is noise: the build re-measures it beside fp32 before its speed gate, and
 # the report counts in-process compute within it as equal
 MARGINAL_SPEEDUP = 0.1
-
-
-def atomic_write(path: pathlib.Path, content: str | bytes | Callable) -> None:
-    """Replace `path` with `content` atomically: a uniquely named file beside it, then `os.replace`. `content` is
-    text, bytes, or a function that writes into the binary file it is given (e.g. `torch.save`)."""
-    path = pathlib.Path(path)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(content, str):
-            staged.write_text(content)
-        elif isinstance(content, bytes):
-            staged.write_bytes(content)
-        else:
-            with open(staged, "wb") as f:
-                content(f)
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

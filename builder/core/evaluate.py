@@ -44,18 +44,3 @@ def score(metric, outputs: dict, labels: np.ndarray) -> float:
         return float(np.mean(np.argmax(outputs[metric.output], axis=1) == labels))
     raise ValueError(f"unknown metric {metric.name}")  # spec.py admits only known metrics
 
-
-def torch_accuracy(model, spec, split) -> float:
-    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after, a
-    training checkpoint."""
-    import torch
-
-    names = [t.name for t in spec.outputs]
-
-    def predict(batch):
-        with torch.no_grad():
-            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()})
-        out = (out,) if isinstance(out, torch.Tensor) else out
-        return dict(zip(names, (o.numpy() for o in out)))
-
-    return score(spec.metric, run_split(predict, split, spec.sequence_mask), split.labels)

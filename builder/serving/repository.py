@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from ..core.errors import RepositoryError
+from ..core.files import atomic_write
 from ..core.names import MAX_NAME, SERVED_NAME, legacy_name
 from .tritonconfig import parse_text, warmup_files
 
@@ -54,6 +55,19 @@ def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file
         return target / str(version)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_config(model_dir: pathlib.Path, config) -> pathlib.Path:
+    """Replace the model's config.pbtxt with `config` (a ModelConfig message) atomically: a reader (Triton's
+    polling, a reload) sees the old file or the new one. Checked as write_model checks: never a config the server
+    would reject."""
+    from google.protobuf import text_format
+
+    text = text_format.MessageToString(config)
+    path = pathlib.Path(model_dir) / "config.pbtxt"
+    parse_text(text, where=str(path))
+    atomic_write(path, text)
+    return path
 
 
 def versions(model_dir: pathlib.Path) -> list[int]:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import VariantError
-from ..core.evaluate import torch_accuracy
-from ..measure import count_macs, fixed_batch
+from ..measure import count_macs, fixed_batch, torch_accuracy
 from ..train import TrainingOverrides, distillation_loss, feature_output_index, fine_tune, shift_images
 
 STAGE = "torch"

@@ -27,8 +27,7 @@ import numpy as np
 
 from .. import processes
 from ..core.errors import VariantError
-from ..core.evaluate import torch_accuracy
-from ..measure import count_macs, fixed_batch, latency_p50_ms
+from ..measure import count_macs, fixed_batch, latency_p50_ms, torch_accuracy
 from ..torch2onnx import example_batch, export, verify
 from ..train import TrainingOverrides, distillation_loss, fine_tune, shift_images
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..core.data import Split
 from ..core.errors import VariantError
-from ..core.evaluate import torch_accuracy
 from ..core.spec import resolve_callable
+from ..measure import torch_accuracy
 from ..train import example_key, run_training, train_config
 from .distilled import DistillationOptions
 

@@ -43,7 +43,7 @@ def context_of(world):
 
 
 def trained(world, **options):
-    from builder.core.evaluate import torch_accuracy
+    from builder.measure import torch_accuracy
 
     spec, _, splits, teacher = world
     terms = {}
