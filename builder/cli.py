@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-from loadtests.__main__ import print_summary
+from loadtests.summary import print_summary
 
 from . import processes
 from .build import Gates, build_variant

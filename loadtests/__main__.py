@@ -24,6 +24,7 @@ import pathlib
 import sys
 import time
 
+from builder.core.console import print_table
 from builder.core.errors import unknown_name
 from builder.core.files import atomic_write
 from builder.core.handler import run_command
@@ -40,10 +41,10 @@ from .compare import compare_runs, tables
 from .deploy import DeployError, models_to_load, write_overlay
 from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
 from .plan import DEFAULT_HEADROOM, read_prices
-from .report import (build_report, footprint_rows, footprint_table, plan_table, plan_text, summary_table,
-                     write_report)
+from .report import build_report, footprint_rows, plan_table, plan_text, write_report
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
 from .soak import SoakSettings, print_soak, run_soak, verdicts
+from .summary import print_summary
 from .tune import TuneSettings, print_tune, run_tune
 
 
@@ -324,40 +325,6 @@ def cmd_run(args) -> int:
 def plan_options(args) -> dict:
     return {"min_agreement": args.min_agreement, "target_qps": args.target_qps, "headroom": args.headroom,
             "prices": read_prices(args.prices) if args.prices else ()}
-
-
-def print_table(header: list[str], body: list[list[str]], indent: str = "", text_last: bool = False) -> None:
-    """Columns right-aligned; with `text_last`, the last column (free text such as a verdict) left-aligned."""
-    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
-
-    def line(cells):
-        aligned = [c.rjust(w) for c, w in zip(cells, widths)]
-        if text_last:
-            aligned[-1] = cells[-1]
-        return indent + "  ".join(aligned)
-
-    print(line(header))
-    for row in body:
-        print(line(row))
-
-
-def print_summary(report: dict) -> None:
-    for source in report["sources"]:
-        header, body = summary_table(report, source)
-        keep = [0, 1, 2, 4, 8, 9, 10, 11, 12, 13, 14, 16, 17, header.index("verdict")]
-        print(f"\n{source}")
-        print_table([header[i] for i in keep], [[row[i] for i in keep] for row in body], text_last=True)
-        print(report["recommendations"][source]["text"])
-        planned = plan_table(report, source)
-        if planned:
-            print()
-            print_table(*planned)
-            print(plan_text(report, source))
-        footprint_header, footprint_body = footprint_table(report, source)
-        if footprint_body:
-            print("  ".join(f"{h:>16}" for h in footprint_header))
-            for row in footprint_body:
-                print("  ".join(f"{c:>16}" for c in row))
 
 
 def cmd_report(args) -> int:

@@ -1,8 +1,10 @@
 """Variants the build refused appear in the report, the plot data and the console summary with their reason, and
 the recommendation names the next faster of them: on hand-made build records and results (no server, no load)."""
 
-from loadtests.__main__ import print_summary
+import pytest
+
 from loadtests.report import build_report, summary_table, write_report
+from loadtests.summary import print_summary
 
 
 def entry(variant, drop, se, speedup, top1, gates_failed=(), served=True):
@@ -99,3 +101,14 @@ def test_html_markdown_and_console_list_refused_variants(tmp_path, capsys):
     row = next(line for line in lines if line.lstrip().startswith("distilled+int8"))
     assert row.endswith("refused: accuracy drop 1.96 ± 0.68 points > 1.0") and "0.24" in row  # compute vs fp32
     assert any("The next faster variant was refused: `m_pruned-int8`" in line for line in lines)
+
+
+def test_the_console_table_picks_columns_by_name(capsys):
+    from builder.core.console import print_table
+
+    print_table(["a", "b", "verdict"], [["1", "22", "refused: slower"]], ["verdict", "a"])
+    assert capsys.readouterr().out.splitlines() == ["        verdict  a", "refused: slower  1"]
+    print_table(["a", "b", "verdict"], [["1", "22", "refused: slower"]], ["a", "verdict"], text_last=True)
+    assert capsys.readouterr().out.splitlines() == ["a  verdict", "1  refused: slower"]
+    with pytest.raises(KeyError, match="no column 'c'"):
+        print_table(["a"], [["1"]], ["c"])
