@@ -118,6 +118,10 @@ def test_the_teacher_runs_once_per_example_whatever_the_padding():
         other.embedding.weight.add_(1.0)
     assert not torch.allclose(TeacherCache(other)({"ids": ids, "mask": mask})[0], first)
     assert other.rows == 3
+    # what the cache gives is what the teacher computes
+    with torch.no_grad():
+        recomputed = teacher(ids=ids, mask=mask)
+    assert torch.allclose(first, recomputed[0] if isinstance(recomputed, tuple) else recomputed)
 
 
 def test_shift_images_moves_image_inputs_only():
