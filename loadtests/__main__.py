@@ -11,6 +11,7 @@
   python -m loadtests footprint --models all --memory-budget 16GB   (load time, memory per instance, how many fit)
   python -m loadtests soak --models digits_fp32,minilm_fp32 --duration 10m   (failures and memory growth at 80 %)
   python -m loadtests oversize --models digits_fp32,minilm_fp32   (small requests declaring 20 GB; the front's cost)
+  python -m loadtests overload --models minilm_int8 --without-policy   (open-loop Poisson load at 0.5-3x the maximum)
 
 Without --url the runner starts the embedded Triton server on the repository and stops it at the end.
 """
@@ -39,6 +40,7 @@ from .bench import print_table as print_bench_table, run_bench
 from .generator_bench import print_table as print_generator_table, run_generator_bench
 from .compare import compare_runs, tables
 from .deploy import DeployError, models_to_load, write_overlay
+from .overload import OverloadSettings, print_overload, run_overload
 from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
 from .plan import DEFAULT_HEADROOM, read_prices
 from .report import build_report, footprint_rows, plan_table, plan_text, write_report
@@ -253,10 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     oversize.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the hot-path comparison (5)")
     oversize.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     oversize.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/oversize.json"))
+    overload = commands.add_parser("overload", help="open-loop Poisson load at multiples of the measured maximum: "
+                                                    "goodput, p99, rejections, memory, recovery")
+    overload.add_argument("--models", required=True, help="served model names, comma-separated")
+    overload.add_argument("--multiples", default="0.5,1,1.5,2,3", help="offered load as multiples of the "
+                          "closed-loop maximum (0.5,1,1.5,2,3)")
+    overload.add_argument("--seconds", type=duration, default=10.0, help="per step (10s)")
+    overload.add_argument("--slo-p99-ms", type=float, default=50.0, help="an answer later than this is not goodput")
+    overload.add_argument("--users", type=int, default=8, help="clients of the closed-loop maximum (8)")
+    overload.add_argument("--without-policy", action="store_true",
+                          help="also run each model without its queue policy (Triton's unbounded queue)")
+    overload.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
+    overload.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
+    overload.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/overload.json"))
     args = parser.parse_args(argv)
     command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
                "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
-               "deploy": cmd_deploy, "soak": cmd_soak, "oversize": cmd_oversize}[args.command]
+               "deploy": cmd_deploy, "soak": cmd_soak, "oversize": cmd_oversize,
+               "overload": cmd_overload}[args.command]
     return run_command(lambda: command(args), verbose=args.verbose,
                        interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
@@ -491,6 +507,22 @@ def cmd_oversize(args) -> int:
     atomic_write(args.out, json.dumps(results, indent=1))
     print(f"\nresults: {args.out}")
     return 0 if oversize_verdict(results) else 1
+
+
+def cmd_overload(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        multiples = tuple(float(m) for m in args.multiples.split(","))
+    except ValueError as e:
+        raise LoadTestError(f"--multiples must be numbers separated by commas, got {args.multiples!r}") from e
+    settings = OverloadSettings(multiples=multiples, seconds=args.seconds, slo_ms=args.slo_p99_ms, users=args.users)
+    results = run_overload(args.repository, models, args.artifacts, settings, args.without_policy,
+                           progress=lambda line: print(line, flush=True))
+    print_overload(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, json.dumps(results, indent=1))
+    print(f"\nresults: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -189,3 +189,24 @@ def assert_same(outputs: dict, expected: dict) -> None:
     assert outputs.keys() == expected.keys()
     for name, array in expected.items():
         np.testing.assert_array_equal(outputs[name], array)
+
+
+def test_the_open_loop_benchmark_runs_with_and_without_the_queue_policy(repository):
+    from loadtests.overload import OverloadSettings, run_overload
+
+    settings = OverloadSettings(multiples=(0.5, 2.0), seconds=1.0, users=2)
+    results = run_overload(repository, [MODEL], repository.parent / "artifacts", settings, policy_off_too=True,
+                           progress=lambda line: None)
+    assert [run["queue_policy"] for run in results["runs"]] == [True, False]
+    for run in results["runs"]:
+        assert run["closed_loop_max_per_s"] > 0 and run["recovery_s"] is not None
+        for step in run["steps"]:
+            assert step["sent"] > 0 and step["answered"] > 0 and step["errors"] == 0
+            assert step["memory_peak_mb"] >= step["memory_start_mb"] > 0
+    # the copy without the policy really has none; the built one has it
+    from loadtests.overload import single_model
+
+    built = (repository / MODEL / "config.pbtxt").read_text()
+    assert "default_queue_policy" in built
+    bare = single_model(repository, MODEL, repository.parent / "bare", queue_policy=False)
+    assert "default_queue_policy" not in (bare / MODEL / "config.pbtxt").read_text()
