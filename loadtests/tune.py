@@ -18,7 +18,7 @@ import time
 
 from builder.core.files import atomic_write
 from builder.serving.repository import replace_config
-from builder.serving.tritonconfig import parse_text
+from builder.serving.tritonconfig import parse_text, queue_policy
 from client import ClientError, TritonClient
 
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_step
@@ -45,8 +45,11 @@ def grid(cores: int, max_batch: int) -> list[dict]:
             for (i, t), d, b in itertools.product(shapes, QUEUE_DELAYS_US, batches)]
 
 
-def with_point(config, point: dict):
-    """A copy of the ModelConfig message `config` with the point's settings."""
+def with_point(config, point: dict, slo_p99_ms: float | None = None):
+    """A copy of the ModelConfig message `config` with the point's settings. Where `config` bounds its queue
+    (default_queue_policy) and `slo_p99_ms` is given, the policy is derived again for the point (queue size from
+    its max batch and instances, timeout from the budget and its batching delay), as the build derives it: a tuned
+    config sheds load the way a built one does."""
     changed = type(config)()
     changed.CopyFrom(config)
     changed.max_batch_size = point["max_batch_size"]
@@ -56,6 +59,11 @@ def with_point(config, point: dict):
         group.count = point["instances"]
     changed.parameters["intra_op_thread_count"].string_value = str(point["threads"])
     changed.dynamic_batching.max_queue_delay_microseconds = point["max_queue_delay_us"]
+    if slo_p99_ms is not None and changed.dynamic_batching.HasField("default_queue_policy"):
+        policy = queue_policy(slo_p99_ms, point["max_batch_size"], point["instances"], point["max_queue_delay_us"])
+        changed.dynamic_batching.default_queue_policy.max_queue_size = policy["max_queue_size"]
+        changed.dynamic_batching.default_queue_policy.default_timeout_microseconds = \
+            policy["default_timeout_microseconds"]
     return changed
 
 
@@ -97,7 +105,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
             progress(f"[{n}/{len(points)}] {model}: {point['instances']} instance(s) x {point['threads']} thread(s), "
                      f"queue delay {point['max_queue_delay_us']} us, max batch {point['max_batch_size']} ...")
             try:
-                client.load_model(model, config=as_json(with_point(original, point)))
+                client.load_model(model, config=as_json(with_point(original, point, settings.slo_p99_ms)))
             except ClientError as e:
                 result["points"].append(point | {"error": str(e), "requests": 0, "failures": 0, "p99_ms": None,
                                                  "throughput": 0.0})
@@ -121,7 +129,7 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "tune.json", json.dumps(result, indent=2))
     if write and result["best"]:
-        replace_config(config_path.parent, with_point(original, result["best"]))
+        replace_config(config_path.parent, with_point(original, result["best"], settings.slo_p99_ms))
         with TritonClient(target.http_url, admin_key=target.admin_key) as client:
             client.load_model(model)
         result["written"] = str(config_path)

@@ -167,3 +167,16 @@ def test_a_spec_with_a_bad_latency_budget_is_refused(bad):
            "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]}
     with pytest.raises(ConfigError, match="slo_p99_ms must be a positive number"):
         parse_spec(raw, where="m.yaml")
+
+
+def test_a_tuned_point_gets_the_queue_policy_derived_again():
+    from loadtests.tune import with_point
+
+    digits = resolve_spec("digits")
+    built = parse_text(to_text(build_config("d", digits, ServingConfig(slo_p99_ms=40))))
+    point = {"instances": 2, "threads": 1, "max_queue_delay_us": 500, "max_batch_size": 8}
+    policy = with_point(built, point, slo_p99_ms=40).dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (2 * 8 * 2, 20_000 + 500)
+    # a config without a policy stays without one
+    bare = parse_text(to_text(build_config("d", digits, ServingConfig(queue_policy=False))))
+    assert not with_point(bare, point, slo_p99_ms=40).dynamic_batching.HasField("default_queue_policy")
