@@ -18,10 +18,12 @@ import pathlib
 
 import numpy as np
 
+from .core.artifacts import load_splits, read_record
+from .core.errors import ArtifactsError
+from .core.handler import run_command
 from .measure import fixed_batch, latency_p50_ms
 from .models import resolve_spec
 from .roofline import cpu_isa
-from .core.artifacts import load_splits, read_record
 
 
 def onnx_file(folder: pathlib.Path) -> pathlib.Path:
@@ -33,11 +35,12 @@ def onnx_file(folder: pathlib.Path) -> pathlib.Path:
 def bench(spec, workdir: pathlib.Path, variants: list[str], repeats: int, batches=(1, 32), threads: int = 1,
           progress=print) -> dict:
     """{variant: {"b<batch>": {"median": x, "min": x, "max": x, "ms": median ms}}}, speedups vs fp32 per round."""
-    split = load_splits(spec, workdir)[spec.evaluate[0]]
     files = {v: onnx_file(workdir / v) for v in ["fp32", *variants]}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        raise SystemExit(f"error: not built: {', '.join(missing)}\nhint: builder build --variant ... --artifacts first")
+        raise ArtifactsError(f"not built: {', '.join(missing)}",
+                             hint="builder build --model ... --variant ... --artifacts <the same folder> first")
+    split = load_splits(spec, workdir)[spec.evaluate[0]]
     out = {}
     for batch in batches:
         inputs = fixed_batch(spec, split, batch)
@@ -104,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

@@ -61,4 +61,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from builder.core.handler import run_command
+
+    raise SystemExit(run_command(lambda: main() or 0))
