@@ -213,7 +213,7 @@ def verdicts(run: dict, slo_ms: float) -> dict:
         out["goodput_vs_1x"] = round(top["goodput_per_s"] / one["goodput_per_s"], 2)
     out["memory_growth"] = round(top["memory_peak_mb"] / top["memory_start_mb"] - 1, 3) if top["memory_start_mb"] else None
     out["p99_within_slo"] = top["p99_ms"] is not None and top["p99_ms"] <= slo_ms
-    out["rejections_under_10ms"] = top["rejected_p99_ms"] is None or top["rejected_p99_ms"] < 10
+    out["rejections_under_10ms"] = None if top["rejected_p99_ms"] is None else top["rejected_p99_ms"] < 10
     out["recovery_s"] = run["recovery_s"]
     return out
 
