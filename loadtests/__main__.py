@@ -474,11 +474,8 @@ def cmd_footprint(args) -> int:
         return 1
     written = {model: write_footprint(args.artifacts, model, footprint) for model, footprint in measured.items()}
     header, body = footprint_rows(measured, args.memory_budget)
-    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
     print()
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    for row in body:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print_table(header, body)
     baseline = next(iter(measured.values()), {}).get("baseline")
     if baseline:
         print(f"\nEach instance is a Python backend stub process (embedded server); its RSS includes the interpreter "
