@@ -26,6 +26,7 @@ import numpy as np
 from .data import Split
 from .errors import ArtifactsError, ConfigError, unknown_name
 from .files import atomic_write
+from .record import new_record, upgrade
 from .spec import call_source
 
 MAX_TOKENS = 256
@@ -62,12 +63,13 @@ def record_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
 
 
 def read_record(artifacts: pathlib.Path, model: str) -> dict:
-    """The build record of `model` ({"model", "variants": {variant: entry}}); an empty one if none is written."""
+    """The build record of `model` in the current schema (core/record.py upgrades older ones); an empty one if
+    none is written."""
     path = record_path(artifacts, model)
     if not path.is_file():
-        return {"model": model, "variants": {}}
+        return new_record(model)
     try:
-        return json.loads(path.read_text())
+        return upgrade(json.loads(path.read_text()), str(path))
     except json.JSONDecodeError as e:
         raise ArtifactsError(f"{path} is not a build record: {e}",
                              hint=f"rebuild the model: builder build --model {model} --variant all") from e
@@ -95,16 +97,12 @@ def update_entry(artifacts: pathlib.Path, triton_model: str, key: str, value) ->
     for folder in sorted(p.parent for p in artifacts.glob("*/record.json")):
         if not triton_model.startswith(folder.name + "_"):
             continue
-        variant = triton_model[len(folder.name) + 1:]
         found = []
 
         def change(record):
             # by the served name: a combined variant's key (`distilled+int8`) is not its served name's suffix
-            # (`distilled-int8`, builder/core/names.py); records written before entries named themselves, by key
-            entry = next((e for e in record["variants"].values() if e.get("triton_model") == triton_model),
-                         None)
-            if entry is None and "triton_model" not in record["variants"].get(variant, {"triton_model": None}):
-                entry = record["variants"][variant]
+            # (`distilled-int8`, builder/core/names.py)
+            entry = next((e for e in record["variants"].values() if e["triton_model"] == triton_model), None)
             if entry is not None:
                 entry[key] = value
                 found.append(True)
