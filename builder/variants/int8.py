@@ -4,7 +4,13 @@
 models, whose activation ranges vary by input. `static` writes a QDQ model whose activation scales come from a
 calibration pass over real examples (MinMax, Entropy or Percentile): right for CNNs. `int8` (method auto) picks
 static when the graph has convolutions and dynamic otherwise. quant_pre_process (shape inference + ORT graph
-optimisation) runs first, as ONNX Runtime recommends. Nodes listed in `exclude_nodes`, of an op type in
+optimisation) runs first, as ONNX Runtime recommends; before it, on transformer graphs, ONNX Runtime's transformer
+optimizer fuses what it can (`fusion`, on by default; what Optimum's O1/O2 apply: on the MiniLM export, each
+layer's bias Add + Gelu into BiasGelu). A session fuses that itself at load on a float graph, but not once
+quantization has replaced the MatMul before it: on
+MiniLM the fused int8 ran 1.11-1.13x the unfused int8 at batch 32 with the same validation accuracy, where fused
+fp32 ran no faster than fp32 (docs/compression.md, "Graph fusion"); a graph with nothing to fuse (a CNN) is left
+as it is. The record's `int8_fusion` lists the fused operators. Nodes listed in `exclude_nodes`, of an op type in
 `exclude_op_types`, or (with `exclude_last`) the last MatMul/Gemm/Conv - the classifier, whose errors flip
 predictions directly - stay in float; the record lists them.
 
@@ -62,6 +68,8 @@ class Config:
     # weights in 7 bits instead of 8: true, false, or None (default) to choose by the build machine's ISA
     # (reduce_range_for)
     reduce_range: bool | None = None
+    # fuse LayerNormalization / BiasGelu (ONNX Runtime's transformer optimizer) before quantizing
+    fusion: bool = True
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +85,8 @@ class Config:
         if self.reduce_range not in (None, True, False):
             raise VariantError(f"int8: reduce_range must be true, false or left out (by the CPU), got "
                                f"{self.reduce_range!r}")
+        if self.fusion not in (True, False):
+            raise VariantError(f"int8: fusion must be true or false, got {self.fusion!r}")
         if self.max_trials < 1 or self.search_group < 1 or self.search_examples < 1:
             raise VariantError("int8: max_trials, search_group and search_examples must be >= 1, got "
                                f"{self.max_trials}, {self.search_group}, {self.search_examples}")
@@ -127,25 +137,13 @@ class SplitReader:
 
 def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     config.check()
     model = onnx.load(str(onnx_file))
     op_types = {n.op_type for n in model.graph.node}
     method = config.method if config.method != "auto" else ("static" if "Conv" in op_types else "dynamic")
-    import contextlib
-
-    prepared = (context.out / "int8_prepared.onnx").resolve()
-    source = onnx_file.resolve()
-    # quant_pre_process writes scratch files into the working directory: keep them in the variant's folder
-    with contextlib.chdir(context.out):
-        try:
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference cannot follow every exporter graph; ONNX shape inference can
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    for scratch in [*context.out.glob("*.data"), context.out / "sym_shape_infer_temp.onnx"]:
-        scratch.unlink(missing_ok=True)
+    prepared, fused_ops = prepared_for_quantization(onnx_file, context.out, config.fusion)
     nodes = onnx.load(str(prepared)).graph.node
     excluded = [n.name for n in nodes if n.name in config.exclude_nodes or n.op_type in config.exclude_op_types]
     if config.exclude_last:
@@ -198,9 +196,84 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
         quantize(output, excluded)
     context.notes.update({"int8_reduce_range": {"reduce_range": reduce_range, "why": why, "cpu": isa},
                           "int8_method": method, "int8_excluded_nodes": excluded,
+                          "int8_fusion": {"on": config.fusion, "fused_ops": fused_ops},
+                          "int8_per_channel": config.per_channel,
                           "int8_calibration": config.calibration if method == "static" else None})
     prepared.unlink(missing_ok=True)
     return output
+
+
+def prepared_for_quantization(onnx_file: pathlib.Path, out: pathlib.Path, fusion: bool) -> tuple[pathlib.Path, dict]:
+    """`out`/int8_prepared.onnx: `onnx_file` fused (with `fusion`, fused_transformer) then through
+    quant_pre_process; returns it and {fused op: count}."""
+    import contextlib
+
+    from onnxruntime.quantization import quant_pre_process
+
+    prepared = (out / "int8_prepared.onnx").resolve()
+    source, fused_ops = onnx_file.resolve(), {}
+    # quant_pre_process writes scratch files into the working directory: keep them in the variant's folder
+    with contextlib.chdir(out):
+        if fusion:
+            source, fused_ops = fused_transformer(source, (out / "int8_fused.onnx").resolve())
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference cannot follow every exporter graph; ONNX shape inference can
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    for scratch in [*out.glob("*.data"), out / "sym_shape_infer_temp.onnx", out / "int8_fused.onnx"]:
+        scratch.unlink(missing_ok=True)
+    return prepared, fused_ops
+
+
+def requantized(float_file: pathlib.Path, out: pathlib.Path, notes: dict, fusion: bool) -> pathlib.Path:
+    """A dynamic int8 variant quantized again from its float file as its record `notes` say (excluded nodes, weight
+    bits), with or without fusion: the benchmark's twin of a built variant (builder.speedbench --fusion)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if notes.get("int8_method") != "dynamic":
+        raise VariantError(f"int8: only a dynamic int8 variant can be quantized again here, this one is "
+                           f"{notes.get('int8_method')!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    prepared, _ = prepared_for_quantization(float_file, out, fusion)
+    gemms = {n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Gemm"}
+    excluded = list(notes.get("int8_excluded_nodes") or [])
+    target = out / ("model.int8.fused.onnx" if fusion else "model.int8.unfused.onnx")
+    quantize_dynamic(str(prepared), str(target), per_channel=notes.get("int8_per_channel", True),
+                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=[*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)],
+                     reduce_range=bool((notes.get("int8_reduce_range") or {}).get("reduce_range")))
+    prepared.unlink(missing_ok=True)
+    return target
+
+
+def fused_transformer(source: pathlib.Path, target: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """`source` through ONNX Runtime's transformer optimizer (BERT rules, heads and width read off the graph),
+    written to `target`; returns the file to quantize and {fused op: count}. A graph in which nothing fuses is
+    returned as it is, with {}."""
+    import collections
+    import contextlib
+    import io
+    import logging
+
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    # the optimizer warns per pattern it does not find and prints when symbolic shape inference gives up
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            optimized = optimizer.optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0,
+                                                 opt_level=1, use_gpu=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    before = collections.Counter(n.op_type for n in onnx.load(str(source), load_external_data=False).graph.node)
+    # the statistics count every node of a fusable type, those the exporter already wrote included
+    fused = {op: n - before[op] for op, n in optimized.get_fused_operator_statistics().items() if n > before[op]}
+    if not fused:
+        return source, {}
+    optimized.save_model_to_file(str(target))
+    return target, fused
 
 
 def quantized_nodes(prepared, quantized) -> list[str]:

@@ -348,3 +348,39 @@ def test_taylor_importance_keeps_the_units_the_task_needs_where_magnitude_keeps_
     pruned = step.module.apply(model, context, config)
     assert pruned.hidden.out_features == 4
     assert sorted(pruned.hidden.weight.abs().max(dim=1).values.tolist()) == pytest.approx(kept)
+
+
+def test_int8_fuses_bias_gelu_on_a_transformer_graph_and_leaves_a_cnn_alone(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from builder.variants.int8 import fused_transformer, requantized
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()).eval()
+    x, image = torch.randn(2, 5, 16), torch.randn(2, 1, 8, 8)  # 3-d: Linear exports as MatMul + Add, as in BERT
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    for module, example, name, dims in ((mlp, x, "mlp", {0: batch, 1: seq}), (cnn, image, "cnn", {0: batch})):
+        # dynamic axes as the kit exports them (with static ones ORT folds the MatMul + bias into a Gemm first)
+        torch.onnx.export(module, (example,), str(tmp_path / f"{name}.onnx"), dynamo=True, opset_version=18,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=({**dims},))
+
+    fused, ops = fused_transformer(tmp_path / "mlp.onnx", tmp_path / "mlp.fused.onnx")
+    assert ops == {"BiasGelu": 1} and fused == tmp_path / "mlp.fused.onnx"
+    assert "BiasGelu" in {n.op_type for n in onnx.load(str(fused)).graph.node}
+
+    def run(path, value):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": value.numpy()})[0]
+
+    np.testing.assert_allclose(run(fused, x), mlp(x).detach().numpy(), atol=1e-5)
+    assert fused_transformer(tmp_path / "cnn.onnx", tmp_path / "cnn.fused.onnx") == (tmp_path / "cnn.onnx", {})
+    assert not (tmp_path / "cnn.fused.onnx").exists()
+
+    # the benchmark's twins: the same quantization with and without the fusion, both close to float
+    notes = {"int8_method": "dynamic", "int8_excluded_nodes": [], "int8_reduce_range": {"reduce_range": False}}
+    twins = [requantized(tmp_path / "mlp.onnx", tmp_path / "q", notes, fusion) for fusion in (True, False)]
+    op_types = [{n.op_type for n in onnx.load(str(t)).graph.node} for t in twins]
+    assert "BiasGelu" in op_types[0] and "BiasGelu" not in op_types[1]
+    for twin in twins:
+        np.testing.assert_allclose(run(twin, x), mlp(x).detach().numpy(), atol=0.05)
