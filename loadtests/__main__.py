@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     add_budget_arguments(run)
     add_plan_arguments(run)
 
-    report = commands.add_parser("report", help="rebuild report.html/.md from a run's results.json")
+    report = commands.add_parser("report", help="rebuild report.html/.md from a run's results.json (and the "
+                                 "overload.json in the same folder, if there)")
     report.add_argument("run_dir", type=pathlib.Path)
     report.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     add_budget_arguments(report)
@@ -347,8 +348,10 @@ def cmd_report(args) -> int:
     path = args.run_dir / "results.json"
     if not path.is_file():
         raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
+    overload = args.run_dir / "overload.json"  # `python -m loadtests overload --out <run>/overload.json`
     report = build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
-                          args.max_accuracy_drop, memory_budget=args.memory_budget, **plan_options(args))
+                          args.max_accuracy_drop, memory_budget=args.memory_budget, **plan_options(args),
+                          overload=json.loads(overload.read_text()) if overload.is_file() else None)
     md, html = write_report(report, args.run_dir)
     print_summary(report)
     print(f"\nreport: {html}\n        {md}")

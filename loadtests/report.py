@@ -318,8 +318,9 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99
 
 def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float,
                  memory_budget: str | None = None, min_agreement: float = 0.0, target_qps: float | None = None,
-                 prices=(), headroom: float = capacity.DEFAULT_HEADROOM) -> dict:
-    """`memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's.
+                 prices=(), headroom: float = capacity.DEFAULT_HEADROOM, overload: dict | None = None) -> dict:
+    """`overload`: what `python -m loadtests overload` wrote (overload.json), shown per source model.
+    `memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's.
     `min_agreement` (0..1): top-1 agreement with fp32 a variant needs to be recommended. With `target_qps`
     (requests/s), a capacity plan per source model (`plans`), costed on `prices` (loadtests/plan.py)."""
     rows = variant_rows(results, records)
@@ -340,6 +341,7 @@ def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max
             "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
             "memory_budget": memory_budget or results.get("memory_budget") or "16GB",
             "target_qps": target_qps, "headroom": headroom, "plans": plans, "priced": bool(prices),
+            "overload": overload,
             # accuracy only compares within one model: one recommendation per source model
             "recommendations": {src: recommend(rows_of[src], steps_of[src], slo_p99_ms, max_accuracy_drop,
                                                min_agreement) for src in sources}}
@@ -476,6 +478,66 @@ def plot_operator_profile(report: dict, source: str, path: pathlib.Path) -> None
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def overload_runs(report: dict, source: str) -> list[dict]:
+    """The open-loop overload runs (loadtests/overload.py) of `source`'s served variants, policy on before off."""
+    runs = (report.get("overload") or {}).get("runs", [])
+    return sorted((r for r in runs if source_of(r["model"]) == source),
+                  key=lambda r: (r["model"], not r["queue_policy"]))
+
+
+def plot_overload(report: dict, source: str, path: pathlib.Path) -> None:
+    """Goodput and p99 of the accepted requests against the offered load, as multiples of each run's closed-loop
+    maximum: one line per variant and queue policy (off: dashed)."""
+    import matplotlib.pyplot as plt
+
+    slo = report["overload"]["settings"]["slo_ms"]
+    fig, (good, tail) = plt.subplots(1, 2, figsize=(9.6, 4.0))
+    for run in overload_runs(report, source):
+        steps = sorted(run["steps"], key=lambda s: s["multiple"])
+        style = {"linestyle": "-" if run["queue_policy"] else "--", "marker": "o"}
+        label = f"{run['model'].removeprefix(source + '_')}, policy {'on' if run['queue_policy'] else 'off'}"
+        good.plot([s["multiple"] for s in steps], [s["goodput_per_s"] for s in steps], label=label, **style)
+        accepted = [s for s in steps if s["p99_ms"] is not None]
+        tail.plot([s["multiple"] for s in accepted], [s["p99_ms"] for s in accepted], label=label, **style)
+    tail.axhline(slo, color="grey", linestyle=":", linewidth=1, label=f"SLO {slo:g} ms")
+    tail.set_yscale("log")
+    good.set(xlabel="offered load (x closed-loop maximum)", ylabel=f"goodput (answers within {slo:g} ms per s)",
+             title=f"{source}: goodput past capacity")
+    tail.set(xlabel="offered load (x closed-loop maximum)", ylabel="p99 of accepted requests (ms)",
+             title="p99 of what was answered")
+    for ax in (good, tail):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def overload_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "queue policy", "x max", "offered/s", "sent/s", "goodput/s", "p50 ms", "p99 ms", "rejected",
+              "rejected p99 ms", "past deadline", "memory MB", "recovery s"]
+    body = []
+    for run in overload_runs(report, source):
+        for s in sorted(run["steps"], key=lambda s: s["multiple"]):
+            body.append([run["model"], "on" if run["queue_policy"] else "off", f"{s['multiple']:g}",
+                         f"{s['offered_per_s']:.0f}", f"{s['sent_per_s']:.0f}", f"{s['goodput_per_s']:.0f}",
+                         _num(s["p50_ms"]), _num(s["p99_ms"]), str(s["rejected"]), _num(s["rejected_p99_ms"]),
+                         str(s["deadline"]), f"{s['memory_start_mb']:.0f} -> {s['memory_peak_mb']:.0f}",
+                         _num(run["recovery_s"], 2)])
+    return header, body
+
+
+def overload_text(report: dict) -> str:
+    settings, cpu = report["overload"]["settings"], report["overload"]["cpu"]
+    return (f"Open-loop Poisson arrivals at multiples of each variant's closed-loop maximum "
+            f"({settings['users']} users), {settings['seconds']:g} s per step, with the queue policy the build wrote "
+            f"(on) and without it (off): goodput = answers within the SLO of {settings['slo_ms']:g} ms per second; "
+            f"p50/p99 of the accepted requests, counted from their arrival; rejected = refused by the queue policy; "
+            f"memory = tritonserver, stubs and front, at the step's start -> its peak; recovery = seconds until 5 "
+            f"answers in a row are back within 2x the first step's p50 (`python -m loadtests overload`, "
+            f"overload.json). CPU {cpu['model']}, {cpu['summary']}; the generator shares it with the server.")
 
 
 PLOTS = (("latency", plot_latency_throughput, "p99 latency vs throughput, one curve per variant across load steps"),
@@ -767,6 +829,16 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
             data = base64.b64encode(path.read_bytes()).decode()
             body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        if overload_runs(report, source):
+            path, caption = plots / f"{source}_overload.png", "goodput and p99 past capacity, queue policy on and off"
+            plot_overload(report, source, path)
+            md += [f"### {source}: past capacity (open loop)", "", markdown_table(*overload_table(report, source)), "",
+                   overload_text(report), "", f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
+            data = base64.b64encode(path.read_bytes()).decode()
+            body += [f"<h3>{html.escape(source)}: past capacity (open loop)</h3>",
+                     html_table(*overload_table(report, source)), f"<p>{html.escape(overload_text(report))}</p>",
+                     f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
         by_length = macs_length_table(report, source)
         if by_length:
             header, rows, text = by_length
