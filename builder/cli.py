@@ -6,6 +6,9 @@
   builder build --onnx-model m.onnx --data data.npz --variant fp32,int8,fp16   (an ONNX file and its data)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
+  builder load --models all --users 1,4,16   (and report, plan, compare, deploy, tune, bench, footprint, soak,
+                                              oversize, overload: the load tests, also `python -m loadtests ...`)
+  builder infer --model minilm_fp32 --text "..."   (and models, metadata: also `python -m client ...`)
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ from .sources import files, hf, onnxfile
 from .train import TrainingOverrides, train_config
 from .variants import steps
 
+# commands of the load tests and of the client under the one `builder` command: {builder's name: (package, its
+# name there)}; `python -m loadtests run ...` and `python -m client infer ...` stay as they were
+DELEGATED = {"load": ("loadtests", "run"), **{c: ("loadtests", c) for c in (
+    "report", "plan", "compare", "deploy", "tune", "bench", "footprint", "soak", "oversize", "overload")},
+             **{c: ("client", c) for c in ("infer", "models", "metadata")}}
 DEFAULT_REPOSITORY = pathlib.Path("model_repository")
 DEFAULT_ARTIFACTS = pathlib.Path("artifacts")
 
@@ -121,9 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget of the recommendation")
     demo.add_argument("--max-accuracy-drop", type=float, default=1.0, help="accuracy budget, points below fp32")
 
+    for name, (package, their_name) in DELEGATED.items():  # listed in --help; run by `delegate` before parsing
+        commands.add_parser(name, help=f"= python -m {package} {their_name} (`builder {name} --help`)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in DELEGATED:
+        return delegate(argv[first], argv[:first], argv[first + 1:])
     args = parser.parse_args(argv)
     command = {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command]
     return run_command(lambda: command(args), verbose=args.verbose)
+
+
+def delegate(command: str, before: list[str], after: list[str]) -> int:
+    """Run a load-test or client command with its own parser, error handler and exit code; `before`: builder's
+    options before the command (only --verbose carries over)."""
+    package, name = DELEGATED[command]
+    if package == "loadtests":
+        from loadtests.commands import main as their_main
+    else:
+        from client.commands import main as their_main
+    return their_main([*(["--verbose"] if "--verbose" in before else []), name, *after],
+                      prog=f"builder (= python -m {package})")
 
 
 def cmd_build(args) -> int:

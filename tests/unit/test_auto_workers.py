@@ -2,7 +2,7 @@
 
 import pytest
 
-from loadtests.__main__ import parse_workers
+from loadtests.commands import parse_workers
 from loadtests.run import LoadTestError, workers_for
 
 

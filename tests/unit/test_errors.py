@@ -10,8 +10,8 @@ from builder.core.handler import EXIT_ERROR
 from builder.core.spec import load_spec
 from builder.serving.server import free_port
 from client import ClientError, ServerUnavailableError
-from client.__main__ import main as client_main
-from loadtests.__main__ import main as loadtests_main
+from client.commands import main as client_main
+from loadtests.commands import main as loadtests_main
 from tests.conftest import TINY_SPEC
 
 
@@ -100,3 +100,18 @@ def test_help_still_answers(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 0 and "build" in capsys.readouterr().out
+
+
+def test_the_load_tests_and_the_client_answer_under_builder_too(capsys, tmp_path):
+    # the same commands, errors and exit codes as `python -m loadtests` / `python -m client`
+    assert_error_hint(capsys, cli.main(["report", str(tmp_path)]), f"{tmp_path}/results.json does not exist")
+    assert_error_hint(capsys, cli.main(["models", "--url", f"http://127.0.0.1:{free_port()}"]),
+                      "Triton server not reachable")
+    assert cli.main(["--verbose", "report", str(tmp_path)]) == EXIT_ERROR
+    assert "Traceback" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["load", "--help"])
+    assert exit_.value.code == 0 and "--users" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0 and "overload" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from builder.serving.footprint import FootprintError, find_stubs, fits, parse_size, process_memory, write_footprint
-from loadtests.__main__ import main
+from loadtests.commands import main
 from loadtests.report import footprint_rows
 
 

@@ -4,7 +4,7 @@ Locust's stats, the tuning grid, the CLI's argument parsing."""
 import pytest
 
 from loadtests import metrics
-from loadtests.__main__ import duration, users_list
+from loadtests.commands import duration, users_list
 from loadtests.report import pareto, recommend, variant_rows
 from loadtests.run import locust_figures
 from loadtests.tune import best_point, grid
