@@ -85,12 +85,11 @@ def unfused_twins(workdir: pathlib.Path, record: dict, variants: list[str], scra
     return twins
 
 
-def fusion_accuracy(spec, workdir: pathlib.Path, twins: dict) -> list[str]:
-    """One line per twin: its fused ops, the accuracy of the served (fused) and unfused files on the first
-    evaluation split and their top-1 agreement."""
+def fusion_accuracy(spec, workdir: pathlib.Path, twins: dict, split_name: str) -> list[str]:
+    """One line per twin: the accuracy of the served (fused) and unfused files on `split_name` and their top-1
+    agreement."""
     from .core.evaluate import onnx_predictor, onnx_session, run_split, score
 
-    split_name = spec.evaluate[0]
     split, metric = load_splits(spec, workdir)[split_name], spec.metric
     lines = []
     for name, twin in twins.items():
@@ -123,16 +122,22 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fusion", action="store_true",
                         help="also time each fused int8 variant's unfused twin (quantized again here)")
+    parser.add_argument("--fusion-split", help="the split the twins' accuracy is compared on (default: the first "
+                                               "evaluation split; `validation` is where the choice was made)")
     args = parser.parse_args(argv)
     spec = resolve_spec(args.model)
     artifacts = pathlib.Path(args.artifacts)
     record = entries(read_record(artifacts, spec.name))
     variants = [v for v in record if v != "fp32"] if args.variants == "all" else args.variants.split(",")
+    fusion_split = args.fusion_split or spec.evaluate[0]
+    if args.fusion and fusion_split not in load_splits(spec, artifacts / spec.name):  # before minutes of timing
+        raise ArtifactsError(f"{spec.name} has no split `{fusion_split}`",
+                             hint=f"one of: {', '.join(load_splits(spec, artifacts / spec.name))}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as scratch:
         twins = unfused_twins(artifacts / spec.name, record, variants, pathlib.Path(scratch)) if args.fusion else {}
         result = bench(spec, artifacts / spec.name, variants, args.repeats, extra=twins)
-        fusion_lines = fusion_accuracy(spec, artifacts / spec.name, twins)
+        fusion_lines = fusion_accuracy(spec, artifacts / spec.name, twins, fusion_split)
     split, isa = spec.evaluate[0], cpu_isa()
     print(f"\nspeedup vs fp32, in-process ONNX Runtime, 1 thread, median of {args.repeats} interleaved rounds "
           f"[min..max]; CPU {isa['model']}, {isa['summary']}. Drop: points vs fp32 on `{split}` +- its standard error (build record)")
