@@ -4,6 +4,7 @@
   builder build --config my_model.yaml --variant fp32 (your model: see builder/core/spec.py)
   builder build --hf-model DIR --data data.csv --variant fp32,int8   (a Transformers classifier and its data)
   builder build --onnx-model m.onnx --data data.npz --variant fp32,int8,fp16   (an ONNX file and its data)
+  builder build --torch-program m.pt --data data.npz --variant fp32,int8       (TorchScript or torch.export .pt2)
   builder serve [--repository model_repository]
   builder demo [--quick]    (build, serve, check, load-test and report on both demo models)
   builder load --models all --users 1,4,16   (and report, plan, compare, deploy, tune, bench, footprint, soak,
@@ -25,6 +26,7 @@ from loadtests.summary import print_summary
 from . import processes
 from .build import Gates, build_variant
 from .core.errors import BuilderError, ConfigError
+from .core.files import atomic_write
 from .core.handler import run_command
 from .core.names import model_name
 from .demo import run_demo
@@ -34,7 +36,7 @@ from .serving.front import MAX_BODY_MB
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
-from .sources import files, hf, onnxfile
+from .sources import files, hf, onnxfile, torchprogram
 from .train import TrainingOverrides, train_config
 from .variants import steps
 
@@ -64,14 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--onnx-model", type=pathlib.Path, metavar="FILE",
                        help="an ONNX file with a dynamic batch axis: fp32 as given and the post-training variants "
                             "(fp16, int8); the spec inferred goes to <artifacts>/<name>/spec.yaml")
+    build.add_argument("--torch-program", type=pathlib.Path, metavar="FILE",
+                       help="a TorchScript program (torch.jit.save) or a torch.export program (.pt2), exported "
+                            "once to <artifacts>/<name>/program.onnx, then built as --onnx-model")
     build.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
-                       help="with --hf-model a CSV or JSON-lines file, with --onnx-model an .npz (one array per "
+                       help="with --hf-model a CSV or JSON-lines file, with --onnx-model or --torch-program an .npz (one array per "
                             "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
                             "--data train=a.csv --data validation=b.csv --data test=c.csv")
     build.add_argument("--text-column", help="with --hf-model: the column holding the text (default: text)")
     build.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
                                               "config.json's id2label or its index (default: label)")
-    build.add_argument("--name", help="with --hf-model or --onnx-model: the model's name (default: the directory's "
+    build.add_argument("--name", help="with --hf-model, --onnx-model or --torch-program: the model's name (default: the directory's "
                                       "or file's name)")
     build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
@@ -225,33 +230,56 @@ def resolve_build_spec(args):
     the spec is inferred from the model and its data, every row checked, and written beside the build record first
     (builder/sources/hf.py, onnxfile.py)."""
     given = [f"--{flag.replace('_', '-')}" for flag in HF_ONLY if getattr(args, flag) is not None]
-    if not (args.hf_model or args.onnx_model):
+    model_file = args.hf_model or args.onnx_model or args.torch_program
+    if not model_file:
         if given:  # never silently ignored
-            raise ConfigError(f"{', '.join(given)} apply only with --hf-model or --onnx-model",
+            raise ConfigError(f"{', '.join(given)} apply only with --hf-model, --onnx-model or --torch-program",
                               hint="a spec's own data function reads its data (docs/own-model.md)")
         spec = resolve_spec(args.model, args.config)
         return spec, f"--config {shlex.quote(str(args.config))}" if args.config else f"--model {args.model}"
-    if sum(bool(x) for x in (args.model, args.config, args.hf_model, args.onnx_model)) > 1:
-        raise ConfigError("name one model: --model, --config, --hf-model or --onnx-model")
-    kind = "--hf-model" if args.hf_model else "--onnx-model"
+    if sum(bool(x) for x in (args.model, args.config, args.hf_model, args.onnx_model, args.torch_program)) > 1:
+        raise ConfigError("name one model: --model, --config, --hf-model, --onnx-model or --torch-program")
+    kind = "--hf-model" if args.hf_model else "--onnx-model" if args.onnx_model else "--torch-program"
     if not args.data:
         raise ConfigError(f"{kind} needs its data: --data FILE ({'CSV or JSON lines' if args.hf_model else '.npz'})",
                           hint="or one file per split: --data train=a --data validation=b --data test=c")
-    if args.onnx_model and (args.text_column or args.label_column):
+    if not args.hf_model and (args.text_column or args.label_column):
         raise ConfigError("--text-column and --label-column apply to --hf-model; an .npz holds one array per "
                           "input and `labels`")
-    command = " ".join(["builder build", kind, shlex.quote(str(args.hf_model or args.onnx_model)),
+    command = " ".join(["builder build", kind, shlex.quote(str(model_file)),
                         *(f"--data {shlex.quote(v)}" for v in args.data),
                         *(f"--{flag.replace('_', '-')} {shlex.quote(getattr(args, flag))}"
                           for flag in HF_ONLY[1:] if getattr(args, flag) is not None)])
     if args.hf_model:
         spec = hf.infer_spec(args.hf_model, data_files(args.data), args.text_column or "text",
                              args.label_column or "label", args.name)
-    else:
+    elif args.onnx_model:
         spec = onnxfile.infer_spec(args.onnx_model, data_files(args.data),
                                    args.name or files.default_name(args.onnx_model))
+    else:
+        return program_spec(args, command)
     path = files.write_spec(spec, args.artifacts, command)
     print(f"wrote the inferred spec {path}")
+    return resolve_spec(config=path), f"--config {shlex.quote(str(path))}"
+
+
+def program_spec(args, command: str):
+    """resolve_build_spec for --torch-program: the program exported to a scratch file and its data checked against
+    it as an ONNX source's are, then the spec written, then the file moved beside it: a failure leaves nothing."""
+    import tempfile
+
+    data = data_files(args.data)
+    name = args.name or files.default_name(args.torch_program)
+    target = (args.artifacts / name / "program.onnx").resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = torchprogram.export_program(args.torch_program,
+                                               data if isinstance(data, str) else data["train"],
+                                               pathlib.Path(scratch) / "program.onnx")
+        spec = onnxfile.infer_spec(exported, data, name)  # every array, checked against the exported graph
+        spec["factory_args"]["path"] = spec["data_args"]["model"] = str(target)
+        path = files.write_spec(spec, args.artifacts, command)
+        atomic_write(target, exported.read_bytes())
+    print(f"exported {args.torch_program} to {target}\nwrote the inferred spec {path}")
     return resolve_spec(config=path), f"--config {shlex.quote(str(path))}"
 
 

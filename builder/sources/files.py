@@ -145,8 +145,8 @@ def write_spec(spec: dict, artifacts: pathlib.Path, command: str) -> pathlib.Pat
 
 def default_name(model_path) -> str:
     """A served-name-safe model name from a model's directory or file name: `My BERT (v2)` -> `my_bert_v2`,
-    `cnn.onnx` -> `cnn`."""
+    `cnn.onnx` -> `cnn`, `cnn.pt2` -> `cnn`."""
     path = pathlib.Path(model_path).resolve()
-    stem = path.stem if path.suffix.lower() == ".onnx" else path.name
+    stem = path.stem if path.suffix.lower() in (".onnx", ".pt", ".pt2", ".pth", ".ts") else path.name
     name = re.sub(r"[^a-z0-9_.-]+", "_", stem.lower()).strip("_.-")
     return name[:MAX_MODEL_NAME].rstrip("_.-") or "model"

@@ -1,0 +1,96 @@
+"""A TorchScript program and a torch.export program with an .npz, built without Python (`builder build
+--torch-program FILE --data NPZ`): exported once to ONNX beside the record, fp32, int8 and fp16 built from it,
+served on the real embedded Triton server and answered through the stock tritonclient as the program itself
+answers; a data file that does not name the program's arguments, and a file that is not a program, get one line
+and leave nothing behind."""
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from builder.core.spec import load_spec
+from builder.serving.server import EmbeddedServer, free_port
+from tests.conftest import run_cli
+from tests.e2e.test_onnx_model import make_cnn
+
+pytestmark = pytest.mark.e2e
+VARIANTS = ["fp32", "int8", "fp16"]
+KINDS = {"scripted": "cnn.pt", "exported": "cnn.pt2"}
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    import torch
+
+    root = tmp_path_factory.mktemp("programs")
+    model = make_cnn()
+    torch.jit.save(torch.jit.script(model), str(root / KINDS["scripted"]))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (torch.randn(2, 1, 8, 8),), dynamic_shapes={"image": {0: batch}})
+    torch.export.save(program, str(root / KINDS["exported"]))
+    images = np.random.default_rng(1).normal(size=(200, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    np.savez(root / "data.npz", image=images, labels=logits.argmax(1))
+    return {"root": root, "images": images, "logits": logits}
+
+
+@pytest.fixture(scope="module")
+def built(programs):
+    root = programs["root"]
+    for kind, file in KINDS.items():
+        # --force: on a model this small int8 and fp16 may measure slower than fp32 (the speed gate)
+        result = run_cli("builder", "build", "--torch-program", root / file, "--data", root / "data.npz",
+                         "--name", kind, "--variant", ",".join(VARIANTS), "--force",
+                         "--repository", root / "model_repository", "--artifacts", root / "artifacts", timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with EmbeddedServer(root / "model_repository", free_port(), free_port(), free_port()) as server:
+        yield {"artifacts": root / "artifacts", "repository": root / "model_repository", "server": server}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_the_spec_names_the_exported_file_and_the_programs_argument(built, kind):
+    spec = load_spec(built["artifacts"] / kind / "spec.yaml")
+    assert [(t.name, t.shape) for t in spec.inputs] == [("image", ("batch", 1, 8, 8))]
+    assert [(t.name, t.shape) for t in spec.outputs] == [("output", ("batch", 4))]
+    assert (built["artifacts"] / kind / "program.onnx").is_file()
+    assert "--torch-program" in (built["artifacts"] / kind / "spec.yaml").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("stock", [httpclient, grpcclient], ids=["http", "grpc"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_stock_client_answers_as_the_program(built, programs, stock, variant, kind):
+    import onnxruntime
+
+    images = np.ascontiguousarray(programs["images"][:8])
+    model = f"{kind}_{variant}"
+    session = onnxruntime.InferenceSession(str(built["repository"] / model / "1" / "model.onnx"))
+    expected = session.run(["output"], {"image": images})[0]
+    server = built["server"]
+    client = stock.InferenceServerClient((server.http_url if stock is httpclient else server.grpc_url).split("://")[1])
+    try:
+        tensor = stock.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images)
+        served = client.infer(model, [tensor]).as_numpy("output")
+    finally:
+        client.close()
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    if variant == "fp32":  # fp32 is the program itself
+        np.testing.assert_allclose(served, programs["logits"][:8], rtol=0, atol=1e-4)
+
+
+def test_data_without_the_programs_argument_and_a_file_that_is_no_program(programs, tmp_path):
+    root = programs["root"]
+    np.savez(tmp_path / "data.npz", pixels=programs["images"], labels=np.zeros(200, dtype=np.int64))
+    (tmp_path / "weights.pt").write_bytes(b"not a program")
+    cases = [(root / KINDS["scripted"], tmp_path / "data.npz",
+              f"error: {tmp_path / 'data.npz'}: no array for the program's argument(s) image (arrays: labels, pixels)"),
+             (tmp_path / "weights.pt", root / "data.npz", f"error: {tmp_path / 'weights.pt'}: not a TorchScript program")]
+    for program, data, first_line in cases:
+        result = run_cli("builder", "build", "--torch-program", program, "--data", data,
+                         "--repository", tmp_path / "model_repository", "--artifacts", tmp_path / "artifacts")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines()[0].startswith(first_line), result.stderr
+        assert not (tmp_path / "artifacts").exists() and not (tmp_path / "model_repository").exists()
