@@ -1,4 +1,4 @@
-"""Labelled examples as they lie on disk: CSV or JSON-lines files with a text column and a label column; the seeded
+"""Labelled examples as they lie on disk: CSV, JSON-lines or Parquet files with a text column and a label column; the seeded
 split of one file into train, validation and test; the spec inferred from a model and its data, written beside the
 build record.
 
@@ -25,14 +25,15 @@ from ..core.spec import parse_spec
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.2}  # of one file; train is the rest
-FORMATS = {".csv": "CSV", ".jsonl": "JSON lines", ".ndjson": "JSON lines"}
+FORMATS = {".csv": "CSV", ".jsonl": "JSON lines", ".ndjson": "JSON lines", ".parquet": "Parquet"}
 
 
 @dataclass(frozen=True)
 class Row:
-    line: int  # where the example is in its file, for messages
+    line: int  # where the example is in its file, for messages: its line (CSV, JSON lines) or row (Parquet)
     text: str
     label: object  # as written: a string (CSV) or any JSON scalar (JSON lines)
+    unit: str = "line"  # what `line` counts: "line", or "row" in a Parquet file
 
 
 def read_rows(path: str | pathlib.Path, text_column: str, label_column: str) -> list[Row]:
@@ -41,21 +42,22 @@ def read_rows(path: str | pathlib.Path, text_column: str, label_column: str) -> 
     path = pathlib.Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        hint = ("Parquet needs pyarrow, which the kit does not install: write it as CSV "
-                "(`pandas.read_parquet(p).to_csv(q, index=False)`)" if path.suffix.lower() == ".parquet"
-                else "a CSV file with a header line (.csv) or one JSON object per line (.jsonl)")
-        raise DataError(f"{path}: unknown data format `{path.suffix or '(no extension)'}`", hint=hint)
+        raise DataError(f"{path}: unknown data format `{path.suffix or '(no extension)'}`",
+                        hint="a CSV file with a header line (.csv), one JSON object per line (.jsonl) or Parquet")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(_csv_rows(f, path, text_column, label_column) if kind == "CSV"
-                        else _jsonl_rows(f, path, text_column, label_column))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})",
-                        hint="save the file as UTF-8") from e
-    except csv.Error as e:
-        raise DataError(f"{path}: not readable as CSV: {e}") from e
+    if kind == "Parquet":
+        rows = _parquet_rows(path, text_column, label_column)
+    else:
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(_csv_rows(f, path, text_column, label_column) if kind == "CSV"
+                            else _jsonl_rows(f, path, text_column, label_column))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})",
+                            hint="save the file as UTF-8") from e
+        except csv.Error as e:
+            raise DataError(f"{path}: not readable as CSV: {e}") from e
     if not rows:
         raise DataError(f"{path}: no examples", hint=f"a header line with `{text_column}` and `{label_column}`, "
                                                      "then one example per line")
@@ -91,16 +93,38 @@ def _jsonl_rows(f, path: pathlib.Path, text_column: str, label_column: str):
         yield _row(path, number, record[text_column], record[label_column], text_column, label_column)
 
 
-def _row(path: pathlib.Path, line: int, text, label, text_column: str, label_column: str) -> Row:
-    if text is None:  # a CSV line with fewer fields than the header
-        raise DataError(f"{path}, line {line}: no value in column `{text_column}`")
+def _parquet_rows(path: pathlib.Path, text_column: str, label_column: str) -> list[Row]:
+    """A Parquet file's rows, numbered from 1 as `row N` (pyarrow reads it; only the two columns are loaded)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        for column in (text_column, label_column):
+            if column not in schema.names:
+                raise DataError(f"{path}: no column `{column}` (columns: {', '.join(schema.names) or 'none'})",
+                                hint="name the columns with --text-column and --label-column")
+        table = pq.read_table(path, columns=[text_column, label_column])
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
+        raise DataError(f"{path}: not readable as Parquet: {str(e).splitlines()[0]}") from e
+    texts, labels = table.column(text_column).to_pylist(), table.column(label_column).to_pylist()
+    return [_row(path, number, text, label, text_column, label_column, unit="row")
+            for number, (text, label) in enumerate(zip(texts, labels), start=1)]
+
+
+def _row(path: pathlib.Path, line: int, text, label, text_column: str, label_column: str,
+         unit: str = "line") -> Row:
+    where = f"{path}, {unit} {line}"
+    if text is None:  # a CSV line with fewer fields than the header, a null in Parquet
+        raise DataError(f"{where}: no value in column `{text_column}`")
     if not isinstance(text, str):
-        raise DataError(f"{path}, line {line}: text in `{text_column}` is {type(text).__name__}, not a string")
+        raise DataError(f"{where}: text in `{text_column}` is {type(text).__name__}, not a string")
     if not text.strip():
-        raise DataError(f"{path}, line {line}: empty text in column `{text_column}`")
+        raise DataError(f"{where}: empty text in column `{text_column}`")
     if label is None or (isinstance(label, str) and not label.strip()):
-        raise DataError(f"{path}, line {line}: no label in column `{label_column}`")
-    return Row(line, text, label.strip() if isinstance(label, str) else label)
+        raise DataError(f"{where}: no label in column `{label_column}`")
+    return Row(line, text, label.strip() if isinstance(label, str) else label, unit)
 
 
 def split_seeded(count: int, path, seed: int) -> dict[str, np.ndarray]:

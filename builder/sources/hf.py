@@ -108,7 +108,7 @@ def label_of(row: Row, path, classes: list[str], label_column: str) -> int:
     if isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"\d+", value)):
         if 0 <= int(value) < len(classes):
             return int(value)
-    raise DataError(f"{path}, line {row.line}: label `{value}` in column `{label_column}` is not one of the "
+    raise DataError(f"{path}, {row.unit} {row.line}: label `{value}` in column `{label_column}` is not one of the "
                     f"classes ({', '.join(classes)}) nor a class index 0..{len(classes) - 1}",
                     hint="the classes are config.json's id2label")
 

@@ -51,8 +51,8 @@ def test_too_few_rows_to_split(tmp_path):
         read_examples(str(path), "text", "label", CLASSES)
 
 
-@pytest.mark.parametrize("name, message", [("d.parquet", "unknown data format `.parquet`"),
-                                           ("missing.csv", "no such file")])
+@pytest.mark.parametrize("name, message", [("d.xlsx", "unknown data format `.xlsx`"),
+                                           ("missing.csv", "no such file"), ("missing.parquet", "no such file")])
 def test_unreadable_files(tmp_path, name, message):
     with pytest.raises(DataError, match=message):
         read_rows(tmp_path / name, "text", "label")
@@ -82,9 +82,9 @@ def test_data_flags():
 
 def test_hf_flags_are_never_silently_ignored(capsys):
     assert main(["build", "--model", "digits", "--data", "x.csv"]) == 2
-    assert "error: --data apply only with --hf-model or --onnx-model" in capsys.readouterr().err
+    assert "error: --data apply only with --hf-model, --onnx-model or --torch-program" in capsys.readouterr().err
     assert main(["build", "--hf-model", "dir", "--config", "x.yaml"]) == 2
-    assert "name one model: --model, --config, --hf-model or --onnx-model" in capsys.readouterr().err
+    assert "name one model: --model, --config, --hf-model, --onnx-model or --torch-program" in capsys.readouterr().err
 
 
 def test_a_directory_without_config_json_is_refused(tmp_path, capsys):
@@ -108,3 +108,33 @@ def test_source_args_must_be_a_mapping(tmp_path):
     text = (FIXTURES / "tiny" / "tiny.yaml").read_text() + "\nfactory_args: [1, 2]\n"
     with pytest.raises(ConfigError, match="factory_args must map argument names to values"):
         load_spec(write(tmp_path / "tiny.yaml", text))
+
+
+def write_parquet(path, columns: dict):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_reads_as_csv_does_and_a_bad_row_is_named_by_its_row(tmp_path):
+    texts = [f"text {i}" for i in range(20)]
+    labels = [CLASSES[i % 2] for i in range(20)]
+    parquet = write_parquet(tmp_path / "d.parquet", {"review": texts, "y": labels, "unused": list(range(20))})
+    csv_file = write(tmp_path / "d.csv", "review,y\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels)))
+    from_parquet = read_examples(str(parquet), "review", "y", CLASSES)
+    from_csv = read_examples(str(csv_file), "review", "y", CLASSES)
+    for split in from_csv:
+        assert from_parquet[split][0] == from_csv[split][0]
+        assert from_parquet[split][1].tolist() == from_csv[split][1].tolist()
+    broken = write_parquet(tmp_path / "b.parquet", {"review": ["a", "b", ""], "y": ["negative", "positive", "negative"]})
+    with pytest.raises(DataError, match=r"b\.parquet, row 3: empty text in column `review`"):
+        read_rows(broken, "review", "y")
+    wrong = write_parquet(tmp_path / "w.parquet", {"review": ["a", "b"], "y": ["negative", "neutral"]})
+    with pytest.raises(DataError, match=r"w\.parquet, row 2: label `neutral` in column `y` is not one of"):
+        read_examples({"train": str(wrong), "validation": str(wrong), "test": str(wrong)}, "review", "y", CLASSES)
+    with pytest.raises(DataError, match=r"d\.parquet: no column `text` \(columns: review, y, unused\)"):
+        read_rows(parquet, "text", "y")
+    with pytest.raises(DataError, match=r"junk\.parquet: not readable as Parquet"):
+        read_rows(write(tmp_path / "junk.parquet", "not parquet"), "review", "y")
