@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="a TorchScript program (torch.jit.save) or a torch.export program (.pt2), exported "
                             "once to <artifacts>/<name>/program.onnx, then built as --onnx-model")
     build.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
-                       help="with --hf-model a CSV or JSON-lines file, with --onnx-model or --torch-program an .npz (one array per "
+                       help="with --hf-model a CSV, JSON-lines or Parquet file, with --onnx-model an .npz or an image "
+                            "folder (a subfolder per class), with --torch-program an .npz (one array per "
                             "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
                             "--data train=a.csv --data validation=b.csv --data test=c.csv")
     build.add_argument("--text-column", help="with --hf-model: the column holding the text (default: text)")

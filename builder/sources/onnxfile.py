@@ -13,6 +13,11 @@ first float output shaped [batch, classes]. The .npz holds one array per graph i
 `labels`, integer class indices; one file is split 70/10/20 with a fixed seed, or one file per split. Bad data gets
 one line naming the file, the array or row, and what is wrong (DataError); nothing is written before every array
 is checked.
+
+An image model (one float input shaped [batch, 1 or 3, H, W]) may take an image folder instead: one subfolder per
+class, sorted by name (class index 0 the first), each image decoded with Pillow, made grayscale or RGB, resized to
+H x W and scaled to 0..`pixel_max` (1.0 by default, as torchvision's ToTensor; the spec's `data_args.pixel_max`
+sets 255 for a model that takes raw intensities). The class names go into the spec.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .files import check_split_names, split_seeded
 ELEMENT_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
 LABELS = "labels"
 SEED = 0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -79,13 +85,68 @@ def read_graph(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
     return tensors(model.graph.input, "input"), tensors(model.graph.output, "output")
 
 
-def read_arrays(path, inputs: list[dict], classes: int) -> tuple[dict, np.ndarray]:
-    """The inputs and labels of one .npz, checked against the graph's `inputs` and `classes`. Raises DataError
-    naming the file, the array or the row, and what is wrong."""
+def image_input(inputs: list[dict]) -> dict | None:
+    """The graph's one input if it takes images: float, [batch, 1 or 3, H, W] with H and W fixed; else None."""
+    if len(inputs) != 1:
+        return None
+    shape = inputs[0]["shape"]
+    if inputs[0]["dtype"] != "float32" or len(shape) != 4 or shape[1] not in (1, 3) \
+            or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return inputs[0]
+
+
+def class_folders(path: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_image_folder(path: pathlib.Path, inputs: list[dict], classes: int,
+                      pixel_max: float = 1.0) -> tuple[dict, np.ndarray]:
+    """The images and labels of a folder of class subfolders (see module doc). Raises DataError naming the folder
+    or the file, and what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    tensor = image_input(inputs)
+    if tensor is None:
+        raise DataError(f"{path}: an image folder needs a model with one float input shaped [batch, 1 or 3, H, W]; "
+                        f"this one takes {[(t['name'], t['shape']) for t in inputs]}",
+                        hint="an .npz with one array per input and `labels`")
+    folders = class_folders(path)
+    if len(folders) != classes:
+        raise DataError(f"{path}: {len(folders)} class folders ({', '.join(f.name for f in folders) or 'none'}), the "
+                        f"model has {classes} classes", hint="one subfolder per class, in the model's class order "
+                                                            "when sorted by name")
+    channels, height, width = tensor["shape"][1:]
+    images, labels = [], []
+    for label, folder in enumerate(folders):
+        files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+        if not files:
+            raise DataError(f"{folder}: no images in this class folder")
+        for file in files:
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"{file}: not an image file (suffixes read: {', '.join(IMAGE_SUFFIXES)})")
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if channels == 1 else "RGB").resize((width, height))
+                    pixels = np.asarray(image, dtype=np.float32)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise DataError(f"{file}: not readable as an image: {e}") from e
+            pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+            images.append(pixels * (pixel_max / 255.0))
+            labels.append(label)
+    return {tensor["name"]: np.stack(images)}, np.asarray(labels, dtype=np.int64)
+
+
+def read_arrays(path, inputs: list[dict], classes: int, pixel_max: float = 1.0) -> tuple[dict, np.ndarray]:
+    """The inputs and labels of one .npz (or image folder), checked against the graph's `inputs` and `classes`.
+    Raises DataError naming the file, the array or the row, and what is wrong."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        return read_image_folder(path, inputs, classes, pixel_max)
     if path.suffix.lower() != ".npz":
         raise DataError(f"{path}: unknown data format `{path.suffix or '(no extension)'}` for an ONNX model",
-                        hint="a NumPy .npz with one array per model input and `labels`")
+                        hint="a NumPy .npz with one array per model input and `labels`, or for an image model a "
+                             "folder with one subfolder of images per class")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
@@ -125,12 +186,14 @@ def read_arrays(path, inputs: list[dict], classes: int) -> tuple[dict, np.ndarra
     return result, labels.astype(np.int64)
 
 
-def read_splits(files, inputs: list[dict], classes: int, seed: int = SEED) -> dict[str, Split]:
-    """{train, validation, test: Split} from one .npz (split 70/10/20 with `seed`) or one per split."""
+def read_splits(files, inputs: list[dict], classes: int, seed: int = SEED,
+                pixel_max: float = 1.0) -> dict[str, Split]:
+    """{train, validation, test: Split} from one .npz or image folder (split 70/10/20 with `seed`) or one per
+    split."""
     check_split_names(files)
     if isinstance(files, dict):
-        return {name: Split(*read_arrays(path, inputs, classes)) for name, path in files.items()}
-    arrays, labels = read_arrays(files, inputs, classes)
+        return {name: Split(*read_arrays(path, inputs, classes, pixel_max)) for name, path in files.items()}
+    arrays, labels = read_arrays(files, inputs, classes, pixel_max)
     return {name: Split({k: v[index] for k, v in arrays.items()}, labels[index])
             for name, index in split_seeded(len(labels), files, seed).items()}
 
@@ -152,10 +215,10 @@ def load_model(workdir: pathlib.Path, path: str) -> OnnxFile:
     return OnnxFile(pathlib.Path(path))
 
 
-def load_data(workdir: pathlib.Path, model: str, files, seed: int = SEED) -> dict[str, Split]:
-    """The spec's data function: the .npz file(s), checked against the graph of `model`."""
+def load_data(workdir: pathlib.Path, model: str, files, seed: int = SEED, pixel_max: float = 1.0) -> dict[str, Split]:
+    """The spec's data function: the .npz file(s) or image folder(s), checked against the graph of `model`."""
     inputs, outputs = read_graph(pathlib.Path(model))
-    return read_splits(files, inputs, metric_output(model, outputs)["shape"][1], seed)
+    return read_splits(files, inputs, metric_output(model, outputs)["shape"][1], seed, pixel_max)
 
 
 def infer_spec(path: pathlib.Path, files, name: str) -> dict:
@@ -186,4 +249,8 @@ def infer_spec(path: pathlib.Path, files, name: str) -> dict:
     }
     if sizes:
         spec["example_sizes"] = sizes
+    folders = [pathlib.Path(f) for f in (files.values() if isinstance(files, dict) else [files])]
+    if all(f.is_dir() for f in folders):  # an image folder: its pixel scale, editable, and its class names
+        spec["data_args"]["pixel_max"] = 1.0
+        spec["class_names"] = [f.name for f in class_folders(folders[0])]
     return spec

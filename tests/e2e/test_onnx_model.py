@@ -163,3 +163,62 @@ def test_bad_data_gets_one_line_and_leaves_nothing(source, tmp_path, what):
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[0] == f"error: {path}{BAD_DATA[what]}"
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "model_repository").exists()
+
+
+def write_image_folder(root, images: np.ndarray, classes: int = 4):
+    """8-bit grayscale PNGs, image i in folder `class_<i % classes>`."""
+    from PIL import Image
+
+    for i, pixels in enumerate(images):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, mode="L").save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_build(source, tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    pixels = np.random.default_rng(2).integers(0, 256, size=(120, 8, 8), dtype=np.uint8)
+    folder = write_image_folder(root / "digits", pixels)
+    result = run_cli("builder", "build", "--onnx-model", source["root"] / "cnn.onnx", "--data", folder,
+                     "--name", "cnnimages", "--variant", "fp32,int8", "--force", "--repository", root / "repo",
+                     "--artifacts", root / "artifacts", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"root": root, "pixels": pixels, "artifacts": root / "artifacts", "repository": root / "repo"}
+
+
+def test_an_image_folder_is_read_scaled_and_split(image_build, source):
+    import onnxruntime
+
+    spec = load_spec(image_build["artifacts"] / "cnnimages" / "spec.yaml")
+    assert spec.class_names == ("class_0", "class_1", "class_2", "class_3")
+    splits = {s: read_split(image_build["artifacts"] / "cnnimages" / "data" / f"{s}.npz")
+              for s in ("train", "validation", "test")}
+    assert {s: len(v) for s, v in splits.items()} == {"train": 84, "validation": 12, "test": 24}
+    expected = {(p.astype(np.float32)[None] * np.float32(1.0 / 255.0)).tobytes(): i % 4
+                for i, p in enumerate(image_build["pixels"])}
+    for split in splits.values():
+        for image, label in zip(split.inputs["image"], split.labels):
+            assert expected[image.tobytes()] == label  # the file's pixels / 255, labelled by its folder
+    # the record's fp32 accuracy is the file's on those arrays
+    session = onnxruntime.InferenceSession(str(image_build["repository"] / "cnnimages_fp32" / "1" / "model.onnx"))
+    answers = session.run(["logits"], {"image": splits["test"].inputs["image"]})[0].argmax(1)
+    record = json.loads((image_build["artifacts"] / "cnnimages" / "record.json").read_text())["variants"]
+    assert record["fp32"]["accuracy"]["test"] == pytest.approx(float((answers == splits["test"].labels).mean()))
+    assert (image_build["repository"] / "cnnimages_int8" / "1" / "model.onnx").is_file()
+
+
+def test_a_broken_image_or_a_missing_class_folder_gets_one_line(source, tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(40, 8, 8), dtype=np.uint8)
+    broken = write_image_folder(tmp_path / "broken", pixels)
+    (broken / "class_2" / "007.png").write_bytes(b"not a png")
+    three = write_image_folder(tmp_path / "three", pixels, classes=3)
+    cases = [(broken, f"error: {broken / 'class_2' / '007.png'}: not readable as an image"),
+             (three, f"error: {three}: 3 class folders (class_0, class_1, class_2), the model has 4 classes")]
+    for folder, first_line in cases:
+        result = run_cli("builder", "build", "--onnx-model", source["root"] / "cnn.onnx", "--data", folder,
+                         "--repository", tmp_path / "repo", "--artifacts", tmp_path / "artifacts")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines()[0].startswith(first_line), result.stderr
+        assert not (tmp_path / "artifacts").exists() and not (tmp_path / "repo").exists()
