@@ -137,9 +137,8 @@ def gzip_bytes(path: pathlib.Path) -> int:
     return len(gzip.compress(pathlib.Path(path).read_bytes(), compresslevel=6))
 
 
-def torch_accuracy(model, spec, split) -> float:
-    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after, a
-    training checkpoint."""
+def torch_outputs(model, spec, split) -> dict:
+    """A PyTorch model's outputs (eval mode, no gradients) on `split`, by the spec's output names."""
     import torch
 
     names = [t.name for t in spec.outputs]
@@ -150,4 +149,10 @@ def torch_accuracy(model, spec, split) -> float:
         out = (out,) if isinstance(out, torch.Tensor) else out
         return dict(zip(names, (o.numpy() for o in out)))
 
-    return score(spec.metric, run_split(predict, split, spec.sequence_mask), split.labels)
+    return run_split(predict, split, spec.sequence_mask)
+
+
+def torch_accuracy(model, spec, split) -> float:
+    """The spec's metric of a PyTorch model (eval mode, no gradients) on `split`: a student before and after, a
+    training checkpoint."""
+    return score(spec.metric, torch_outputs(model, spec, split), split.labels)

@@ -58,8 +58,8 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
 
     config = teacher_config(options)
     training = dataclasses.asdict(config)
-    for field in ("threads", "select_every"):  # None: the key of every recipe cached before the field existed
-        if training[field] is None:
+    for field, default in (("threads", None), ("select_every", None), ("select_by", "accuracy")):
+        if training[field] == default:  # the key of every recipe cached before the field existed
             del training[field]
     recipe = {"factory": spec.factory, "train_split": spec.train_split, "loss": "cross_entropy on " + spec.metric.output,
               "training": training, "base_weights": weights_hash(model)}

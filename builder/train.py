@@ -71,8 +71,13 @@ class TrainConfig:
     # best of those checkpoints (the earliest of equals): the schedule can then be long enough to converge without
     # its last step being the one that ships. None: the last step's weights
     select_every: int | None = None
+    # what a checkpoint is scored by: "accuracy" (the spec's metric on validation), "agreement" (top-1 agreement
+    # with the teacher on validation: a student that answers as its teacher does), or "both" (their mean)
+    select_by: str = "accuracy"
 
     def check(self) -> None:
+        if self.select_by not in SELECT_BY:
+            raise ConfigError(f"training: select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.select_every is not None and (not isinstance(self.select_every, int) or self.select_every < 1):
             raise ConfigError(f"training: select_every must be a positive integer, got {self.select_every!r}")
         if self.select_every and self.swa_epochs:
@@ -104,6 +109,9 @@ class TrainConfig:
         return -(-count // (self.batch_size * world))
 
 
+SELECT_BY = ("accuracy", "agreement", "both")
+
+
 @dataclass(frozen=True)
 class TrainingOverrides:
     """A variant's own training budget and learning rate, over the model spec's `training` section; the Config of
@@ -121,6 +129,7 @@ class TrainingOverrides:
     train_schedule: str | None = None
     train_threads: int | None = None  # overrides training.threads
     train_select_every: int | None = None  # overrides training.select_every (checkpoint selection on validation)
+    train_select_by: str | None = None  # overrides training.select_by (accuracy, agreement with the teacher, both)
 
     def check(self) -> None:
         for name in ("train_epochs", "train_steps", "train_threads", "train_select_every"):
@@ -131,6 +140,9 @@ class TrainingOverrides:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise VariantError(f"{self._variant()}: {name} must be a positive number, got {value!r}")
+        if self.train_select_by not in (None, *SELECT_BY):
+            raise VariantError(f"{self._variant()}: train_select_by must be one of {', '.join(SELECT_BY)}, "
+                               f"got {self.train_select_by!r}")
         if self.train_schedule not in (None, "constant", "cosine"):
             raise VariantError(f"{self._variant()}: train_schedule must be `constant` or `cosine`, "
                                f"got {self.train_schedule!r}")
@@ -152,6 +164,8 @@ class TrainingOverrides:
             options["threads"] = self.train_threads
         if self.train_select_every is not None:
             options["select_every"] = self.train_select_every
+        if self.train_select_by is not None:
+            options["select_by"] = self.train_select_by
         return options
 
     def _variant(self) -> str:
@@ -435,14 +449,38 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
     config = train_config(spec, overrides)
     validate = None
     if config.select_every:
-        from .measure import torch_accuracy
-
-        validation = context.splits[spec.validation_split]
-        validate = lambda m: torch_accuracy(m, spec, validation)  # noqa: E731
+        validate = checkpoint_score(context, config.select_by)
     model, facts = run_training(model, loss_fn or recovery_loss(context), context.splits[spec.train_split], spec,
                                 config, context.progress, what, augment, after_backward, validate)
     context.notes.setdefault("training", {})[what] = facts
     return model
+
+
+def checkpoint_score(context, select_by: str) -> Callable:
+    """The score CheckpointSelection keeps the best of, on the validation split: the spec's metric, the top-1
+    agreement with context.teacher (its answers computed once), or their mean."""
+    from .core.evaluate import score
+    from .measure import torch_outputs
+
+    spec = context.spec
+    validation = context.splits[spec.validation_split]
+
+    def accuracy(outputs) -> float:
+        return score(spec.metric, outputs, validation.labels)
+
+    if select_by == "accuracy":
+        return lambda m: accuracy(torch_outputs(m, spec, validation))
+    if context.teacher is None:
+        raise VariantError(f"select_by: {select_by} needs a teacher to agree with, and this variant has none",
+                           hint="select_by: accuracy")
+    teacher = torch_outputs(context.teacher.eval(), spec, validation)[spec.metric.output].argmax(-1)
+
+    def scored(model) -> float:
+        outputs = torch_outputs(model, spec, validation)
+        agreement = float((outputs[spec.metric.output].argmax(-1) == teacher).mean())
+        return agreement if select_by == "agreement" else (agreement + accuracy(outputs)) / 2
+
+    return scored
 
 
 def shift_images(max_shift: int, per_example: bool = False) -> Callable:

@@ -391,3 +391,29 @@ def test_checkpoint_selection_needs_a_validation_score_and_excludes_weight_avera
                      TrainConfig(steps=2, batch_size=16, select_every=1), progress=lambda _: None)
     with pytest.raises(ConfigError, match="select_every"):
         train_config(SPEC, {"epochs": 2, "swa_epochs": 1, "select_every": 3})
+
+
+def test_a_checkpoint_is_scored_by_accuracy_agreement_with_the_teacher_or_both():
+    from types import SimpleNamespace
+
+    from builder.train import TrainingOverrides, checkpoint_score
+
+    # the teacher answers class 0 everywhere; the labels are SPLIT's random ones
+    teacher = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        teacher.weight.zero_()
+        teacher.bias.copy_(torch.tensor([1.0, 0.0]))
+    student = torch.nn.Linear(4, 2)
+    context = SimpleNamespace(spec=SPEC, splits={SPEC.validation_split: SPLIT}, teacher=teacher)
+    predictions = student(torch.from_numpy(SPLIT.inputs["input"])).argmax(1).numpy()
+    accuracy = float((predictions == SPLIT.labels).mean())
+    agreement = float((predictions == 0).mean())
+    assert checkpoint_score(context, "accuracy")(student) == pytest.approx(accuracy)
+    assert checkpoint_score(context, "agreement")(student) == pytest.approx(agreement)
+    assert checkpoint_score(context, "both")(student) == pytest.approx((accuracy + agreement) / 2)
+    assert checkpoint_score(context, "agreement")(teacher) == 1.0
+    with pytest.raises(VariantError, match="needs a teacher"):
+        checkpoint_score(SimpleNamespace(spec=SPEC, splits={SPEC.validation_split: SPLIT}, teacher=None), "both")
+    assert train_config(SPEC, TrainingOverrides(train_select_by="both")).select_by == "both"
+    with pytest.raises(ConfigError, match="select_by must be one of"):
+        train_config(SPEC, {"select_by": "loss"})
