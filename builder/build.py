@@ -28,7 +28,7 @@ from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
 from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
-from .roofline import achieved, cpu_isa, machine_peak, precision_of
+from .roofline import achieved, cpu_isa, machine_peak
 from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text
@@ -37,7 +37,7 @@ from .sources.onnxfile import OnnxFile
 from .teacher import load_model
 from .torch2onnx import check_limits, example_batch, export, verify
 from .train import seed_everything
-from .variants import steps
+from .variants import facts, steps
 
 VERIFY_EXAMPLES = 8
 MAX_ACCURACY_DROP = 1.0  # points
@@ -156,7 +156,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     entry["input_limits"] = derive_limits(spec, onnx_path)
     peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
     entry["cpu_isa"] = peak["isa"]
-    entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, precision_of(variant))
+    entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, facts(variant).compute_precision)
     entry |= profile_variant(model, onnx_path, variant, context)
     entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
                      limits=entry["input_limits"], length_buckets_of=entry.get("length_buckets"))
@@ -310,7 +310,7 @@ def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: 
     if gates.min_agreement is not None and agreed["top1"] < gates.min_agreement:
         failed_gates.append(f"top-1 agreement with fp32 {agreed['top1']:.3f} < {gates.min_agreement}")
     speedup = mean_speedup(latency["speedup"])
-    size_only = all(getattr(s.module, "SIZE_ONLY", False) for s, _ in plan)  # e.g. clustered: fp32's kernels by design
+    size_only = facts(variant).size_only  # e.g. clustered: fp32's kernels by design
     if size_only and variant != "fp32" and 1.0 - MARGINAL_SPEEDUP <= speedup < 1.0:
         context.notes["speed_gate"] = ("within the measurement margin of fp32: this variant buys size, not speed, "
                                        "and runs fp32's kernels")

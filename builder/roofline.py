@@ -152,7 +152,3 @@ def achieved(macs: int, latency_ms: dict, peak: dict, precision: str) -> dict:
         result[key] = {"gflops": round(gflops, 2), "fraction_of_peak": round(gflops / reference, 4)}
     return {"precision": precision, "peak_gflops": peak["gflops"][precision], "by_latency": result}
 
-
-def precision_of(variant: str) -> str:
-    """"int8" for variants whose matrix products run in 8-bit integers, else "fp32" (fp16 on CPU runs float)."""
-    return "int8" if any(part.startswith(("int8", "qat")) for part in variant.split("+")) else "fp32"

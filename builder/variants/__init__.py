@@ -1,8 +1,11 @@
 """The registry of variants: one module per technique, one name used in the CLI, the YAML, the module and the
 Triton model name (`minilm_int8`).
 
-Each module has `STAGE` ("torch": transforms the nn.Module before export; "onnx": transforms the exported file),
-a frozen `Config` dataclass (its parameters; a model spec sets them under `variants: {module: {...}}`) and
+Each module declares what the code would otherwise guess from names: `STAGE` ("torch": transforms the nn.Module
+before export; "onnx": transforms the exported file), `PRECISION` (of the weights the step leaves: fp32, fp16,
+int8), `TRAINS` (True, False, or "option" when an option decides) and `SIZE_ONLY` (it buys size, not speed: the
+speed gate only refuses it when slower); `facts(variant)` combines them over a variant's steps
+(tests/unit/test_variant_facts.py holds every module to them). It has a frozen `Config` dataclass (its parameters; a model spec sets them under `variants: {module: {...}}`) and
 `apply(target, context, config)`; the module's name with `_` written `-` is its variant name and spec key
 (embed_factorized: `embed-factorized`). A registry entry is the list of steps a name stands for. Combinations are
 written `a+b` and run in the order written; torch-level steps must come before ONNX-level ones.
@@ -70,6 +73,31 @@ VARIANTS = {
     # min-max calibration: the activation ranges QAT trained with are min-max ranges too
     "qat": [Step(qat), Step(int8, {"method": "static", "calibration": "minmax"})],
 }
+
+
+STAGES, PRECISIONS, TRAINING = ("torch", "onnx"), ("fp32", "fp16", "int8"), (True, False, "option")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a (possibly combined) variant is, from its steps' declarations."""
+
+    precision: str  # of the weights it ships: the last step's that changes them
+    trains: bool | str  # True if a step trains, "option" if one may (by its options), else False
+    size_only: bool  # every step buys size only
+
+    @property
+    def compute_precision(self) -> str:
+        """Of its matrix products on a CPU: int8, or fp32 (fp16 weights run in float there)."""
+        return "int8" if self.precision == "int8" else "fp32"
+
+
+def facts(variant: str) -> Facts:
+    plan = steps(variant)
+    precision = next((s.module.PRECISION for s in reversed(plan) if s.module.PRECISION != "fp32"), "fp32")
+    trains = True if any(s.module.TRAINS is True for s in plan) else \
+        "option" if any(s.module.TRAINS == "option" for s in plan) else False
+    return Facts(precision, trains, all(s.module.SIZE_ONLY for s in plan))
 
 
 def module_names() -> set[str]:

@@ -32,6 +32,8 @@ from ..measure import gzip_bytes
 from ..train import TrainingOverrides, fine_tune, recovery_loss
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = "option"  # with fine_tune (default on)
 # it buys size, not speed (dense fp32 kernels): the build's speed gate only rejects it when it is slower than fp32
 # beyond the measurement margin
 SIZE_ONLY = True

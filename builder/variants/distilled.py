@@ -21,6 +21,9 @@ from ..measure import count_macs, fixed_batch, torch_accuracy
 from ..train import TrainingOverrides, distillation_loss, feature_output_index, fine_tune, shift_images
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

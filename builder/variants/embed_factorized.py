@@ -18,6 +18,9 @@ from ..train import TrainingOverrides, fine_tune
 from .svd import break_even_rank
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ import pathlib
 from dataclasses import dataclass
 
 STAGE = "onnx"
+PRECISION = "fp16"  # of the weights this step leaves
+TRAINS = False
+SIZE_ONLY = False
 # Clip stays float32: ONNX Runtime 1.19 (the 24.10 image's) clips float16 to 0 when one bound is absent
 # (microsoft/onnxruntime#21957), which turned MiniLM's `clamp(min=1e-9)` pooling divisor into 0 and every output
 # into NaN there (found by tests/e2e/test_portability.py).

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from ..train import TrainingOverrides
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = "option"  # only with fine_tune (the cached teacher)
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ from ..roofline import cpu_isa
 from . import int8_search
 
 STAGE = "onnx"
+PRECISION = "int8"  # of the weights this step leaves
+TRAINS = False
+SIZE_ONLY = False
 METHODS = ("auto", "dynamic", "static")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 RANKINGS = ("auto", "leave-one-out", "sqnr")

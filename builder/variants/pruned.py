@@ -24,6 +24,9 @@ from ..measure import fixed_batch
 from ..train import TrainingOverrides, fine_tune, recovery_loss
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 IMPORTANCES = ("l2", "l1", "taylor", "group-lasso")
 TAYLOR_EXAMPLES = 512  # training examples whose loss gradients rank the groups (`taylor`)
 

@@ -16,6 +16,9 @@ from ..train import TrainingOverrides, fine_tune
 from . import int8
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True  # fake-quantized training in float; the int8 step that follows it quantizes
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

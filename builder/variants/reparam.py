@@ -32,6 +32,9 @@ from ..torch2onnx import example_batch, export, verify
 from ..train import TrainingOverrides, distillation_loss, fine_tune, shift_images
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 
 # Folded vs branched logits may differ by float32 rounding only: the sums run in another order.
 EQUIVALENCE_RTOL = 1e-4  # of the largest |logit| (at least 1)

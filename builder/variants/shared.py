@@ -21,6 +21,9 @@ from ..core.errors import VariantError
 from .distilled import DistillationOptions, distill, repeated_blocks
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from ..core.errors import VariantError
 from ..train import TrainingOverrides, fine_tune
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 
 
 @dataclass(frozen=True)

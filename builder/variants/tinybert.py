@@ -41,6 +41,9 @@ from ..train import example_key, run_training, train_config
 from .distilled import DistillationOptions
 
 STAGE = "torch"
+PRECISION = "fp32"  # of the weights this step leaves
+TRAINS = True
+SIZE_ONLY = False
 UNLABELLED = -100  # the label of a row with none: F.cross_entropy's ignore_index
 AUGMENTED_SHARE = 0.5  # rows of a batch that token dropout changes: the rest keep the text as written
 

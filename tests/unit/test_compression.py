@@ -225,7 +225,8 @@ def test_isa_is_read_from_cpuinfo_flags():
 
 
 def test_achieved_fraction_is_flops_over_the_peak_of_the_same_threads_and_precision():
-    from builder.roofline import achieved, precision_of
+    from builder.roofline import achieved
+    from builder.variants import facts
 
     peak = {"gflops": {"fp32": {"1": 100.0, "2": 200.0}, "int8": {"1": 400.0, "2": 800.0}}}
     # 1e6 MACs = 2e6 FLOPs in 0.1 ms = 20 GFLOP/s; batch 32 in 1 ms = 64 GFLOP/s
@@ -233,7 +234,7 @@ def test_achieved_fraction_is_flops_over_the_peak_of_the_same_threads_and_precis
     assert result["b1_t1"] == {"gflops": 20.0, "fraction_of_peak": 0.2}
     assert result["b32_t2"] == {"gflops": 64.0, "fraction_of_peak": 0.32}
     assert achieved(1_000_000, {"b1_t1": 0.1}, peak, "int8")["by_latency"]["b1_t1"]["fraction_of_peak"] == 0.05
-    assert [precision_of(v) for v in ("int8", "distilled+int8-static", "qat", "fp16", "clustered")] == [
+    assert [facts(v).compute_precision for v in ("int8", "distilled+int8-static", "qat", "fp16", "clustered")] == [
         "int8", "int8", "int8", "fp32", "fp32"]
 
 
