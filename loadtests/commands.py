@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     tune.add_argument("--budget", type=duration, default=600.0, help="stop sweeping after this long (default 10m)")
     tune.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     tune.add_argument("--slo-p99-ms", type=float, default=50.0)
+    tune.add_argument("--queue-budget", type=duration, default=150.0,
+                      help="then the queue policy of the best point under open-loop overload, for this long "
+                           "(default 150s; 0 skips it)")
+    tune.add_argument("--overload-multiple", type=float, default=2.0,
+                      help="that overload, as a multiple of the best point's throughput (default 2)")
     tune.add_argument("--write", action="store_true", help="write the best setting to the model's config.pbtxt")
     tune.add_argument("--out", type=pathlib.Path, help="output folder (default reports/tune-<model>-<date-time>)")
     add_target_arguments(tune)
@@ -434,7 +439,8 @@ def cmd_deploy(args) -> int:
 def cmd_tune(args) -> int:
     out = args.out or pathlib.Path("reports") / f"tune-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = TuneSettings(users=args.users, duration_s=args.duration, budget_s=args.budget, protocol=args.protocol,
-                            slo_p99_ms=args.slo_p99_ms)
+                            slo_p99_ms=args.slo_p99_ms, queue_budget_s=args.queue_budget,
+                            overload_multiple=args.overload_multiple)
     with target_for(args) as target:
         result = run_tune(args.model, target, settings, args.repository, args.artifacts, out, write=args.write,
                           progress=lambda line: print(line, flush=True))

@@ -144,7 +144,11 @@ def build_config(name: str, spec, serving: ServingConfig, model_file: pathlib.Pa
     return config
 
 
-def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int, max_queue_delay_us: int = 0) -> dict:
+QUEUE_TIMEOUT_SHARE, QUEUE_SIZE_FACTOR = 0.5, 2  # the build's defaults, explained below; `tune` searches both
+
+
+def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int, max_queue_delay_us: int = 0,
+                 timeout_share: float = QUEUE_TIMEOUT_SHARE, size_factor: int = QUEUE_SIZE_FACTOR) -> dict:
     """Triton's `dynamic_batching.default_queue_policy` for a p99 latency budget of `slo_p99_ms` milliseconds, so
     that past capacity the server sheds load with a fast error instead of queueing without bound (congestion
     collapse: latency grows until clients give up, and the server spends its CPU on requests nobody waits for).
@@ -163,9 +167,12 @@ def queue_policy(slo_p99_ms: float, max_batch_size: int, instances: int, max_que
     Triton answers a rejected request with gRPC UNAVAILABLE / HTTP 503, "Exceeds maximum queue size" or "Request
     timeout expired"; client.ServerOverloadedError. With priority levels (length buckets) each level has a queue of
     this size. Triton core's scheduler: the same on the embedded server and the official image.
+
+    `timeout_share` (of the budget) and `size_factor` (x max_batch_size x instances) are those two choices; the
+    build keeps 1/2 and 2, `tune` measures others under overload.
     """
-    return {"max_queue_size": 2 * max_batch_size * instances,
-            "default_timeout_microseconds": round(slo_p99_ms * 1000 / 2) + max_queue_delay_us,
+    return {"max_queue_size": size_factor * max_batch_size * instances,
+            "default_timeout_microseconds": round(slo_p99_ms * 1000 * timeout_share) + max_queue_delay_us,
             "timeout_action": "REJECT",
             "allow_timeout_override": True}
 

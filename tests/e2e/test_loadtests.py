@@ -165,13 +165,21 @@ def test_report_renders_with_plots_and_a_recommendation(built, server, tmp_path)
 
 
 def test_tune_sweeps_within_its_budget_and_restores_the_config(built, server, tmp_path):
-    settings = TuneSettings(users=2, duration_s=2, budget_s=14, slo_p99_ms=10_000)
+    settings = TuneSettings(users=2, duration_s=2, budget_s=14, slo_p99_ms=10_000, queue_budget_s=14)
     config_path = built["repository"] / MODEL / "config.pbtxt"
     before = config_path.read_text()
     started = time.monotonic()
     result = run_tune(MODEL, target_of(server), settings, built["repository"], built["artifacts"], tmp_path,
                       progress=lambda _: None)
-    assert time.monotonic() - started < 14 + 20
+    assert time.monotonic() - started < 14 + 14 + 30
+    # the queue-policy phase: the build's own policy first, then others, each under open-loop load
+    queue = result["queue_points"]
+    assert 1 <= len(queue) < 9 and result["best_queue"] in queue
+    first = queue[0]
+    assert (first["queue_timeout_share"], first["queue_size_factor"]) == (0.5, 2)
+    assert first["max_queue_size"] == 2 * first["max_batch_size"] * first["instances"]
+    assert first["queue_timeout_us"] == 5_000_000 + first["max_queue_delay_us"]
+    assert all(p["sent_per_s"] > 0 and p["offered_per_s"] == queue[0]["offered_per_s"] for p in queue)
     assert 1 <= len(result["points"]) < result["grid_size"]
     for point in result["points"]:
         assert point["instances"] * point["threads"] <= os.cpu_count() and point["requests"] > 0

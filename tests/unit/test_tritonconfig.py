@@ -180,3 +180,17 @@ def test_a_tuned_point_gets_the_queue_policy_derived_again():
     # a config without a policy stays without one
     bare = parse_text(to_text(build_config("d", digits, ServingConfig(queue_policy=False))))
     assert not with_point(bare, point, slo_p99_ms=40).dynamic_batching.HasField("default_queue_policy")
+
+
+def test_tune_searches_queue_timeouts_and_sizes_from_the_builds_own():
+    from loadtests.tune import queue_grid, with_point
+
+    digits = resolve_spec("digits")
+    built = parse_text(to_text(build_config("d", digits, ServingConfig(slo_p99_ms=40))))
+    point = {"instances": 2, "threads": 1, "max_queue_delay_us": 500, "max_batch_size": 8}
+    grid = queue_grid(point)
+    assert len(grid) == 9 and (grid[0]["queue_timeout_share"], grid[0]["queue_size_factor"]) == (0.5, 2)
+    policies = {(c["queue_timeout_share"], c["queue_size_factor"]):
+                with_point(built, c, slo_p99_ms=40).dynamic_batching.default_queue_policy for c in grid}
+    assert (policies[0.25, 1].max_queue_size, policies[0.25, 1].default_timeout_microseconds) == (16, 10_000 + 500)
+    assert (policies[0.75, 4].max_queue_size, policies[0.75, 4].default_timeout_microseconds) == (64, 30_000 + 500)
