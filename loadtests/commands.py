@@ -129,13 +129,7 @@ def add_plan_arguments(parser, required: bool = False) -> None:
                         help=f"plan each replica at (1 - headroom) of its measured rate (default {DEFAULT_HEADROOM})")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="Locust load test of served models, then the report")
+def run_arguments(run) -> None:
     run.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
     run.add_argument("--users", type=users_list, default=(1, 4, 16), help="load steps: users (default 1,4,16)")
     run.add_argument("--duration", type=duration, default=30.0, help="per step (default 30s)")
@@ -161,23 +155,24 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     add_budget_arguments(run)
     add_plan_arguments(run)
 
-    report = commands.add_parser("report", help="rebuild report.html/.md from a run's results.json (and the "
-                                 "overload.json in the same folder, if there)")
+
+def report_arguments(report) -> None:
     report.add_argument("run_dir", type=pathlib.Path)
     report.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     add_budget_arguments(report)
     add_memory_budget_argument(report, default=None)
     add_plan_arguments(report)
 
-    plan = commands.add_parser("plan", help="replicas, cores, memory and cost per variant for a target rate")
+
+def plan_arguments(plan) -> None:
     plan.add_argument("--report", type=pathlib.Path, required=True, help="a run's folder (holds results.json)")
     plan.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"),
                       help="build records (default: the copy in results.json)")
     add_budget_arguments(plan)
     add_plan_arguments(plan, required=True)
 
-    compare = commands.add_parser("compare", help="regression gate: exit 1 when NEW is worse than BASELINE "
-                                                  "beyond the measured intervals or the accuracy's standard error")
+
+def compare_arguments(compare) -> None:
     compare.add_argument("baseline", type=pathlib.Path, help="BASELINE/results.json")
     compare.add_argument("new", type=pathlib.Path, help="NEW/results.json")
     compare.add_argument("--se-multiple", type=float, default=2.0,
@@ -188,8 +183,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     compare.add_argument("--allow-points", action="store_true",
                          help="also gate steps measured without windows (any difference then counts)")
 
-    deploy = commands.add_parser("deploy", help="a Kustomize overlay that deploys the chosen variant, sized by "
-                                                "the plan (plus a KEDA component and a KServe canary)")
+
+def deploy_arguments(deploy) -> None:
     deploy.add_argument("--report", type=pathlib.Path, required=True, help="a run's folder (holds results.json)")
     deploy.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     deploy.add_argument("--out", type=pathlib.Path, default=pathlib.Path("deploy"))
@@ -211,7 +206,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     add_budget_arguments(deploy)
     add_plan_arguments(deploy, required=True)
 
-    tune = commands.add_parser("tune", help="sweep Triton settings of one model under an SLO")
+
+def tune_arguments(tune) -> None:
     tune.add_argument("--model", required=True)
     tune.add_argument("--users", type=int, default=8, help="closed-loop users per point (default 8)")
     tune.add_argument("--duration", type=duration, default=10.0, help="per point (default 10s)")
@@ -227,7 +223,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     tune.add_argument("--out", type=pathlib.Path, help="output folder (default reports/tune-<model>-<date-time>)")
     add_target_arguments(tune)
 
-    bench = commands.add_parser("bench", help="in-process ONNX Runtime vs served over HTTP and gRPC")
+
+def bench_arguments(bench) -> None:
     bench.add_argument("--models", default="minilm_fp32,digits_fp32", help="served model names, comma-separated")
     bench.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     bench.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
@@ -239,13 +236,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
                        help="only Locust (one process and auto workers) vs perf_analyzer, gRPC and HTTP, with the CPU "
                             "each side spends per request (loadtests/generator_bench.py)")
 
-    footprint = commands.add_parser("footprint", help="load time and memory per instance of served models, written "
-                                                      "to their build records")
+
+def footprint_arguments(footprint) -> None:
     footprint.add_argument("--models", default="all", help="served model names, comma-separated, or `all` (default)")
     add_memory_budget_argument(footprint)
     add_target_arguments(footprint)
-    soak = commands.add_parser("soak", help="mixed traffic to several models at a share of the measured maximum "
-                                            "for a long time: failures and memory growth")
+
+
+def soak_arguments(soak) -> None:
     soak.add_argument("--models", required=True, help="served model names, comma-separated")
     soak.add_argument("--duration", type=duration, default=600.0, help="soak length (default 10m)")
     soak.add_argument("--load", type=float, default=0.8, help="share of the measured maximum throughput (default 0.8)")
@@ -254,15 +252,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     soak.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     soak.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     soak.add_argument("--out", type=pathlib.Path, help="output folder (default reports/soak-<date-time>)")
-    oversize = commands.add_parser("oversize", help="small requests declaring huge tensors on every port: answer, "
-                                                    "time, memory; and what the HTTP front costs at 1 user")
+
+
+def oversize_arguments(oversize) -> None:
     oversize.add_argument("--models", required=True, help="served model names, comma-separated")
     oversize.add_argument("--requests", type=int, default=300, help="sequential requests per path and round (300)")
     oversize.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the hot-path comparison (5)")
     oversize.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     oversize.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/oversize.json"))
-    overload = commands.add_parser("overload", help="open-loop Poisson load at multiples of the measured maximum: "
-                                                    "goodput, p99, rejections, memory, recovery")
+
+
+def overload_arguments(overload) -> None:
     overload.add_argument("--models", required=True, help="served model names, comma-separated")
     overload.add_argument("--multiples", default="0.5,1,1.5,2,3", help="offered load as multiples of the "
                           "closed-loop maximum (0.5,1,1.5,2,3)")
@@ -274,11 +274,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> in
     overload.add_argument("--repository", type=pathlib.Path, default=pathlib.Path("model_repository"))
     overload.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("artifacts"))
     overload.add_argument("--out", type=pathlib.Path, default=pathlib.Path("reports/overload.json"))
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m loadtests") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, _, help_text) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
-    command = {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "bench": cmd_bench,
-               "footprint": cmd_footprint, "plan": cmd_plan, "compare": cmd_compare,
-               "deploy": cmd_deploy, "soak": cmd_soak, "oversize": cmd_oversize,
-               "overload": cmd_overload}[args.command]
+    command = COMMANDS[args.command][1]
     return run_command(lambda: command(args), verbose=args.verbose,
                        interrupted="\ninterrupted: Locust and any server this command started are stopped")
 
@@ -531,5 +537,34 @@ def cmd_overload(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# every command: (its arguments, what runs it, its help); `main` builds the parser from this table
+COMMANDS = {
+    "run": (run_arguments, cmd_run,
+            "Locust load test of served models, then the report"),
+    "report": (report_arguments, cmd_report,
+               "rebuild report.html/.md from a run's results.json (and the overload.json in the same folder, if "
+               "there)"),
+    "plan": (plan_arguments, cmd_plan,
+             "replicas, cores, memory and cost per variant for a target rate"),
+    "compare": (compare_arguments, cmd_compare,
+                "regression gate: exit 1 when NEW is worse than BASELINE beyond the measured intervals or the "
+                "accuracy's standard error"),
+    "deploy": (deploy_arguments, cmd_deploy,
+               "a Kustomize overlay that deploys the chosen variant, sized by the plan (plus a KEDA component "
+               "and a KServe canary)"),
+    "tune": (tune_arguments, cmd_tune,
+             "sweep Triton settings of one model under an SLO"),
+    "bench": (bench_arguments, cmd_bench,
+              "in-process ONNX Runtime vs served over HTTP and gRPC"),
+    "footprint": (footprint_arguments, cmd_footprint,
+                  "load time and memory per instance of served models, written to their build records"),
+    "soak": (soak_arguments, cmd_soak,
+             "mixed traffic to several models at a share of the measured maximum for a long time: failures and "
+             "memory growth"),
+    "oversize": (oversize_arguments, cmd_oversize,
+                 "small requests declaring huge tensors on every port: answer, time, memory; and what the HTTP "
+                 "front costs at 1 user"),
+    "overload": (overload_arguments, cmd_overload,
+                 "open-loop Poisson load at multiples of the measured maximum: goodput, p99, rejections, memory, "
+                 "recovery"),
+}

@@ -115,3 +115,11 @@ def test_the_load_tests_and_the_client_answer_under_builder_too(capsys, tmp_path
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--help"])
     assert exit_.value.code == 0 and "overload" in capsys.readouterr().out
+
+
+def test_builder_delegates_every_load_test_and_client_command():
+    from client.commands import main as client_main  # noqa: F401 - the module whose commands are listed
+    from loadtests.commands import COMMANDS
+
+    delegated = {their for package, their in cli.DELEGATED.values() if package == "loadtests"}
+    assert delegated == set(COMMANDS)
