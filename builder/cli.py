@@ -57,7 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="build variants into the model repository")
+    build_arguments(commands.add_parser("build", help="build variants into the model repository"))
+    serve_arguments(commands.add_parser("serve", help="serve the repository on the embedded Triton server until "
+                                                      "Ctrl-C"))
+    demo_arguments(commands.add_parser("demo", help="build, serve and check both demo models end to end"))
+    for name, (package, their_name) in DELEGATED.items():  # listed in --help; run by `delegate` before parsing
+        commands.add_parser(name, help=f"= python -m {package} {their_name} (`builder {name} --help`)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] in DELEGATED:
+        return delegate(argv[first], argv[:first], argv[first + 1:])
+    args = parser.parse_args(argv)
+    command = {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command]
+    return run_command(lambda: command(args), verbose=args.verbose)
+
+
+def build_arguments(build) -> None:
     build.add_argument("--model", help="a demo model: digits or minilm")
     build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
     build.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
@@ -108,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--text-endpoint", action="store_true",
                        help="text models: also write the raw-text ensemble <model>_<variant>_text (strings in)")
 
-    serve = commands.add_parser("serve", help="serve the repository on the embedded Triton server until Ctrl-C")
+
+def serve_arguments(serve) -> None:
     serve.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
@@ -125,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB,
                        help=f"largest HTTP request body the front accepts, after inflating (default {MAX_BODY_MB} MiB)")
 
-    demo = commands.add_parser("demo", help="build, serve and check both demo models end to end")
+
+def demo_arguments(demo) -> None:
     demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     demo.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS)
     demo.add_argument("--examples", type=int, default=500, help="examples per split sent through the server (default 500)")
@@ -134,16 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--reports", type=pathlib.Path, default=pathlib.Path("reports"), help="where the report goes")
     demo.add_argument("--slo-p99-ms", type=float, default=50.0, help="latency budget of the recommendation")
     demo.add_argument("--max-accuracy-drop", type=float, default=1.0, help="accuracy budget, points below fp32")
-
-    for name, (package, their_name) in DELEGATED.items():  # listed in --help; run by `delegate` before parsing
-        commands.add_parser(name, help=f"= python -m {package} {their_name} (`builder {name} --help`)")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if first is not None and argv[first] in DELEGATED:
-        return delegate(argv[first], argv[:first], argv[first + 1:])
-    args = parser.parse_args(argv)
-    command = {"build": cmd_build, "serve": cmd_serve, "demo": cmd_demo}[args.command]
-    return run_command(lambda: command(args), verbose=args.verbose)
 
 
 def delegate(command: str, before: list[str], after: list[str]) -> int:
