@@ -2,7 +2,9 @@
 
   paths = write_overlay(out, models=["minilm_int8"], line=<plan line>, canary_percent=10)
 
-Written to `out` (the base is docker/k8s/base, referenced by a relative path, its resource names unchanged):
+Written to `out` (the base is docker/k8s/base, its resource names unchanged: in a checkout referenced by a
+relative path; from an installed wheel copied, with the folders it refers to, into `out/k8s/`, so the overlay does
+not point into site-packages):
 - kustomization.yaml: the base, plus patches: deployment.yaml (replicas, the server's arguments loading only the
   chosen models, CPU and memory requests = limits from the plan, the build flags as an annotation) and hpa.yaml
   (min = the plan's replicas, max = the replicas for twice the target);
@@ -26,14 +28,17 @@ import json
 import os
 import pathlib
 import re
+import shutil
 
 from builder.core.errors import BuilderError
 from builder.core.files import atomic_write
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BASE = ROOT / "docker" / "k8s" / "base"
-DOCKERFILE = ROOT / "docker" / "Dockerfile"
-KSERVE = ROOT / "docker" / "k8s" / "kserve" / "inferenceservice.yaml"
+# docker/'s Kubernetes files and Dockerfile: in a checkout `deploy_templates` is a link to docker/, and the wheel
+# ships their copies as package data (pyproject.toml), so deploy works outside a checkout too
+TEMPLATES = (pathlib.Path(__file__).parent / "deploy_templates").resolve()
+BASE = TEMPLATES / "k8s" / "base"
+DOCKERFILE = TEMPLATES / "Dockerfile"
+KSERVE = TEMPLATES / "k8s" / "kserve" / "inferenceservice.yaml"
 DEPLOYMENT, CONTAINER, HPA = "triton", "triton", "triton"  # docker/k8s/base's names
 DEFAULT_CANARY_PERCENT = 10
 DEFAULT_PROMETHEUS = "http://prometheus.monitoring.svc:9090"
@@ -107,8 +112,11 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     (out / "kserve").mkdir(exist_ok=True)
     sized = (f"Sized by `python -m loadtests plan` for {line['target_qps']:g} requests/s: {line['capacity_rps']:g} "
              f"requests/s per replica (lower bound of the measured interval) at {1 - line['headroom']:.0%}.")
+    base_reference = os.path.relpath(base, out)
+    if not in_checkout(base):  # an installed kit: the base (and what it refers to) travels with the overlay
+        base_reference = vendor_base(base, out)
     kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": [os.path.relpath(base, out)],
+                     "resources": [base_reference],
                      "patches": [{"path": "deployment.yaml"}, {"path": "hpa.yaml"}]}
     if keda:  # the component removes the HPA before the overlay's own patches run: nothing left to patch
         kustomization["components"] = ["components/queue-time"]
@@ -157,6 +165,22 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     for path, text in files.items():
         atomic_write(path, text)
     return list(files)
+
+
+BASE_PARTS = ("base", "volume", "components/images")  # docker/k8s/base and the folders its kustomization names
+
+
+def vendor_base(base: pathlib.Path, out: pathlib.Path) -> str:
+    """Copy the base and its sibling folders into `out/k8s`, as they lie in docker/k8s; returns its reference."""
+    shutil.rmtree(out / "k8s", ignore_errors=True)
+    for part in BASE_PARTS:
+        shutil.copytree(pathlib.Path(base).parent / part, out / "k8s" / part)
+    return "k8s/base"
+
+
+def in_checkout(base: pathlib.Path) -> bool:
+    """Whether `base` is docker/k8s/base of a source checkout (beside pyproject.toml), not a wheel's copy."""
+    return (pathlib.Path(base).resolve().parents[2] / "pyproject.toml").is_file()
 
 
 def kserve_manifest(model: str, replicas: int, max_replicas: int, resources: dict, canary_percent: int) -> str:
