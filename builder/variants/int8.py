@@ -140,7 +140,7 @@ class SplitReader:
 
 def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     config.check()
     model = onnx.load(str(onnx_file))
@@ -171,12 +171,7 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
 
     def quantize(target: pathlib.Path, excluded_nodes: list[str]) -> pathlib.Path:
         if method == "dynamic":
-            # dynamic quantization first rewrites each Gemm as `<name>_MatMul` + Add and then matches the
-            # exclusions against the new names: name both, or an excluded Gemm is quantized anyway
-            gemm_names = [f"{n}_MatMul" for n in excluded_nodes if n in gemms]
-            quantize_dynamic(str(prepared), str(target), per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=[*excluded_nodes, *gemm_names],
-                             reduce_range=reduce_range)
+            dynamic_int8(prepared, target, excluded_nodes, gemms, config.per_channel, reduce_range)
         else:
             reader = SplitReader(calibration, context.spec.sequence_mask)
             method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -228,11 +223,23 @@ def prepared_for_quantization(onnx_file: pathlib.Path, out: pathlib.Path, fusion
     return prepared, fused_ops
 
 
+def dynamic_int8(prepared: pathlib.Path, target: pathlib.Path, excluded: list[str], gemms: set[str],
+                 per_channel: bool, reduce_range: bool) -> None:
+    """The one quantize_dynamic call: int8 weights for MatMul and Gemm, `excluded` nodes left in float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # dynamic quantization first rewrites each Gemm as `<name>_MatMul` + Add and then matches the exclusions
+    # against the new names: name both, or an excluded Gemm is quantized anyway
+    quantize_dynamic(str(prepared), str(target), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=[*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)],
+                     reduce_range=reduce_range)
+
+
 def requantized(float_file: pathlib.Path, out: pathlib.Path, notes: dict, fusion: bool) -> pathlib.Path:
     """A dynamic int8 variant quantized again from its float file as its record `notes` say (excluded nodes, weight
     bits), with or without fusion: the benchmark's twin of a built variant (builder.speedbench --fusion)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if notes.get("int8_method") != "dynamic":
         raise VariantError(f"int8: only a dynamic int8 variant can be quantized again here, this one is "
@@ -240,12 +247,9 @@ def requantized(float_file: pathlib.Path, out: pathlib.Path, notes: dict, fusion
     out.mkdir(parents=True, exist_ok=True)
     prepared, _ = prepared_for_quantization(float_file, out, fusion)
     gemms = {n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Gemm"}
-    excluded = list(notes.get("int8_excluded_nodes") or [])
     target = out / ("model.int8.fused.onnx" if fusion else "model.int8.unfused.onnx")
-    quantize_dynamic(str(prepared), str(target), per_channel=notes.get("int8_per_channel", True),
-                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     nodes_to_exclude=[*excluded, *(f"{n}_MatMul" for n in excluded if n in gemms)],
-                     reduce_range=bool((notes.get("int8_reduce_range") or {}).get("reduce_range")))
+    dynamic_int8(prepared, target, list(notes.get("int8_excluded_nodes") or []), gemms,
+                 notes.get("int8_per_channel", True), bool((notes.get("int8_reduce_range") or {}).get("reduce_range")))
     prepared.unlink(missing_ok=True)
     return target
 
