@@ -22,7 +22,7 @@ from . import processes
 from .core.artifacts import MARGINAL_SPEEDUP, load_splits, read_record, record_path, write_entry
 from .core.data import trim_padding
 from .core.errors import ConfigError, ExportError, VariantError
-from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.evaluate import onnx_predictor, onnx_session, outputs_on, paired_drop_se, score
 from .core.files import atomic_write
 from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
@@ -84,6 +84,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors.
     """
     plan = plan_steps(spec, variant)
+    refuse_training(spec, variant, plan)
     serving = serving.for_spec(spec)  # the instances the record and config.pbtxt state
     workdir = artifacts / spec.name
     out = workdir / variant
@@ -264,7 +265,7 @@ def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, 
         eval_limit = None  # the baseline's outputs on every example are the reference of every variant
     predict = onnx_predictor(onnx_session(onnx_path))
     measured = {name: splits[name].spread(eval_limit) for name in spec.evaluate}
-    outputs = {name: run_split(predict, split, spec.sequence_mask) for name, split in measured.items()}
+    outputs = {name: outputs_on(predict, spec, split) for name, split in measured.items()}
     accuracy = {name: score(spec.metric, outputs[name], split.labels) for name, split in measured.items()}
     first = spec.evaluate[0]
     if variant == "fp32":
@@ -275,9 +276,9 @@ def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, 
     # fp32's accuracy on exactly the examples this variant was measured on
     drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
     return {"accuracy": accuracy, "drop": drop,
-            "drop_se": paired_drop_se(spec, reference, outputs[first], splits[first].labels[index]),
+            "drop_se": paired_drop_se(spec.metric, reference, outputs[first], splits[first].labels[index]),
             "eval_examples": {name: len(split) for name, split in measured.items()},
-            "agreement": agreement(spec, outputs[first], reference)}
+            "agreement": agreement(spec, outputs[first], reference, splits[first].labels[index])}
 
 
 def measure_latency(onnx_path: pathlib.Path, variant: str, context: BuildContext) -> dict:
@@ -386,18 +387,6 @@ def mean_speedup(speedup: dict) -> float:
     return float(np.exp(np.mean(np.log(list(speedup.values())))))
 
 
-def paired_drop_se(spec: ModelSpec, reference: dict, outputs: dict, labels: np.ndarray) -> float:
-    """Standard error (points) of the accuracy drop, paired over the same examples: only the examples that one
-    model gets right and the other wrong carry it. On 1,000 examples with 15 % disagreement it is ~1.2 points, as
-    large as the default gate, which is why the record states it."""
-    output = spec.metric.output
-    difference = ((np.argmax(reference[output], 1) == labels).astype(float)
-                  - (np.argmax(outputs[output], 1) == labels).astype(float))
-    if len(difference) < 2:
-        return 0.0
-    return round(float(difference.std(ddof=1) / np.sqrt(len(difference)) * 100), 2)
-
-
 _FP32_LATENCY: dict = {}  # (fp32 file, its mtime and size) -> latency table, measured once per process
 
 
@@ -465,6 +454,22 @@ def refuse_torch_steps(spec: ModelSpec, variant: str, plan: list) -> None:
         raise VariantError(f"{spec.name}: `{variant}` trains or changes the PyTorch model ({', '.join(torch_steps)}), "
                            f"and an ONNX file has none", hint="build the post-training variants: fp16, int8, "
                                                               "int8-dynamic, int8-static")
+
+
+def refuse_training(spec: ModelSpec, variant: str, plan: list) -> None:
+    """The kit's training (distillation, pruning's and QAT's recovery, ...) teaches a classifier: one label per
+    example, [batch, classes] logits. Refuse, in one line, a variant that trains any other model (a token
+    classifier, an embedding model)."""
+    output = next(t for t in spec.outputs if t.name == spec.metric.output)
+    if spec.metric.name == "accuracy" and len(output.shape) == 2:
+        return
+    training = [s.name for s, config in plan if s.name != "fp32" and (
+        s.module.TRAINS is True or (s.module.TRAINS == "option" and getattr(config, "fine_tune", False)))]
+    if training:
+        raise VariantError(f"{spec.name}: `{variant}` trains ({', '.join(training)}), and the kit trains classifiers "
+                           f"only: one label per example, [batch, classes] logits; `{output.name}` is "
+                           f"{list(output.shape)} scored by {spec.metric.name}",
+                           hint="build the post-training variants: fp16, int8, int8-dynamic, int8-static")
 
 
 def reuse_export(folder: pathlib.Path, fingerprint: str) -> tuple[pathlib.Path, dict] | None:

@@ -76,8 +76,9 @@ def build_arguments(build) -> None:
     build.add_argument("--model", help="a demo model: digits or minilm")
     build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
     build.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
-                       help="a Hugging Face Transformers sequence classifier, as save_pretrained wrote it (with its "
-                            "tokenizer); the spec inferred goes to <artifacts>/<name>/spec.yaml")
+                       help="a Hugging Face Transformers directory as save_pretrained wrote it, with its "
+                            "tokenizer: a sequence or token classifier, or a sentence embedder (sentence-transformers "
+                            "or a bare encoder); the spec inferred goes to <artifacts>/<name>/spec.yaml")
     build.add_argument("--onnx-model", type=pathlib.Path, metavar="FILE",
                        help="an ONNX file with a dynamic batch axis: fp32 as given and the post-training variants "
                             "(fp16, int8); the spec inferred goes to <artifacts>/<name>/spec.yaml")
@@ -89,9 +90,11 @@ def build_arguments(build) -> None:
                             "folder (a subfolder per class), with --torch-program an .npz (one array per "
                             "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
                             "--data train=a.csv --data validation=b.csv --data test=c.csv")
-    build.add_argument("--text-column", help="with --hf-model: the column holding the text (default: text)")
+    build.add_argument("--text-column", help="with --hf-model: the column holding the text, a token classifier's "
+                                             "words (default: text)")
     build.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
-                                              "config.json's id2label or its index (default: label)")
+                                              "config.json's id2label or its index, a tag per word for a token "
+                                              "classifier, any class name for an embedder (default: label)")
     build.add_argument("--name", help="with --hf-model, --onnx-model or --torch-program: the model's name (default: the directory's "
                                       "or file's name)")
     build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")

@@ -15,7 +15,7 @@ from .build import build_variant
 from .core.artifacts import load_splits, read_records
 from .core.errors import BuilderError
 from .core.names import model_name
-from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+from .core.evaluate import onnx_predictor, onnx_session, outputs_on, score
 from .models import resolve_spec
 from .serving import repository as repo
 from .serving.server import EmbeddedServer, free_port
@@ -35,10 +35,9 @@ def served_predictor(client, model: str):
 
 def compare_accuracy(client, model: str, spec, split, onnx_file: pathlib.Path) -> dict:
     """Accuracy of `split` through the server (`client`) and in-process ONNX Runtime on the same model file."""
-    served = score(spec.metric, run_split(served_predictor(client, model), split, spec.sequence_mask, SERVED_BATCH),
-                   split.labels)
-    local = score(spec.metric, run_split(onnx_predictor(onnx_session(onnx_file)), split, spec.sequence_mask,
-                                         SERVED_BATCH), split.labels)
+    served = score(spec.metric, outputs_on(served_predictor(client, model), spec, split, SERVED_BATCH), split.labels)
+    local = score(spec.metric, outputs_on(onnx_predictor(onnx_session(onnx_file)), spec, split, SERVED_BATCH),
+                  split.labels)
     return {"served": served, "in_process": local}
 
 

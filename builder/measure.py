@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .core.evaluate import onnx_session, run_split, score
+from .core.evaluate import agreement_top1, onnx_session, outputs_on, score
 
 LATENCY_BATCHES = (1, 32)
 LATENCY_THREADS = (1, 2)
@@ -118,12 +118,14 @@ def latency_table(onnx_file, spec, split) -> dict:
     return table
 
 
-def agreement(spec, outputs: dict, reference: dict) -> dict:
-    """Top-1 agreement on the metric output; mean cosine similarity of every other float output."""
+def agreement(spec, outputs: dict, reference: dict, labels: np.ndarray) -> dict:
+    """Top-1 agreement on the metric's labels (builder/core/evaluate.py); mean cosine similarity of every float
+    output but a classifier's logits (an embedding model's metric output included)."""
     metric = spec.metric.output
-    result = {"top1": float(np.mean(np.argmax(outputs[metric], 1) == np.argmax(reference[metric], 1)))}
+    result = {"top1": agreement_top1(spec.metric, outputs, reference, labels)}
     for t in spec.outputs:
-        if t.name != metric and t.name in reference and t.dtype.startswith("float"):
+        if (t.name != metric or spec.metric.name != "accuracy") and t.name in reference \
+                and t.dtype.startswith("float"):
             a = outputs[t.name].reshape(len(outputs[t.name]), -1).astype(np.float64)
             b = reference[t.name].reshape(len(reference[t.name]), -1).astype(np.float64)
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
@@ -149,7 +151,7 @@ def torch_outputs(model, spec, split) -> dict:
         out = (out,) if isinstance(out, torch.Tensor) else out
         return dict(zip(names, (o.numpy() for o in out)))
 
-    return run_split(predict, split, spec.sequence_mask)
+    return outputs_on(predict, spec, split)
 
 
 def torch_accuracy(model, spec, split) -> float:

@@ -88,16 +88,15 @@ def unfused_twins(workdir: pathlib.Path, record: dict, variants: list[str], scra
 def fusion_accuracy(spec, workdir: pathlib.Path, twins: dict, split_name: str) -> list[str]:
     """One line per twin: the accuracy of the served (fused) and unfused files on `split_name` and their top-1
     agreement."""
-    from .core.evaluate import onnx_predictor, onnx_session, run_split, score
+    from .core.evaluate import agreement_top1, onnx_predictor, onnx_session, outputs_on, score
 
     split, metric = load_splits(spec, workdir)[split_name], spec.metric
     lines = []
     for name, twin in twins.items():
         variant = name.removesuffix(" unfused")
-        outs = [run_split(onnx_predictor(onnx_session(f)), split, spec.sequence_mask)[metric.output]
-                for f in (onnx_file(workdir / variant), twin)]
-        fused, unfused = (score(metric, {metric.output: o}, split.labels) * 100 for o in outs)
-        agreement = float((outs[0].argmax(-1) == outs[1].argmax(-1)).mean())
+        outs = [outputs_on(onnx_predictor(onnx_session(f)), spec, split) for f in (onnx_file(workdir / variant), twin)]
+        fused, unfused = (score(metric, o, split.labels) * 100 for o in outs)
+        agreement = agreement_top1(metric, outs[0], outs[1], split.labels)
         lines.append(f"{variant}: accuracy on `{split_name}` fused {fused:.2f} %, unfused {unfused:.2f} %; "
                      f"top-1 agreement {agreement:.3f}")
     return lines

@@ -459,7 +459,7 @@ def fine_tune(model, context, overrides: TrainingOverrides | dict, what: str, lo
 def checkpoint_score(context, select_by: str) -> Callable:
     """The score CheckpointSelection keeps the best of, on the validation split: the spec's metric, the top-1
     agreement with context.teacher (its answers computed once), or their mean."""
-    from .core.evaluate import score
+    from .core.evaluate import agreement_top1, score
     from .measure import torch_outputs
 
     spec = context.spec
@@ -473,11 +473,11 @@ def checkpoint_score(context, select_by: str) -> Callable:
     if context.teacher is None:
         raise VariantError(f"select_by: {select_by} needs a teacher to agree with, and this variant has none",
                            hint="select_by: accuracy")
-    teacher = torch_outputs(context.teacher.eval(), spec, validation)[spec.metric.output].argmax(-1)
+    teacher = torch_outputs(context.teacher.eval(), spec, validation)
 
     def scored(model) -> float:
         outputs = torch_outputs(model, spec, validation)
-        agreement = float((outputs[spec.metric.output].argmax(-1) == teacher).mean())
+        agreement = agreement_top1(spec.metric, outputs, teacher, validation.labels)
         return agreement if select_by == "agreement" else (agreement + accuracy(outputs)) / 2
 
     return scored

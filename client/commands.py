@@ -69,7 +69,9 @@ def run_infer(client: TritonClient, args) -> int:
     else:
         folder, entry = find_record(args.artifacts, args.model)
     class_names = entry.get("spec", {}).get("class_names") or []
-    metric_output = entry.get("spec", {}).get("metric", {}).get("output", "logits")
+    metric = entry.get("spec", {}).get("metric", {})
+    metric_output = metric.get("output", "logits") if metric.get("name", "accuracy") == "accuracy" else None
+    mask_name = entry.get("spec", {}).get("sequence_mask")
     label = None
     if text_input is not None:
         # surrogateescape: bytes that are not UTF-8 in the command line reach the server as they were typed
@@ -85,7 +87,11 @@ def run_infer(client: TritonClient, args) -> int:
         named = class_names[best] if best < len(class_names) else str(best)
         print(f"  prediction: {named} (p={outputs.pop('probabilities')[0, best]:.3f})")
     for name, value in outputs.items():
-        if name == metric_output:
+        if name == metric_output and value.ndim == 3:  # a token classifier: a class per real (unpadded) token
+            mask = outputs.get(mask_name, inputs.get(mask_name))
+            best = value[0].argmax(axis=-1)[mask[0].astype(bool)] if mask is not None else value[0].argmax(axis=-1)
+            print(f"  per-token prediction: {' '.join(class_names[b] if b < len(class_names) else str(b) for b in best)}")
+        elif name == metric_output:
             logits = value[0].astype(np.float64)
             probabilities = np.exp(logits - logits.max())
             probabilities /= probabilities.sum()

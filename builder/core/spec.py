@@ -35,7 +35,7 @@ from .names import MAX_MODEL_NAME, SERVED_NAME
 MAX_DYNAMIC_SIZE = 4096
 
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
-METRICS = ("accuracy",)
+METRICS = ("accuracy", "knn_accuracy")  # builder/core/evaluate.py says what each is
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,14 @@ class ModelSpec:
     factory_args: dict = field(default_factory=dict)
     data_args: dict = field(default_factory=dict)
     source: str = ""  # the YAML file it came from
+
+    @property
+    def sequence_outputs(self) -> tuple[str, ...]:
+        """Outputs with one row per token (axis 1 named as the sequence mask's): a token classifier's logits."""
+        mask = next((t for t in self.inputs if t.name == self.sequence_mask), None)
+        if mask is None or len(mask.shape) < 2:
+            return ()
+        return tuple(t.name for t in self.outputs if len(t.shape) > 1 and t.shape[1] == mask.shape[1])
 
     def example_shape(self, tensor: TensorSpec, batch: int = 1) -> list[int]:
         return [batch if d == "batch" else self.example_sizes[d] if isinstance(d, str) else d for d in tensor.shape]

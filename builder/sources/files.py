@@ -31,14 +31,16 @@ FORMATS = {".csv": "CSV", ".jsonl": "JSON lines", ".ndjson": "JSON lines", ".par
 @dataclass(frozen=True)
 class Row:
     line: int  # where the example is in its file, for messages: its line (CSV, JSON lines) or row (Parquet)
-    text: str
-    label: object  # as written: a string (CSV) or any JSON scalar (JSON lines)
+    text: str | tuple[str, ...]  # a token row's words
+    label: object  # as written: a string (CSV) or any JSON scalar (JSON lines); a token row's tuple of tags
     unit: str = "line"  # what `line` counts: "line", or "row" in a Parquet file
 
 
-def read_rows(path: str | pathlib.Path, text_column: str, label_column: str) -> list[Row]:
-    """The examples of one file, in file order. Raises DataError (file, line, what) for an unreadable file, an
-    unknown format, a missing column, an empty text or label, or a file without examples."""
+def read_rows(path: str | pathlib.Path, text_column: str, label_column: str, words: bool = False) -> list[Row]:
+    """The examples of one file, in file order. `words`: a token-classification file, whose text is a list of words
+    and whose label is one tag per word (each a JSON list or a whitespace-separated string). Raises DataError
+    (file, line, what) for an unreadable file, an unknown format, a missing column, an empty text or label, a count
+    of tags unlike the count of words, or a file without examples."""
     path = pathlib.Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -47,12 +49,12 @@ def read_rows(path: str | pathlib.Path, text_column: str, label_column: str) -> 
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if kind == "Parquet":
-        rows = _parquet_rows(path, text_column, label_column)
+        rows = _parquet_rows(path, text_column, label_column, words)
     else:
         try:
             with open(path, newline="", encoding="utf-8") as f:
-                rows = list(_csv_rows(f, path, text_column, label_column) if kind == "CSV"
-                            else _jsonl_rows(f, path, text_column, label_column))
+                rows = list(_csv_rows(f, path, text_column, label_column, words) if kind == "CSV"
+                            else _jsonl_rows(f, path, text_column, label_column, words))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})",
                             hint="save the file as UTF-8") from e
@@ -64,7 +66,7 @@ def read_rows(path: str | pathlib.Path, text_column: str, label_column: str) -> 
     return rows
 
 
-def _csv_rows(f, path: pathlib.Path, text_column: str, label_column: str):
+def _csv_rows(f, path: pathlib.Path, text_column: str, label_column: str, words: bool):
     reader = csv.DictReader(f)
     columns = reader.fieldnames or []
     for column in (text_column, label_column):
@@ -73,10 +75,10 @@ def _csv_rows(f, path: pathlib.Path, text_column: str, label_column: str):
                             hint="name the columns with --text-column and --label-column")
     for record in reader:
         yield _row(path, reader.line_num, record.get(text_column), record.get(label_column), text_column,
-                   label_column)
+                   label_column, words)
 
 
-def _jsonl_rows(f, path: pathlib.Path, text_column: str, label_column: str):
+def _jsonl_rows(f, path: pathlib.Path, text_column: str, label_column: str, words: bool):
     for number, line in enumerate(f, start=1):
         if not line.strip():
             continue  # a trailing blank line is common and holds no example
@@ -90,10 +92,10 @@ def _jsonl_rows(f, path: pathlib.Path, text_column: str, label_column: str):
             if column not in record:
                 raise DataError(f"{path}, line {number}: no key `{column}` (keys: {', '.join(record) or 'none'})",
                                 hint="name them with --text-column and --label-column")
-        yield _row(path, number, record[text_column], record[label_column], text_column, label_column)
+        yield _row(path, number, record[text_column], record[label_column], text_column, label_column, words)
 
 
-def _parquet_rows(path: pathlib.Path, text_column: str, label_column: str) -> list[Row]:
+def _parquet_rows(path: pathlib.Path, text_column: str, label_column: str, words: bool) -> list[Row]:
     """A Parquet file's rows, numbered from 1 as `row N` (pyarrow reads it; only the two columns are loaded)."""
     import pyarrow.parquet as pq
 
@@ -109,13 +111,15 @@ def _parquet_rows(path: pathlib.Path, text_column: str, label_column: str) -> li
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
         raise DataError(f"{path}: not readable as Parquet: {str(e).splitlines()[0]}") from e
     texts, labels = table.column(text_column).to_pylist(), table.column(label_column).to_pylist()
-    return [_row(path, number, text, label, text_column, label_column, unit="row")
+    return [_row(path, number, text, label, text_column, label_column, words, unit="row")
             for number, (text, label) in enumerate(zip(texts, labels), start=1)]
 
 
-def _row(path: pathlib.Path, line: int, text, label, text_column: str, label_column: str,
+def _row(path: pathlib.Path, line: int, text, label, text_column: str, label_column: str, words: bool = False,
          unit: str = "line") -> Row:
     where = f"{path}, {unit} {line}"
+    if words:
+        return _token_row(where, line, text, label, text_column, label_column, unit)
     if text is None:  # a CSV line with fewer fields than the header, a null in Parquet
         raise DataError(f"{where}: no value in column `{text_column}`")
     if not isinstance(text, str):
@@ -125,6 +129,27 @@ def _row(path: pathlib.Path, line: int, text, label, text_column: str, label_col
     if label is None or (isinstance(label, str) and not label.strip()):
         raise DataError(f"{where}: no label in column `{label_column}`")
     return Row(line, text, label.strip() if isinstance(label, str) else label, unit)
+
+
+def _token_row(where: str, line: int, text, label, text_column: str, label_column: str, unit: str) -> Row:
+    """A token-classification row: its words and one tag per word, each a list or a whitespace-separated string."""
+    def pieces(value, column: str, what: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
+            raise DataError(f"{where}: {what} in `{column}` must be a list or a space-separated string, got "
+                            f"{type(value).__name__}")
+        if not value or any(isinstance(v, str) and not v.strip() for v in value):
+            raise DataError(f"{where}: empty {what} in column `{column}`")
+        return tuple(value)
+
+    if text is None or label is None:
+        raise DataError(f"{where}: no value in column `{text_column if text is None else label_column}`")
+    tokens, tags = pieces(text, text_column, "words"), pieces(label, label_column, "tags")
+    if len(tokens) != len(tags):
+        raise DataError(f"{where}: {len(tokens)} words in `{text_column}` but {len(tags)} tags in `{label_column}`",
+                        hint="one tag per word")
+    return Row(line, tokens, tags, unit)
 
 
 def split_seeded(count: int, path, seed: int) -> dict[str, np.ndarray]:

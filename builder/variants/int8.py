@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import VariantError
-from ..core.evaluate import onnx_predictor, onnx_session, run_split, score
+from ..core.evaluate import onnx_predictor, onnx_session, outputs_on, score
 from ..measure import fixed_batch, latency_p50_ms
 from ..roofline import cpu_isa
 from . import int8_search
@@ -310,7 +310,7 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     metric = spec.metric
 
     def outputs_of(path) -> np.ndarray:
-        return run_split(onnx_predictor(onnx_session(path)), split, spec.sequence_mask)[metric.output]
+        return outputs_on(onnx_predictor(onnx_session(path)), spec, split)[metric.output]
 
     floating = outputs_of(prepared)
     fp32_file = context.workdir / "fp32" / "model.onnx"

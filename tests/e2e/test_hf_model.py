@@ -42,13 +42,12 @@ def examples(rng, count: int) -> list[tuple[str, int]]:
     return rows
 
 
-def make_classifier(folder) -> None:
-    """save_pretrained of a tiny trained BERT classifier and its fast WordPiece tokenizer into `folder`."""
-    import torch
+def make_tokenizer():
+    """A fast WordPiece tokenizer over the fixtures' words, BERT's normalizer and special tokens; its vocabulary."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER + ["##ly"]
     ids = {w: i for i, w in enumerate(vocab)}
     backend = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -58,6 +57,15 @@ def make_classifier(folder) -> None:
         special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
     tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=64, unk_token="[UNK]",
                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return tokenizer, vocab
+
+
+def make_classifier(folder) -> None:
+    """save_pretrained of a tiny trained BERT classifier and its fast WordPiece tokenizer into `folder`."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer, vocab = make_tokenizer()
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=2,
                         id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)})

@@ -53,18 +53,18 @@ def test_unknown_option_suggests():
 def test_the_accuracy_drop_carries_its_paired_standard_error():
     import numpy as np
 
-    from builder.build import paired_drop_se
+    from builder.core.evaluate import paired_drop_se
     from builder.models import resolve_spec
 
     spec = resolve_spec("digits")
     labels = np.zeros(1000, dtype=np.int64)
     right, wrong = np.eye(10)[0], np.eye(10)[1]
     same = {"logits": np.tile(right, (1000, 1))}
-    assert paired_drop_se(spec, same, same, labels) == 0.0  # identical predictions: no uncertainty
+    assert paired_drop_se(spec.metric, same, same, labels) == 0.0  # identical predictions: no uncertainty
     # 75 examples only fp32 gets right, 75 only the variant: drop 0, se sqrt(0.15 / 1000) = 1.22 points
     ref = np.tile(right, (1000, 1)); ref[:75] = wrong
     var = np.tile(right, (1000, 1)); var[75:150] = wrong
-    assert paired_drop_se(spec, {"logits": ref}, {"logits": var}, labels) == pytest.approx(1.22, abs=0.02)
+    assert paired_drop_se(spec.metric, {"logits": ref}, {"logits": var}, labels) == pytest.approx(1.22, abs=0.02)
 
 
 def test_build_refuses_a_bad_option_before_building_anything(tmp_path, capsys):

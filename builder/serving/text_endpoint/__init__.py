@@ -6,6 +6,10 @@
       -> <model>_postprocess   a two-node ONNX graph: Softmax and ArgMax over the metric output (logits)
     -> label (INT64 [batch, 1]), probabilities (FP32 [batch, classes]), and the encoder's other outputs (embedding)
 
+A model that is not a classifier of whole texts (a token classifier, an embedding model: builder/sources/hf.py)
+gets the first two steps only, and answers the encoder's outputs as they are; a token classifier's also answers the
+tokenizer's attention mask, which tells its real tokens from the padding of its length bucket.
+
 One tokenizer and one postprocess model per model, shared by the ensembles of all its variants: the tokenizer is the
 model's, not the variant's, and on the embedded server every model is a process of its own. The postprocess is ONNX
 rather than Python so that the official image runs it on its native ONNX Runtime backend, and the portability test
@@ -109,8 +113,8 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
         raise ConfigError(f"{spec.name}: tokenizer.json truncates at {length} tokens, but `{encoder}` runs at most "
                           f"{longest}", hint=f"save the tokenizer with `enable_truncation(max_length={longest})`")
     logits = next(t for t in spec.outputs if t.name == spec.metric.output)
-    classes = logits.shape[-1]
-    if not isinstance(classes, int) or len(logits.shape) != 2 or logits.dtype != "float32":
+    classes = logits.shape[-1] if classifies_texts(spec) else None
+    if spec.metric.name == "accuracy" and len(logits.shape) == 2 and classes is None:
         raise ConfigError(f"{spec.name}: the metric output `{logits.name}` must be float32 [batch, classes] with "
                           f"a fixed number of classes for the text endpoint's label and probabilities, "
                           f"got {logits.shape}")
@@ -121,10 +125,11 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
     repo.write_model(repository, tokenizer, to_text(tokenizer_config(tokenizer, spec, ids, mask, length,
                                                                      length_buckets(spec, length), policy)),
                      files={"model.py": MODEL_SOURCE, "tokenizer.json": tokenizer_file})
-    postprocess = postprocess_model_name(spec)
-    onnx_file = postprocess_onnx(logits.name, classes, workdir / "text_endpoint" / "postprocess.onnx")
-    repo.write_model(repository, postprocess, to_text(postprocess_config(postprocess, spec, logits.name, classes, policy)),
-                     onnx_file)
+    postprocess = postprocess_model_name(spec) if classes else None
+    if postprocess:
+        onnx_file = postprocess_onnx(logits.name, classes, workdir / "text_endpoint" / "postprocess.onnx")
+        repo.write_model(repository, postprocess,
+                         to_text(postprocess_config(postprocess, spec, logits.name, classes, policy)), onnx_file)
     repo.write_model(repository, text_model,
                      to_text(ensemble_config(text_model, spec, encoder, tokenizer, postprocess, classes)))
     return {"model": text_model, "tokenizer": tokenizer, "postprocess": postprocess, "max_tokens": length}
@@ -167,31 +172,44 @@ def postprocess_config(name: str, spec, logits: str, classes: int, policy: dict 
     }
 
 
-def ensemble_config(name: str, spec, encoder: str, tokenizer: str, postprocess: str, classes: int) -> dict:
+def classifies_texts(spec) -> bool:
+    """A classifier of whole texts: its metric output float32 [batch, classes] scored by accuracy. Its text endpoint
+    answers a label and probabilities; any other model's, the encoder's outputs."""
+    output = next(t for t in spec.outputs if t.name == spec.metric.output)
+    return (spec.metric.name == "accuracy" and len(output.shape) == 2 and isinstance(output.shape[1], int)
+            and output.dtype == "float32")
+
+
+def ensemble_config(name: str, spec, encoder: str, tokenizer: str, postprocess: str | None,
+                    classes: int | None) -> dict:
+    """tokenizer -> encoder (-> postprocess: a classifier's label and probabilities, when `postprocess`)."""
     ids, mask = text_inputs(spec)
     logits = spec.metric.output
-    passed = [t for t in spec.outputs if t.name != logits]  # embedding: straight from the encoder
+    passed = [t for t in spec.outputs if t.name != logits or not postprocess]  # straight from the encoder
 
     def tensor(t):
         return {"name": t.name, "data_type": TRITON_DTYPES[t.dtype], "dims": [-1 if isinstance(d, str) else d
                                                                                for d in t.shape[1:]]}
 
+    steps = [{"model_name": tokenizer, "model_version": -1, "input_map": {TEXT_INPUT: TEXT_INPUT},
+              "output_map": {ids: ids, mask: mask}},
+             {"model_name": encoder, "model_version": -1, "input_map": {ids: ids, mask: mask},
+              "output_map": {t.name: t.name for t in spec.outputs}}]
+    outputs = [tensor(t) for t in passed]
+    if postprocess:
+        steps.append({"model_name": postprocess, "model_version": -1, "input_map": {logits: logits},
+                      "output_map": {"label": "label", "probabilities": "probabilities"}})
+        outputs[:0] = [{"name": "label", "data_type": "TYPE_INT64", "dims": [1]},
+                       {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [classes]}]
+    elif spec.sequence_outputs:  # which rows of a token output are text, which the length bucket's padding
+        outputs.append({"name": mask, "data_type": "TYPE_INT64", "dims": [-1]})
     return {
         "name": name,
         "platform": "ensemble",
         "max_batch_size": spec.max_batch_size,
         "input": [{"name": TEXT_INPUT, "data_type": "TYPE_STRING", "dims": [1]}],
-        "output": [{"name": "label", "data_type": "TYPE_INT64", "dims": [1]},
-                   {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [classes]},
-                   *[tensor(t) for t in passed]],
-        "ensemble_scheduling": {"step": [
-            {"model_name": tokenizer, "model_version": -1, "input_map": {TEXT_INPUT: TEXT_INPUT},
-             "output_map": {ids: ids, mask: mask}},
-            {"model_name": encoder, "model_version": -1, "input_map": {ids: ids, mask: mask},
-             "output_map": {logits: logits, **{t.name: t.name for t in passed}}},
-            {"model_name": postprocess, "model_version": -1, "input_map": {logits: logits},
-             "output_map": {"label": "label", "probabilities": "probabilities"}},
-        ]},
+        "output": outputs,
+        "ensemble_scheduling": {"step": steps},
     }
 
 
