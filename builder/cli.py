@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     build_arguments(commands.add_parser("build", help="build variants into the model repository"))
     serve_arguments(commands.add_parser("serve", help="serve the repository on the embedded Triton server until "
                                                       "Ctrl-C"))
-    demo_arguments(commands.add_parser("demo", help="build, serve and check both demo models end to end"))
+    demo_arguments(commands.add_parser("demo", help="build, serve, check and load-test both demo models (or "
+                                                    "yours) end to end, and write the report"))
     for name, (package, their_name) in DELEGATED.items():  # listed in --help; run by `delegate` before parsing
         commands.add_parser(name, help=f"= python -m {package} {their_name} (`builder {name} --help`)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -72,31 +73,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: command(args), verbose=args.verbose)
 
 
-def build_arguments(build) -> None:
-    build.add_argument("--model", help="a demo model: digits or minilm")
-    build.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
-    build.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
+def model_arguments(parser) -> None:
+    """The model to build: a demo model, a spec, or a model as it lies on disk with its data (build and demo)."""
+    parser.add_argument("--model", help="a demo model: digits or minilm")
+    parser.add_argument("--config", type=pathlib.Path, help="YAML spec of your own model")
+    parser.add_argument("--hf-model", type=pathlib.Path, metavar="DIR",
                        help="a Hugging Face Transformers directory as save_pretrained wrote it, with its "
                             "tokenizer: a sequence or token classifier, or a sentence embedder (sentence-transformers "
                             "or a bare encoder); the spec inferred goes to <artifacts>/<name>/spec.yaml")
-    build.add_argument("--onnx-model", type=pathlib.Path, metavar="FILE",
+    parser.add_argument("--onnx-model", type=pathlib.Path, metavar="FILE",
                        help="an ONNX file with a dynamic batch axis: fp32 as given and the post-training variants "
                             "(fp16, int8); the spec inferred goes to <artifacts>/<name>/spec.yaml")
-    build.add_argument("--torch-program", type=pathlib.Path, metavar="FILE",
+    parser.add_argument("--torch-program", type=pathlib.Path, metavar="FILE",
                        help="a TorchScript program (torch.jit.save) or a torch.export program (.pt2), exported "
                             "once to <artifacts>/<name>/program.onnx, then built as --onnx-model")
-    build.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
+    parser.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
                        help="with --hf-model a CSV, JSON-lines or Parquet file, with --onnx-model an .npz or an image "
                             "folder (a subfolder per class), with --torch-program an .npz (one array per "
                             "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
                             "--data train=a.csv --data validation=b.csv --data test=c.csv")
-    build.add_argument("--text-column", help="with --hf-model: the column holding the text, a token classifier's "
+    parser.add_argument("--text-column", help="with --hf-model: the column holding the text, a token classifier's "
                                              "words (default: text)")
-    build.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
+    parser.add_argument("--label-column", help="with --hf-model: the column holding the label, a class name of "
                                               "config.json's id2label or its index, a tag per word for a token "
                                               "classifier, any class name for an embedder (default: label)")
-    build.add_argument("--name", help="with --hf-model, --onnx-model or --torch-program: the model's name (default: the directory's "
+    parser.add_argument("--name", help="with --hf-model, --onnx-model or --torch-program: the model's name (default: the directory's "
                                       "or file's name)")
+
+
+def build_arguments(build) -> None:
+    model_arguments(build)
     build.add_argument("--variant", default="fp32", help="variant name(s), comma-separated, or `all` (default: fp32)")
     build.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     build.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS,
@@ -146,6 +152,7 @@ def serve_arguments(serve) -> None:
 
 
 def demo_arguments(demo) -> None:
+    model_arguments(demo)  # none given: both demo models
     demo.add_argument("--repository", type=pathlib.Path, default=DEFAULT_REPOSITORY)
     demo.add_argument("--artifacts", type=pathlib.Path, default=DEFAULT_ARTIFACTS)
     demo.add_argument("--examples", type=int, default=500, help="examples per split sent through the server (default 500)")
@@ -427,8 +434,10 @@ def _interrupt(signum, frame):
 
 
 def cmd_demo(args) -> int:
+    chosen = any(getattr(args, flag) for flag in ("model", "config", "hf_model", "onnx_model", "torch_program"))
+    specs = [resolve_build_spec(args)[0]] if chosen else None  # your model (its spec written first), or the demo's
     result = run_demo(args.repository, args.artifacts, args.reports, args.examples, args.rebuild, args.quick,
-                      args.slo_p99_ms, args.max_accuracy_drop)
+                      args.slo_p99_ms, args.max_accuracy_drop, specs=specs)
     rows = result["accuracy"]
     print(f"\n{'model':16} {'split':16} {'examples':>8} {'protocol':>8} {'served':>8} {'in-process':>10} {'same':>5}")
     for r in rows:

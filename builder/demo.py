@@ -1,10 +1,12 @@
 """The demo, the README's first command: build the standard variants of both demo models, serve them on the
 embedded Triton server, check that served accuracy equals in-process accuracy, load-test every variant with Locust,
-and write the report that says which variant to ship. `quick`: fp32 and int8 only, short load steps."""
+and write the report that says which variant to ship. `quick`: fp32 and int8 only, short load steps. Given
+`specs` (a user's model: `builder demo --hf-model DIR --data FILE`), the same for those models instead."""
 
 from __future__ import annotations
 
 import pathlib
+import shlex
 import time
 
 from client import TritonClient
@@ -51,7 +53,7 @@ def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: b
         variants = QUICK_VARIANTS if quick else spec.standard_variants
         for variant in variants:
             name = model_name(spec.name, variant)
-            command = f"builder build --model {spec.name} --variant {variant}"
+            command = f"builder build {source_flag(spec)} --variant {variant}"
             if not rebuild and name in repo.list_models(repository):
                 progress(f"[{name}] already in {repository}; `builder demo --rebuild` rebuilds it")
                 continue
@@ -67,6 +69,11 @@ def build_all(specs, repository: pathlib.Path, artifacts: pathlib.Path, quick: b
                          + (" (verdict reused from the build record; `builder demo --rebuild` trains it again)"
                             if entry.get("verdict_reused") else ""))
     return failed
+
+
+def source_flag(spec) -> str:
+    """How a build command names `spec`: a demo model by name, any other by its spec file."""
+    return f"--model {spec.name}" if spec.name in DEMO_MODELS else f"--config {shlex.quote(spec.source)}"
 
 
 def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.Path, examples: int | None,
@@ -92,15 +99,16 @@ def check_accuracy(server, specs, repository: pathlib.Path, artifacts: pathlib.P
 
 def run_demo(repository: pathlib.Path, artifacts: pathlib.Path, reports: pathlib.Path, examples: int | None = 500,
              rebuild: bool = False, quick: bool = False, slo_p99_ms: float = 50.0, max_accuracy_drop: float = 1.0,
-             progress=print) -> dict:
+             progress=print, specs: list | None = None) -> dict:
     """Everything, in order; returns {"accuracy": rows, "report": the report dict, "paths", "failed", "seconds"}."""
     started = time.perf_counter()
 
     def phase(text):
         progress(f"\n== {text} ({time.perf_counter() - started:.0f} s) ==")
 
-    specs = [resolve_spec(name) for name in DEMO_MODELS]
-    phase("1/4 building " + ("fp32 and int8" if quick else "the standard variants") + " of " + ", ".join(DEMO_MODELS))
+    specs = specs or [resolve_spec(name) for name in DEMO_MODELS]
+    phase("1/4 building " + ("fp32 and int8" if quick else "the standard variants") + " of "
+          + ", ".join(s.name for s in specs))
     failed = build_all(specs, repository, artifacts, quick, rebuild, progress)
     phase("2/4 serving them on the embedded Triton server")
     out = reports / (("demo-quick-" if quick else "demo-") + time.strftime("%Y%m%d-%H%M%S"))

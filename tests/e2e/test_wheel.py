@@ -1,7 +1,8 @@
 """The kit from its wheel, outside the checkout: the wheel built from a copy of the source, installed into a fresh
 virtual environment, and used in an empty folder as a user would: build a Hugging Face classifier from its
 directory and a CSV, serve it and answer a text, load-test it with the report, and deploy it to an overlay that
-renders with `kubectl kustomize` (its base copied in: nothing points back into site-packages or a checkout).
+renders with `kubectl kustomize` (its base copied in: nothing points back into site-packages or a checkout); then
+the README's one command from a model directory to a report, `builder demo --hf-model DIR --data CSV`.
 
 The fresh environment gets the kit from the wheel only; its dependencies (torch, tritonserver, ...) are this
 environment's, reached by a .pth line to its site-packages (installing them again would take most of CI's time).
@@ -95,6 +96,12 @@ def test_the_wheel_builds_serves_load_tests_and_deploys_outside_the_checkout(tmp
     kit("deploy", "--report", "reports/run", "--target-qps", "10", "--out", "deploy")
     kustomization = yaml.safe_load((work / "deploy" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == ["k8s/base"] and (work / "deploy" / "k8s" / "base" / "deployment.yaml").is_file()
+    # the README's second command from the wheel: build, serve, check, load-test and report in one
+    demo = kit("demo", "--hf-model", "my-bert", "--data", "reviews.csv", "--text-column", "review",
+               "--label-column", "sentiment", "--quick", "--reports", "demo-reports", "--artifacts", "demo-artifacts",
+               "--repository", "demo-repository")
+    assert "my-bert_fp32" in demo.stdout and " NO" not in demo.stdout  # served accuracy = in-process accuracy
+    assert list((work / "demo-reports").glob("demo-quick-*/report.html"))
     kubectl = shutil.which("kubectl")
     if kubectl:
         rendered = subprocess.run([kubectl, "kustomize", str(work / "deploy")], capture_output=True, text=True,
