@@ -44,6 +44,7 @@ from .overload import OverloadSettings, print_overload, run_overload
 from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
 from .plan import DEFAULT_HEADROOM, read_prices
 from .report import build_report, footprint_rows, plan_table, plan_text, write_report
+from .results import read_results, results_file
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
 from .soak import SoakSettings, print_soak, run_soak, verdicts
 from .summary import print_summary
@@ -339,9 +340,9 @@ def cmd_run(args) -> int:
                                progress=lambda line: print(line, flush=True), footprint=args.footprint,
                                repository=args.repository, memory_budget=args.memory_budget)
     finally:  # partial results still get a report (Ctrl-C, a failed step)
-        if (out / "results.json").is_file():
-            results = json.loads((out / "results.json").read_text())
-            if results["steps"]:
+        if results_file(out).is_file():
+            results = read_results(out)
+            if results.steps:
                 report = build_report(results, read_records(args.artifacts), args.slo_p99_ms, args.max_accuracy_drop,
                                       memory_budget=args.memory_budget, **plan_options(args))
                 md, html = write_report(report, out)
@@ -356,11 +357,9 @@ def plan_options(args) -> dict:
 
 
 def cmd_report(args) -> int:
-    path = args.run_dir / "results.json"
-    if not path.is_file():
-        raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
+    results = read_results(args.run_dir)
     overload = args.run_dir / "overload.json"  # `python -m loadtests overload --out <run>/overload.json`
-    report = build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
+    report = build_report(results, read_records(args.artifacts), args.slo_p99_ms,
                           args.max_accuracy_drop, memory_budget=args.memory_budget, **plan_options(args),
                           overload=json.loads(overload.read_text()) if overload.is_file() else None)
     md, html = write_report(report, args.run_dir)
@@ -370,12 +369,10 @@ def cmd_report(args) -> int:
 
 
 def load_report(args) -> dict:
-    path = args.report / "results.json"
-    if not path.is_file():
-        raise LoadTestError(f"{path} does not exist", hint="pass the folder a `python -m loadtests run` wrote")
+    results = read_results(args.report)
     if args.target_qps is not None and args.target_qps <= 0:
         raise LoadTestError(f"--target-qps must be positive, got {args.target_qps:g}")
-    return build_report(json.loads(path.read_text()), read_records(args.artifacts), args.slo_p99_ms,
+    return build_report(results, read_records(args.artifacts), args.slo_p99_ms,
                         args.max_accuracy_drop, **plan_options(args))
 
 
@@ -390,14 +387,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    runs = []
-    for path in (args.baseline, args.new):
-        if path.is_dir():
-            path = path / "results.json"
-        try:
-            runs.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise LoadTestError(f"cannot read {path}: {e}", hint="pass the results.json of two runs") from e
+    runs = [read_results(path) for path in (args.baseline, args.new)]
     result = compare_runs(*runs, se_multiple=args.se_multiple, allow_points=args.allow_points, margin=args.margin)
     for header, body in tables(result):
         if body:

@@ -1,6 +1,6 @@
 """The regression gate: compare a new load-test run with a baseline and say what got worse beyond noise.
 
-  changes = compare_runs(json.load(open("BASELINE/results.json")), json.load(open("NEW/results.json")))
+  changes = compare_runs(read_results("BASELINE"), read_results("NEW"))   # loadtests/results.py
   failed = [c for c in changes if c["regressed"]]
 
 Per (model, users) step in both runs (steps flagged generator-bound in either run are listed, not gated):
@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 from .intervals import Interval, merge_repeats
+from .results import RunResults, as_results
 
 DEFAULT_SE_MULTIPLE = 2.0
 
@@ -77,18 +78,19 @@ def compare_steps(base: dict, new: dict, allow_points: bool = False, margin: flo
     return out
 
 
-def compare_runs(base: dict, new: dict, se_multiple: float = DEFAULT_SE_MULTIPLE,
+def compare_runs(base: RunResults | dict, new: RunResults | dict, se_multiple: float = DEFAULT_SE_MULTIPLE,
                  allow_points: bool = False, margin: float = 0.0) -> dict:
     """{"steps": [compare_steps ...], "accuracy": [{"model", "base", "new", "se", "regressed"}], "missing": [...],
     "regressed": bool}."""
-    base_steps = {(s["model"], s["users"]): s for s in merge_repeats(base["steps"])}
-    new_steps = {(s["model"], s["users"]): s for s in merge_repeats(new["steps"])}
+    base, new = as_results(base), as_results(new)
+    base_steps = {(s["model"], s["users"]): s for s in merge_repeats(base.steps)}
+    new_steps = {(s["model"], s["users"]): s for s in merge_repeats(new.steps)}
     steps = [compare_steps(base_steps[k], new_steps[k], allow_points, margin)
              for k in sorted(base_steps) if k in new_steps]
     missing = [f"`{m}` at {u} users: not in the new run" for m, u in sorted(set(base_steps) - set(new_steps))]
     added = [f"`{m}` at {u} users: new (no baseline)" for m, u in sorted(set(new_steps) - set(base_steps))]
     accuracy = []
-    base_records, new_records = base.get("records") or {}, new.get("records") or {}
+    base_records, new_records = base.records, new.records
     for model in sorted(set(base_records) & set(new_records)):
         before, after = _accuracy(base_records[model]), _accuracy(new_records[model])
         if before and after:

@@ -23,6 +23,7 @@ from builder.serving.footprint import fits, parse_size
 
 from . import plan as capacity
 from .intervals import Interval, merge_repeats
+from .results import RunResults, as_results
 
 # a step needs this many windows for its interval to tell variants apart (loadtests/intervals.py)
 MIN_WINDOWS = 3
@@ -77,13 +78,14 @@ def entry_names(model: str, entry: dict) -> tuple[str, str]:
     return source, model[len(source) + 1:]
 
 
-def refused_entries(results: dict, records: dict[str, dict]) -> dict[str, dict]:
+def refused_entries(results: RunResults | dict, records: dict[str, dict]) -> dict[str, dict]:
     """Build-record entries of the variants the build refused (a gate failed, nothing written to the repository) of
     the run's source models: from the artifacts' records, else from the run's copy (`refused`, loadtests/run.py)."""
-    served = set(results["models"])
-    sources = {entry_names(m, records.get(m) or results.get("records", {}).get(m, {}))[0] for m in served}
+    results = as_results(results)
+    served = set(results.models)
+    sources = {entry_names(m, records.get(m) or results.records.get(m, {}))[0] for m in served}
     found = {}
-    for model, entry in {**results.get("refused", {}), **records}.items():
+    for model, entry in {**results.refused, **records}.items():
         if (model not in served and entry.get("gates_failed") and not entry.get("version_dir")
                 and entry_names(model, entry)[0] in sources):
             found[model] = entry
@@ -104,14 +106,14 @@ def row_of(model: str, entry: dict, steps: list[dict], refused: tuple[str, ...] 
         agreement=top1_agreement(entry), compute=relative_compute(entry), entry=entry, refused=refused)
 
 
-def variant_rows(results: dict, records: dict[str, dict]) -> list[VariantRow]:
+def variant_rows(results: RunResults | dict, records: dict[str, dict]) -> list[VariantRow]:
     """One row per served model of the run, then one per variant of the same source models that the build refused
     (no load step: its accuracy, agreement and in-process speed are the build record's)."""
-    rows = []
-    for model in results["models"]:
-        steps = [s for s in merge_repeats(results["steps"]) if s["model"] == model]
+    results, rows = as_results(results), []
+    for model in results.models:
+        steps = [s for s in merge_repeats(results.steps) if s["model"] == model]
         # the build record as the run saw it (results.json keeps a copy), else the artifacts' one now
-        entry = records.get(model) or results.get("records", {}).get(model, {})
+        entry = records.get(model) or results.records.get(model, {})
         rows.append(row_of(model, entry, steps))
     for model, entry in sorted(refused_entries(results, records).items()):
         rows.append(row_of(model, entry, [], refused=tuple(entry["gates_failed"])))
@@ -292,13 +294,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
             if not any(t2 >= t and a2 >= a and (t2, a2) != (t, a) for t2, a2 in points)]
 
 
-def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99_ms: float,
+def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, slo_p99_ms: float,
                max_accuracy_drop: float, min_agreement: float, target_qps: float, prices=(),
                headroom: float = capacity.DEFAULT_HEADROOM) -> list[dict]:
     """The capacity plan (loadtests/plan.py) of every variant within the SLO and both budgets, from its best
     eligible step's throughput interval, its build record's serving config and its served footprint."""
-    footprints = results.get("footprint") or {}
-    batch_size = results.get("settings", {}).get("batch_size", 1)
+    footprints = results.footprint
+    batch_size = results.settings.get("batch_size", 1)
     lines = []
     for model, step in sorted(best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement).items()):
         row = next(r for r in rows if r.triton_model == model)
@@ -309,24 +311,25 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: dict, slo_p99
         threads = serving.get("intra_op_threads") or 1
         line = capacity.plan_variant(model, throughput_interval(step).low, batch_size, instances, threads,
                                      footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,
-                                     prices=prices, users=step["users"], server_rss=results.get("server_rss_bytes"))
+                                     prices=prices, users=step["users"], server_rss=results.server_rss_bytes)
         lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
                              "agreement": row.agreement, "p99_ms": step["p99_ms"], "compute": row.compute,
                              "interval_windows": throughput_interval(step).n})
     return lines
 
 
-def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float,
+def build_report(results: RunResults | dict, records: dict[str, dict], slo_p99_ms: float, max_accuracy_drop: float,
                  memory_budget: str | None = None, min_agreement: float = 0.0, target_qps: float | None = None,
                  prices=(), headroom: float = capacity.DEFAULT_HEADROOM, overload: dict | None = None) -> dict:
     """`overload`: what `python -m loadtests overload` wrote (overload.json), shown per source model.
     `memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's.
     `min_agreement` (0..1): top-1 agreement with fp32 a variant needs to be recommended. With `target_qps`
     (requests/s), a capacity plan per source model (`plans`), costed on `prices` (loadtests/plan.py)."""
+    results = as_results(results)
     rows = variant_rows(results, records)
     source_of = {r.triton_model: r.source for r in rows}
     sources = sorted(set(source_of.values()))
-    steps = merge_repeats(results["steps"])  # one per (model, users): repeats joined
+    steps = merge_repeats(results.steps)  # one per (model, users): repeats joined
     steps_of = {src: [s for s in steps if source_of.get(s["model"]) == src] for src in sources}
     rows_of = {src: [r for r in rows if r.source == src] for src in sources}
     plans = {}
@@ -339,7 +342,7 @@ def build_report(results: dict, records: dict[str, dict], slo_p99_ms: float, max
             # every build-record entry of the models in the run (served or not): operator profiles, MACs by length
             "records": {m: e for m, e in records.items() if e.get("source") in sources},
             "slo_p99_ms": slo_p99_ms, "max_accuracy_drop": max_accuracy_drop, "min_agreement": min_agreement,
-            "memory_budget": memory_budget or results.get("memory_budget") or "16GB",
+            "memory_budget": memory_budget or results.memory_budget or "16GB",
             "target_qps": target_qps, "headroom": headroom, "plans": plans, "priced": bool(prices),
             "overload": overload,
             # accuracy only compares within one model: one recommendation per source model
@@ -667,8 +670,8 @@ def plan_text(report: dict, source: str) -> str:
             f"(headroom {report['headroom']:.0%}); HPA max: replicas for twice the target; cores = instances x "
             "ONNX Runtime threads of the config; memory = instances x measured resident memory per instance "
             f"x {1 + capacity.DEFAULT_MEMORY_MARGIN:g}"
-            + (f" + the server process's {report['results']['server_rss_bytes'] / 2**20:.0f} MiB (measured with "
-               "every model of the run loaded)." if report["results"].get("server_rss_bytes") else
+            + (f" + the server process's {report['results'].server_rss_bytes / 2**20:.0f} MiB (measured with "
+               "every model of the run loaded)." if report["results"].server_rss_bytes else
                " (the server process itself was not measured in this run: add it).")
             )
     if not plan["lines"]:
@@ -699,7 +702,7 @@ def footprint_rows(footprints: dict[str, dict], memory_budget: str) -> tuple[lis
 
 
 def footprint_table(report: dict, source: str) -> tuple[list[str], list[list[str]]]:
-    footprints = report["results"].get("footprint") or {}
+    footprints = report["results"].footprint
     models = [r.triton_model for r in report["rows"] if r.source == source and r.triton_model in footprints]
     return footprint_rows({m: footprints[m] for m in models}, report["memory_budget"])
 
@@ -714,7 +717,7 @@ def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
     header = ["model", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "examples/s windows",
               "p99 windows", "queue ms", "infer ms", "batch", "CPU %", "ranked", "raw data"]
     body = []
-    for s in report["results"]["steps"]:
+    for s in report["results"].steps:
         server = s.get("server") or {}
         body.append([s["model"], str(s["users"]) + (f" (repeat {s['repeat']})" if s.get("repeat") else ""),
                      str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
@@ -730,7 +733,7 @@ def cross_check_table(report: dict) -> tuple[list[str], list[list[str]]]:
     header = ["model", "concurrency", "tokens", "Locust examples/s", "perf_analyzer infer/s", "ratio",
               "Locust p99 ms", "perf_analyzer p99 ms", "batch Locust / PA", "note"]
     body = []
-    for model, check in report["results"].get("perf_analyzer", {}).items():
+    for model, check in report["results"].perf_analyzer.items():
         if "skipped" in check:
             body.append([model] + ["-"] * 8 + [f"not run: {check['skipped']}"])
             continue
@@ -767,21 +770,21 @@ def macs_length_table(report: dict, source: str) -> tuple[list[str], list[list[s
 
 def context_lines(report: dict) -> list[str]:
     results = report["results"]
-    machine, settings = results["machine"], results["settings"]
+    machine, settings = results.machine, results.settings
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['host']}), Python {machine['python']}.",
              f"Load: {settings['protocol']}, {settings['mode']} loop"
              + (f" at {settings['arrival_rate']:g} requests/s per user" if settings["mode"] == "open" else "")
              + f", users {', '.join(map(str, settings['users']))}, {settings['duration_s']:g} s per step, "
                f"{settings['batch_size']} example(s) per request from the `{settings['split']}` split.",
-             f"Load generator: {results['load_generator']}; it shares the CPU with the server, so served figures "
+             f"Load generator: {results.load_generator}; it shares the CPU with the server, so served figures "
              "here are lower bounds for a dedicated server.",
              f"Budget: p99 <= {report['slo_p99_ms']:g} ms, accuracy drop <= {report['max_accuracy_drop']:g} points "
              "(vs fp32 on the same test examples, from the build record; ± its paired standard error: a drop "
              "within about two of those is not told apart from noise on that many examples)"
              + (f", top-1 agreement with fp32 >= {report['min_agreement']:.0%}" if report.get("min_agreement") else "")
              + ".",
-             f"Run {results['started_at']} to {results.get('finished_at', '?')}"
-             + ("" if results.get("complete") else " (interrupted: partial results)") + "."]
+             f"Run {results.started_at} to {results.finished_at or '?'}"
+             + ("" if results.complete else " (interrupted: partial results)") + "."]
     return lines
 
 
@@ -848,7 +851,7 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
                      html_table(header, rows), f"<p>{html.escape(text)}</p>"]
     md += ["## Cross-check with perf_analyzer", ""]
     body.append("<h2>Cross-check with perf_analyzer</h2>")
-    if report["results"].get("perf_analyzer"):
+    if report["results"].perf_analyzer:
         md += [markdown_table(*cross_check_table(report)), ""]
         body.append(html_table(*cross_check_table(report)))
     else:

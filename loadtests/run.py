@@ -27,6 +27,7 @@ from client import ClientError, TritonClient
 from client.admin import find_admin_key
 
 from . import intervals, metrics
+from .results import RunResults, write_results
 from .perf_analyzer import ensure_perf_analyzer, run_perf_analyzer, write_input_data
 
 LOCUSTFILE = pathlib.Path(__file__).with_name("locustfile.py")
@@ -372,7 +373,7 @@ def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> boo
 
 def run_load(models: list[str], target: Target, settings: LoadSettings, artifacts: pathlib.Path,
              out: pathlib.Path, progress=print, perf_analyzer=(), footprint: bool = False,
-             repository: pathlib.Path | None = None, memory_budget: str = "16GB") -> dict:
+             repository: pathlib.Path | None = None, memory_budget: str = "16GB") -> RunResults:
     """Every model at every users step; then a perf_analyzer cross-check of the models in `perf_analyzer` (a
     collection of names, or True for all). Results so far are written after each step, so Ctrl-C keeps them.
     `models == ["all"]`: every READY model that has a build record (the users replay its test split).
@@ -384,21 +385,21 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     models = [m for m in models if has_record(m, artifacts, skip=everything, progress=progress)]
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "settings": dataclasses.asdict(settings) | {"mode": settings.mode},
-               "target": dataclasses.asdict(target), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "load_generator": ("Locust workers chosen per model by a probe step (auto_workers)" if settings.auto_workers
-                                  else f"{settings.workers} Locust worker process(es) and a master"
-                                  if settings.workers else "one Locust process") + " on this machine, beside the server",
-               "models": models, "steps": [], "perf_analyzer": {}, "complete": False,
-               "memory_budget": memory_budget, "footprint": {}, "records": record_snapshot(artifacts, models),
-               "refused": refused_snapshot(artifacts, models)}
+    results = RunResults(
+        machine=machine(), settings=dataclasses.asdict(settings) | {"mode": settings.mode},
+        target=dataclasses.asdict(target), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        load_generator=("Locust workers chosen per model by a probe step (auto_workers)" if settings.auto_workers
+                        else f"{settings.workers} Locust worker process(es) and a master"
+                        if settings.workers else "one Locust process") + " on this machine, beside the server",
+        models=models, memory_budget=memory_budget, records=record_snapshot(artifacts, models),
+        refused=refused_snapshot(artifacts, models))
     total = len(models) * len(settings.users) * settings.repeats
     try:
         if footprint:
-            results["footprint"] = measure_models(target, repository, models, artifacts, progress=progress)
-            for model, measured in results["footprint"].items():
+            results.footprint = measure_models(target, repository, models, artifacts, progress=progress)
+            for model, measured in results.footprint.items():
                 write_footprint(artifacts, model, measured)
-            results["server_rss_bytes"] = server_rss(models)
+            results.server_rss_bytes = server_rss(models)
             write_results(results, out)
         chosen = {}  # model -> the settings its steps run with (auto workers: chosen once per model)
         for repeat, model in ((r, m) for r in range(1, settings.repeats + 1) for m in models):
@@ -407,9 +408,9 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 if settings.auto_workers:
                     workers, probe = choose_workers(target, model, settings, artifacts, raw, progress)
                     chosen[model] = dataclasses.replace(settings, workers=workers)
-                    results.setdefault("auto_workers", {})[model] = probe
+                    results.auto_workers[model] = probe
             for users in settings.users:
-                progress(f"[{len(results['steps']) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
+                progress(f"[{len(results.steps) + 1}/{total}] {model}: {users} user(s), {settings.mode} loop, "
                          f"{settings.protocol}, {settings.duration_s:g} s"
                          + (f", repeat {repeat}/{settings.repeats}" if settings.repeats > 1 else "") + " ...")
                 step = run_step(target, model, users, chosen[model], artifacts, raw,
@@ -417,7 +418,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 step["workers"] = chosen[model].workers
                 if settings.repeats > 1:
                     step["repeat"] = repeat
-                results["steps"].append(step)
+                results.steps.append(step)
                 write_results(results, out)
                 if step["requests"] == 0:
                     progress(f"    no request was sent: {step['errors'][0]['message'] if step['errors'] else '?'}")
@@ -428,11 +429,11 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                             f"/{step['generator']['max_process_demand']:.2f} core (used/wanted)"
                             + (" (GENERATOR-BOUND)" if step["generator_bound"] else "") if step["generator"] else ""))
             if repeat == settings.repeats and (perf_analyzer is True or model in perf_analyzer):
-                results["perf_analyzer"][model] = cross_check(target, model, settings, artifacts, raw, progress)
+                results.perf_analyzer[model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
-        results["complete"] = True
+        results.complete = True
     finally:
-        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        results.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_results(results, out)
     return results
 
@@ -516,21 +517,3 @@ def cross_check(target: Target, model: str, settings: LoadSettings, artifacts: p
              + (f" (ratio {ratio:.2f})" if ratio else ""))
     return {"concurrency": concurrency, "tokens": same.tokens, "locust": locust, "perf_analyzer": result,
             "ratio": round(ratio, 3) if ratio else None}
-
-
-CSV_COLUMNS = ("model", "users", "requests", "failures", "requests_per_s", "throughput", "mean_ms", "p50_ms",
-               "p90_ms", "p95_ms", "p99_ms", "realised_batch", "queue_ms", "compute_infer_ms", "request_ms",
-               "cpu_utilization", "generator_bound")
-
-
-def write_results(results: dict, out: pathlib.Path) -> None:
-    import csv
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "results.json", json.dumps(results, indent=2))
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_COLUMNS)
-        writer.writeheader()
-        for step in results["steps"]:
-            server = step["server"] or {}
-            writer.writerow({k: step.get(k, server.get(k)) for k in CSV_COLUMNS})

@@ -118,7 +118,7 @@ def test_a_load_test_run_measures_first_and_reports_it(server, built, tmp_path):
     assert "measuring load time and memory of digits_fp32" in lines
     assert lines.index("measuring load time and memory of digits_fp32") < next(
         i for i, l in enumerate(lines) if "1 user(s)" in l)
-    footprint = results["footprint"]["digits_fp32"]
+    footprint = results.footprint["digits_fp32"]
     assert footprint["load_seconds"] > 0 and footprint["rss_bytes_per_instance"] > 10 * MB
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["footprint"]["digits_fp32"] == footprint and saved["memory_budget"] == "1GB"

@@ -52,8 +52,8 @@ def test_a_short_run_records_what_locust_and_triton_counted(protocol, built, ser
     settings = LoadSettings(users=(2,), duration_s=3, protocol=protocol)
     results = run_load([MODEL], target_of(server), settings, built["artifacts"], tmp_path, progress=lambda _: None)
 
-    step = results["steps"][0]
-    assert results["complete"] and step["requests"] > 50 and step["failures"] == 0 and step["throughput"] > 0
+    step = results.steps[0]
+    assert results.complete and step["requests"] > 50 and step["failures"] == 0 and step["throughput"] > 0
     assert step["p50_ms"] <= step["p90_ms"] <= step["p99_ms"]
     # the recorded numbers are Locust's own
     raw = json.loads((tmp_path / "raw" / step["raw"]["locust_stats"]).read_text())
@@ -81,7 +81,7 @@ def test_a_short_run_records_what_locust_and_triton_counted(protocol, built, ser
 def test_open_loop_sends_on_schedule(built, server, tmp_path):
     settings = LoadSettings(users=(2,), duration_s=4, arrival_rate=25.0)
     step = run_load([MODEL], target_of(server), settings, built["artifacts"], tmp_path,
-                    progress=lambda _: None)["steps"][0]
+                    progress=lambda _: None).steps[0]
     expected = 2 * 25.0 * step["elapsed_s"]  # 2 users x 25 requests/s, whatever the latency
     assert step["failures"] == 0 and abs(step["requests"] - expected) <= 0.15 * expected + 3
 
@@ -90,7 +90,7 @@ def test_distributed_master_and_one_worker(built, server, tmp_path):
     settings = LoadSettings(users=(2,), duration_s=3, workers=1)
     started = time.monotonic()
     step = run_load([MODEL], target_of(server), settings, built["artifacts"], tmp_path,
-                    progress=lambda _: None)["steps"][0]
+                    progress=lambda _: None).steps[0]
     assert step["requests"] > 20 and step["failures"] == 0
     assert time.monotonic() - started < 60
     assert not locust_processes()
@@ -112,8 +112,8 @@ def test_a_model_unloaded_mid_run_counts_failures_and_the_run_finishes(built, se
         timer.join()
         with TritonClient(server.http_url) as admin:
             admin.load_model(model)
-    step = results["steps"][0]
-    assert results["complete"] and step["requests"] > step["failures"] > 0
+    step = results.steps[0]
+    assert results.complete and step["requests"] > step["failures"] > 0
     assert step["errors"] and any(model in e["message"] for e in step["errors"])
 
 
@@ -236,8 +236,8 @@ def test_a_real_run_plans_gates_and_deploys(built, server, tmp_path):
     run = tmp_path / "run"
     results = run_load([MODEL], target_of(server), settings, built["artifacts"], run, progress=lambda _: None,
                        footprint=True, repository=built["repository"])
-    assert all(len(s["windows"]) == 3 for s in results["steps"])
-    assert results["records"][MODEL]["accuracy"] == built["records"][MODEL]["accuracy"]
+    assert all(len(s["windows"]) == 3 for s in results.steps)
+    assert results.records[MODEL]["accuracy"] == built["records"][MODEL]["accuracy"]
 
     plan = loadtests_cli("plan", "--report", run, "--artifacts", built["artifacts"], "--target-qps", 2000,
                          "--slo-p99-ms", 1000, "--prices", ROOT / "loadtests" / "prices.example.yaml")

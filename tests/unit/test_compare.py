@@ -78,4 +78,4 @@ def test_cli_exit_codes_and_table(tmp_path):
     assert fired.returncode == 1 and "REGRESSED: throughput" in fired.stdout and "-17.2 %" in fired.stdout  # interval midpoints 1,600 -> 1,325
     bad = subprocess.run(cli + [tmp_path / "nothing.json", tmp_path / "new.json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot read")
+    assert bad.returncode == 2 and bad.stderr.splitlines()[0] == f"error: {tmp_path / 'nothing.json'} does not exist"
