@@ -181,6 +181,23 @@ def macs_split(model, example: dict) -> dict:
     return split
 
 
+def fit_growth(rows: list[dict]) -> dict:
+    """Least squares of attention = a*n^2 and linear = b*n + c on the rows counted (see macs_by_length)."""
+    n = np.array([r["length"] for r in rows], dtype=np.float64)
+    attention = np.array([r["attention"] for r in rows], dtype=np.float64)
+    linear = np.array([r["linear"] for r in rows], dtype=np.float64)
+    a = float((attention * n ** 2).sum() / (n ** 4).sum())
+    if len(n) >= 2:
+        b, c = (float(v) for v in np.polyfit(n, linear, 1))
+    else:  # one length: no intercept can be told apart
+        b, c = float(linear[0] / n[0]), 0.0
+    predicted = np.concatenate([a * n ** 2, b * n + c])
+    measured = np.concatenate([attention, linear])
+    error = float(np.max(np.abs(predicted - measured) / np.maximum(measured, 1.0)))
+    return {"attention": "a*n^2", "linear": "b*n + c", "a": a, "b": b, "c": c,
+            "max_relative_error": round(error, 6), "fitted_on": [int(v) for v in n]}
+
+
 def macs_by_length(model, spec, split, lengths=MACS_LENGTHS) -> dict | None:
     """MACs per example by layer type at each sequence length, and where attention overtakes the linear layers.
 
@@ -217,19 +234,8 @@ def macs_by_length(model, spec, split, lengths=MACS_LENGTHS) -> dict | None:
         return {"axes": axes, "lengths": [], "per_length": [], "failed_lengths": failed, "fit": None,
                 "crossover_length": None, "crossover_extrapolated": False,
                 "crossover_text": "No length could be counted: " + "; ".join(f"{k}: {v}" for k, v in failed.items())}
-    n = np.array([r["length"] for r in rows], dtype=np.float64)
-    attention = np.array([r["attention"] for r in rows], dtype=np.float64)
-    linear = np.array([r["linear"] for r in rows], dtype=np.float64)
-    a = float((attention * n ** 2).sum() / (n ** 4).sum())
-    if len(n) >= 2:
-        b, c = (float(v) for v in np.polyfit(n, linear, 1))
-    else:  # one length: no intercept can be told apart
-        b, c = float(linear[0] / n[0]), 0.0
-    predicted = np.concatenate([a * n ** 2, b * n + c])
-    measured = np.concatenate([attention, linear])
-    error = float(np.max(np.abs(predicted - measured) / np.maximum(measured, 1.0)))
-    fit = {"attention": "a*n^2", "linear": "b*n + c", "a": a, "b": b, "c": c,
-           "max_relative_error": round(error, 6), "fitted_on": [int(v) for v in n]}
+    fit = fit_growth(rows)
+    n, a, b, c, error = np.array(fit["fitted_on"]), fit["a"], fit["b"], fit["c"], fit["max_relative_error"]
     if a <= 0:
         crossover, text = None, "No attention MACs were counted: attention never overtakes the linear layers."
     else:

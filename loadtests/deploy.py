@@ -141,23 +141,8 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
             "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": HPA},
             "spec": {"minReplicas": replicas, "maxReplicas": max_replicas}},
             "min: the plan's replicas for the target; max: the replicas for twice the target."),
-        out / "components" / "queue-time" / "kustomization.yaml": _yaml({
-            "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
-            "resources": ["scaledobject.yaml"],
-            "patches": [{"patch": _yaml({"$patch": "delete", "apiVersion": "autoscaling/v2",
-                                         "kind": "HorizontalPodAutoscaler", "metadata": {"name": HPA}})}]},
-            "Optional: scale on Triton's mean queue time per request (KEDA, Prometheus scaler). KEDA creates its "
-            "own HPA, so the base's CPU HPA is removed."),
-        out / "components" / "queue-time" / "scaledobject.yaml": _yaml({
-            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": DEPLOYMENT},
-            "spec": {"scaleTargetRef": {"name": DEPLOYMENT}, "minReplicaCount": replicas,
-                     "maxReplicaCount": max_replicas, "cooldownPeriod": 300,
-                     "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {
-                         "serverAddress": prometheus_url, "query": queue_query(models[0]),
-                         "threshold": str(round(queue_ms * 1000))}}]}},
-            f"Scale out when the mean queue time per request of {models[0]} passes {queue_ms:g} ms "
-            "(queueing grows before CPU saturates when batches are small).\nserverAddress: your Prometheus "
-            "(it scrapes Triton's metrics port, see docker/k8s/base/service.yaml's annotations)."),
+        **{out / "components" / "queue-time" / name: text for name, text in
+           queue_time_component(models[0], replicas, max_replicas, queue_ms, prometheus_url).items()},
         out / "kserve" / "inferenceservice.yaml": kserve_manifest(models[0], replicas, max_replicas, resources,
                                                                   canary_percent),
         out / "plan.json": json.dumps(line | {"models": models, "deployed_replicas": replicas}, indent=2) + "\n",
@@ -165,6 +150,31 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     for path, text in files.items():
         atomic_write(path, text)
     return list(files)
+
+
+def queue_time_component(model: str, replicas: int, max_replicas: int, queue_ms: float,
+                         prometheus_url: str) -> dict[str, str]:
+    """The optional Kustomize component `components/queue-time`: KEDA scaling on Triton's queue time of `model`
+    instead of the base's CPU HPA. {file name: text}."""
+    return {
+        "kustomization.yaml": _yaml({
+            "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+            "resources": ["scaledobject.yaml"],
+            "patches": [{"patch": _yaml({"$patch": "delete", "apiVersion": "autoscaling/v2",
+                                         "kind": "HorizontalPodAutoscaler", "metadata": {"name": HPA}})}]},
+            "Optional: scale on Triton's mean queue time per request (KEDA, Prometheus scaler). KEDA creates its "
+            "own HPA, so the base's CPU HPA is removed."),
+        "scaledobject.yaml": _yaml({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": DEPLOYMENT},
+            "spec": {"scaleTargetRef": {"name": DEPLOYMENT}, "minReplicaCount": replicas,
+                     "maxReplicaCount": max_replicas, "cooldownPeriod": 300,
+                     "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {
+                         "serverAddress": prometheus_url, "query": queue_query(model),
+                         "threshold": str(round(queue_ms * 1000))}}]}},
+            f"Scale out when the mean queue time per request of {model} passes {queue_ms:g} ms "
+            "(queueing grows before CPU saturates when batches are small).\nserverAddress: your Prometheus "
+            "(it scrapes Triton's metrics port, see docker/k8s/base/service.yaml's annotations).")
+    }
 
 
 BASE_PARTS = ("base", "volume", "components/images")  # docker/k8s/base and the folders its kustomization names

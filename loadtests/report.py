@@ -800,6 +800,54 @@ def html_table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+def source_section(report: dict, source: str, plots: pathlib.Path) -> tuple[list[str], list[str]]:
+    """One source model's part of the report: (Markdown lines, HTML pieces); its plots are written to `plots`."""
+    md, body = [], []
+    advice = report["recommendations"][source]["text"]
+    md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), "",
+           isa_line(report, source), "", f"*{SUMMARY_NOTE}*", ""]
+    body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
+             html_table(*summary_table(report, source)), f"<p>{html.escape(isa_line(report, source))}</p>",
+             f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>"]
+    planned = plan_table(report, source)
+    if planned:
+        md += [f"### {source}: capacity plan", "", markdown_table(*planned), "", plan_text(report, source), ""]
+        body += [f"<h3>{html.escape(source)}: capacity plan</h3>", html_table(*planned),
+                 f"<p>{html.escape(plan_text(report, source))}</p>"]
+    footprint = footprint_table(report, source)
+    if footprint[1]:
+        md += [markdown_table(*footprint), "", f"*{FOOTPRINT_NOTE}*", ""]
+        body += [html_table(*footprint), f"<p><small>{html.escape(FOOTPRINT_NOTE)}</small></p>"]
+    for name, plot, caption in PLOTS:
+        path = plots / f"{source}_{name}.png"
+        plot(report, source, path)
+        md += [f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
+        body.append(figure(path, caption))
+    if overload_runs(report, source):
+        path, caption = plots / f"{source}_overload.png", "goodput and p99 past capacity, queue policy on and off"
+        plot_overload(report, source, path)
+        md += [f"### {source}: past capacity (open loop)", "", markdown_table(*overload_table(report, source)), "",
+               overload_text(report), "", f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
+        body += [f"<h3>{html.escape(source)}: past capacity (open loop)</h3>",
+                 html_table(*overload_table(report, source)), f"<p>{html.escape(overload_text(report))}</p>",
+                 figure(path, caption)]
+    by_length = macs_length_table(report, source)
+    if by_length:
+        header, rows, text = by_length
+        md += [f"### {source}: MACs per example by layer type and sequence length", "", markdown_table(header, rows),
+               "", text, ""]
+        body += [f"<h3>{html.escape(source)}: MACs per example by layer type and sequence length</h3>",
+                 html_table(header, rows), f"<p>{html.escape(text)}</p>"]
+    return md, body
+
+
+def figure(path: pathlib.Path, caption: str) -> str:
+    """A plot embedded in the HTML page, so the page is one file."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """Write plots/*.png, report.md and report.html (plots embedded) into `out`."""
     import matplotlib
@@ -810,45 +858,9 @@ def write_report(report: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib
     md = ["# Which variant to ship", ""] + [f"- {line}" for line in context_lines(report)] + [""]
     body = [f"<h1>Which variant to ship</h1><ul>{''.join(f'<li>{html.escape(l)}</li>' for l in context_lines(report))}</ul>"]
     for source in report["sources"]:
-        advice = report["recommendations"][source]["text"]
-        md += [f"## {source}", "", f"**{advice}**", "", markdown_table(*summary_table(report, source)), "",
-               isa_line(report, source), "", f"*{SUMMARY_NOTE}*", ""]
-        body += [f"<h2>{html.escape(source)}</h2><p class='advice'>{html.escape(advice)}</p>",
-                 html_table(*summary_table(report, source)), f"<p>{html.escape(isa_line(report, source))}</p>",
-                 f"<p><small>{html.escape(SUMMARY_NOTE)}</small></p>"]
-        planned = plan_table(report, source)
-        if planned:
-            md += [f"### {source}: capacity plan", "", markdown_table(*planned), "", plan_text(report, source), ""]
-            body += [f"<h3>{html.escape(source)}: capacity plan</h3>", html_table(*planned),
-                     f"<p>{html.escape(plan_text(report, source))}</p>"]
-        footprint = footprint_table(report, source)
-        if footprint[1]:
-            md += [markdown_table(*footprint), "", f"*{FOOTPRINT_NOTE}*", ""]
-            body += [html_table(*footprint), f"<p><small>{html.escape(FOOTPRINT_NOTE)}</small></p>"]
-        for name, plot, caption in PLOTS:
-            path = plots / f"{source}_{name}.png"
-            plot(report, source, path)
-            md += [f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
-            data = base64.b64encode(path.read_bytes()).decode()
-            body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        if overload_runs(report, source):
-            path, caption = plots / f"{source}_overload.png", "goodput and p99 past capacity, queue policy on and off"
-            plot_overload(report, source, path)
-            md += [f"### {source}: past capacity (open loop)", "", markdown_table(*overload_table(report, source)), "",
-                   overload_text(report), "", f"![{caption}](plots/{path.name})", f"*{caption}*", ""]
-            data = base64.b64encode(path.read_bytes()).decode()
-            body += [f"<h3>{html.escape(source)}: past capacity (open loop)</h3>",
-                     html_table(*overload_table(report, source)), f"<p>{html.escape(overload_text(report))}</p>",
-                     f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
-        by_length = macs_length_table(report, source)
-        if by_length:
-            header, rows, text = by_length
-            md += [f"### {source}: MACs per example by layer type and sequence length", "", markdown_table(header, rows),
-                   "", text, ""]
-            body += [f"<h3>{html.escape(source)}: MACs per example by layer type and sequence length</h3>",
-                     html_table(header, rows), f"<p>{html.escape(text)}</p>"]
+        section_md, section_body = source_section(report, source, plots)
+        md += section_md
+        body += section_body
     md += ["## Cross-check with perf_analyzer", ""]
     body.append("<h2>Cross-check with perf_analyzer</h2>")
     if report["results"].perf_analyzer:

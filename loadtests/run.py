@@ -388,9 +388,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
     results = RunResults(
         machine=machine(), settings=dataclasses.asdict(settings) | {"mode": settings.mode},
         target=dataclasses.asdict(target), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        load_generator=("Locust workers chosen per model by a probe step (auto_workers)" if settings.auto_workers
-                        else f"{settings.workers} Locust worker process(es) and a master"
-                        if settings.workers else "one Locust process") + " on this machine, beside the server",
+        load_generator=generator_description(settings),
         models=models, memory_budget=memory_budget, records=record_snapshot(artifacts, models),
         refused=refused_snapshot(artifacts, models))
     total = len(models) * len(settings.users) * settings.repeats
@@ -422,12 +420,7 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
                 write_results(results, out)
                 if step["requests"] == 0:
                     progress(f"    no request was sent: {step['errors'][0]['message'] if step['errors'] else '?'}")
-                progress(f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
-                         f"  failures {step['failures']}"
-                         + (f"  batch {step['server']['realised_batch']}" if step["server"] else "")
-                         + (f"  generator CPU {step['generator']['max_process_cpu']:.2f}"
-                            f"/{step['generator']['max_process_demand']:.2f} core (used/wanted)"
-                            + (" (GENERATOR-BOUND)" if step["generator_bound"] else "") if step["generator"] else ""))
+                progress(step_line(step))
             if repeat == settings.repeats and (perf_analyzer is True or model in perf_analyzer):
                 results.perf_analyzer[model] = cross_check(target, model, settings, artifacts, raw, progress)
                 write_results(results, out)
@@ -436,6 +429,23 @@ def run_load(models: list[str], target: Target, settings: LoadSettings, artifact
         results.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_results(results, out)
     return results
+
+
+def generator_description(settings: LoadSettings) -> str:
+    """How Locust ran, for the report's context."""
+    return ("Locust workers chosen per model by a probe step (auto_workers)" if settings.auto_workers
+            else f"{settings.workers} Locust worker process(es) and a master"
+            if settings.workers else "one Locust process") + " on this machine, beside the server"
+
+
+def step_line(step: dict) -> str:
+    """The progress line of a finished step."""
+    return (f"    {step['requests_per_s']:8.1f} req/s  p50 {fmt(step['p50_ms'])}  p99 {fmt(step['p99_ms'])} ms"
+            f"  failures {step['failures']}"
+            + (f"  batch {step['server']['realised_batch']}" if step["server"] else "")
+            + (f"  generator CPU {step['generator']['max_process_cpu']:.2f}"
+               f"/{step['generator']['max_process_demand']:.2f} core (used/wanted)"
+               + (" (GENERATOR-BOUND)" if step["generator_bound"] else "") if step["generator"] else ""))
 
 
 # what the report, the plan and the regression gate read from a build record, copied into results.json so a run

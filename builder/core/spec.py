@@ -192,6 +192,12 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     mask = values.get("sequence_mask")
     if mask is not None and mask not in {t.name for t in values["inputs"]}:
         raise ConfigError(f"{where}: sequence_mask `{mask}` is not one of the inputs")
+    _check_serving(values, where, mask)
+    return ModelSpec(**values, source=where)
+
+
+def _check_serving(values: dict, where: str, mask: str | None) -> None:
+    """The serving fields of a spec (length buckets, batch size, instances, latency budget), checked in place."""
     buckets = values.get("length_buckets", ())
     if not isinstance(buckets, (list, tuple)) or any(not isinstance(b, int) or b < 1 for b in buckets) \
             or list(buckets) != sorted(set(buckets)):
@@ -211,7 +217,6 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     if slo is not None and (not isinstance(slo, (int, float)) or isinstance(slo, bool) or slo <= 0):
         raise ConfigError(f"{where}: slo_p99_ms must be a positive number of milliseconds (the p99 latency budget), "
                           f"got {slo!r}")
-    return ModelSpec(**values, source=where)
 
 
 def _tensors(raw, where: str, limits: bool = True) -> tuple[TensorSpec, ...]:

@@ -60,29 +60,48 @@ def make_tokenizer():
     return tokenizer, vocab
 
 
-def make_classifier(folder) -> None:
-    """save_pretrained of a tiny trained BERT classifier and its fast WordPiece tokenizer into `folder`."""
+def tiny_bert(architecture, classes: list[str]):
+    """(tokenizer, a seeded tiny `architecture`: hidden size 32, 2 layers, `classes` named in id2label)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig
 
     tokenizer, vocab = make_tokenizer()
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                        id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)})
+                        intermediate_size=64, max_position_embeddings=64, num_labels=len(classes),
+                        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})
     torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return tokenizer, architecture(config)
+
+
+def train_and_save(model, tokenizer, folder, steps: int, lr: float, loss_of) -> None:
+    """Adam for `steps` on `loss_of(model, rng)`, then save_pretrained of the model and its tokenizer."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(1)
     model.train()
-    for _ in range(60):
-        batch = examples(rng, 32)
-        encoded = tokenizer([t for t, _ in batch], padding=True, return_tensors="pt")
-        loss = model(**encoded, labels=torch.tensor([label for _, label in batch])).loss
+    for _ in range(steps):
+        loss = loss_of(model, rng)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def make_classifier(folder) -> None:
+    """save_pretrained of a tiny trained BERT classifier and its fast WordPiece tokenizer into `folder`."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    tokenizer, model = tiny_bert(BertForSequenceClassification, CLASSES)
+
+    def loss_of(model, rng):
+        batch = examples(rng, 32)
+        encoded = tokenizer([t for t, _ in batch], padding=True, return_tensors="pt")
+        return model(**encoded, labels=torch.tensor([label for _, label in batch])).loss
+
+    train_and_save(model, tokenizer, folder, 60, 1e-3, loss_of)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ from builder.core.evaluate import IGNORE
 from builder.core.spec import load_spec
 from builder.serving.server import EmbeddedServer, free_port
 from tests.conftest import run_cli
-from tests.e2e.test_hf_model import CLASSES, FILLER, NEGATIVE, POSITIVE, examples, make_tokenizer
+from tests.e2e.test_hf_model import (CLASSES, FILLER, NEGATIVE, POSITIVE, examples, make_tokenizer, tiny_bert,
+                                     train_and_save)
 
 pytestmark = pytest.mark.e2e
 os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the CLI runs: nothing may reach for a hub
@@ -49,18 +50,11 @@ def tagged(rng, count: int) -> list[tuple[list[str], list[str]]]:
 
 def make_tagger(folder) -> None:
     import torch
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
-    tokenizer, vocab = make_tokenizer()
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=len(TAGS),
-                        id2label=dict(enumerate(TAGS)), label2id={t: i for i, t in enumerate(TAGS)})
-    torch.manual_seed(0)
-    model = BertForTokenClassification(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(1)
-    model.train()
-    for _ in range(80):
+    tokenizer, model = tiny_bert(BertForTokenClassification, TAGS)
+
+    def loss_of(model, rng):
         batch = tagged(rng, 32)
         encoded = tokenizer([w for w, _ in batch], is_split_into_words=True, padding=True, return_tensors="pt")
         labels = torch.full(encoded["input_ids"].shape, IGNORE)
@@ -68,12 +62,9 @@ def make_tagger(folder) -> None:
             for position, word in enumerate(encoded.word_ids(row)):
                 if word is not None:
                     labels[row, position] = TAGS.index(tags[word])
-        loss = model(**encoded, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+        return model(**encoded, labels=labels).loss
+
+    train_and_save(model, tokenizer, folder, 80, 3e-3, loss_of)
 
 
 def make_embedder(folder) -> None:
