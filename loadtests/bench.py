@@ -42,7 +42,7 @@ from client.triton import make_inputs
 
 from .perf_analyzer import (PerfAnalyzerError, PerfAnalyzerUnavailable, ensure_perf_analyzer, run_perf_analyzer,
                             write_input_data)
-from .run import LoadSettings, Target, machine, run_step
+from .run import LoadSettings, LoadTestError, Target, machine, run_step
 
 SEQUENCE_TOKENS = 32
 CONCURRENCY = 16
@@ -291,6 +291,9 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
         target = Target(server.http_url, server.grpc_url, server.metrics_url)
         for model in models:
             requests = example_requests(model, artifacts)
+            if not requests:
+                raise LoadTestError(f"{model}: its test split has no text of {SEQUENCE_TOKENS} tokens or more, the "
+                                    "length every point is measured at", hint="bench a model with longer texts")
             text = "attention_mask" in requests[0]
             config_text = (repository / model / "config.pbtxt").read_text()
             threads = threads_of(config_text)
@@ -310,16 +313,7 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
                 row[protocol][f"c{CONCURRENCY}"]["realised_batch"] = round(
                     (after[0] - mid[0]) / max(after[1] - mid[1], 1), 2)
                 row[protocol]["latency_c1"]["realised_batch"] = round((mid[0] - before[0]) / max(mid[1] - before[1], 1), 2)
-            delays = {}
-            for delay in QUEUE_DELAYS_US:
-                progress(f"[{model}] gRPC with max_queue_delay_microseconds={delay} ...")
-                with_queue_delay(server.http_url, model, config, delay, server.admin_key)
-                delays[delay] = {"latency_c1": served_latency(server.grpc_url, model, requests, seconds),
-                                 f"c{CONCURRENCY}": served_throughput(server.grpc_url, model, requests, seconds,
-                                                                      CONCURRENCY)}
-            with_queue_delay(server.http_url, model, config,
-                             config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0), server.admin_key)
-            row["queue_delay_us"] = delays
+            row["queue_delay_us"] = queue_delay_points(server, model, config, requests, seconds, progress)
             if binary is not None:
                 data = perf_analyzer_data(model, artifacts, requests, raw)
                 progress(f"[{model}] perf_analyzer as the client, concurrency 1 and {CONCURRENCY} ...")
@@ -337,6 +331,20 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
     if binary is not None:
         results["spinning"] = spinning_points(models, repository, artifacts, raw, seconds, repeats, binary, progress)
     return results
+
+
+def queue_delay_points(server, model: str, config: dict, requests, seconds: float, progress) -> dict:
+    """Latency at concurrency 1 and throughput at CONCURRENCY over gRPC at each of QUEUE_DELAYS_US, then the
+    model's own delay back."""
+    delays = {}
+    for delay in QUEUE_DELAYS_US:
+        progress(f"[{model}] gRPC with max_queue_delay_microseconds={delay} ...")
+        with_queue_delay(server.http_url, model, config, delay, server.admin_key)
+        delays[delay] = {"latency_c1": served_latency(server.grpc_url, model, requests, seconds),
+                         f"c{CONCURRENCY}": served_throughput(server.grpc_url, model, requests, seconds, CONCURRENCY)}
+    with_queue_delay(server.http_url, model, config,
+                     config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0), server.admin_key)
+    return delays
 
 
 def spinning_points(models, repository, artifacts, raw, seconds, repeats, binary, progress) -> dict:

@@ -115,14 +115,8 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     base_reference = os.path.relpath(base, out)
     if not in_checkout(base):  # an installed kit: the base (and what it refers to) travels with the overlay
         base_reference = vendor_base(base, out)
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": [base_reference],
-                     "patches": [{"path": "deployment.yaml"}, {"path": "hpa.yaml"}]}
-    if keda:  # the component removes the HPA before the overlay's own patches run: nothing left to patch
-        kustomization["components"] = ["components/queue-time"]
-        kustomization["patches"] = [{"path": "deployment.yaml"}]
     files = {
-        out / "kustomization.yaml": _yaml(kustomization, (
+        out / "kustomization.yaml": _yaml(overlay_kustomization(base_reference, keda), (
             f"`{models[0]}` on docker/k8s/base:  kubectl apply -k {out}\n{sized}\n"
             + ("Scaling: KEDA on Triton's queue time (components/queue-time; needs KEDA in the cluster)." if keda
                else "Scaling: the base's HPA on CPU. For KEDA on Triton's queue time instead, add\n"
@@ -150,6 +144,18 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     for path, text in files.items():
         atomic_write(path, text)
     return list(files)
+
+
+def overlay_kustomization(base_reference: str, keda: bool) -> dict:
+    """The overlay's kustomization: the base, patched by deployment.yaml and hpa.yaml, or with `keda` the
+    queue-time component in place of the HPA."""
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [base_reference],
+                     "patches": [{"path": "deployment.yaml"}, {"path": "hpa.yaml"}]}
+    if keda:  # the component removes the HPA before the overlay's own patches run: nothing left to patch
+        kustomization["components"] = ["components/queue-time"]
+        kustomization["patches"] = [{"path": "deployment.yaml"}]
+    return kustomization
 
 
 def queue_time_component(model: str, replicas: int, max_replicas: int, queue_ms: float,

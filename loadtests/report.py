@@ -273,19 +273,23 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
                           "p99_ms": step["p99_ms"], "p99_interval": dataclasses.asdict(p99) if p99 else None,
                           "accuracy_drop_points": row.accuracy_drop_points, "agreement": row.agreement,
                           "tied": tied, "reason": reason, "text": text}
+    return nothing | {"text": binding_text(steps, accurate, fast, unranked, budget, slo_p99_ms)}
+
+
+def binding_text(steps: list[dict], accurate, fast: list[dict], unranked: list[str], budget: str,
+                 slo_p99_ms: float) -> str:
+    """Why no variant qualifies: which constraint binds (accuracy, latency, or both)."""
     if not accurate:
-        text = f"No variant meets the accuracy budget ({budget}): the accuracy constraint binds."
-    elif not fast:
+        return f"No variant meets the accuracy budget ({budget}): the accuracy constraint binds."
+    if not fast:
         served = [s for s in steps if s["p99_ms"] is not None and s["requests"] > 0]
         quickest = min(served, key=lambda s: s["p99_ms"]) if served else None
-        text = (f"No variant meets p99 <= {slo_p99_ms:g} ms at any load step"
+        return (f"No variant meets p99 <= {slo_p99_ms:g} ms at any load step"
                 + (" that is not generator-bound" if unranked else "") + ": the latency constraint binds"
                 + (f" (lowest p99: {quickest['p99_ms']:.1f} ms, `{quickest['model']}` at {quickest['users']} users)."
                    if quickest else "."))
-    else:
-        text = (f"Variants meet the latency SLO ({', '.join(sorted({s['model'] for s in fast}))}) and others the "
-                f"accuracy budget ({', '.join(sorted(accurate))}), but none meets both: both constraints bind.")
-    return nothing | {"text": text}
+    return (f"Variants meet the latency SLO ({', '.join(sorted({s['model'] for s in fast}))}) and others the "
+            f"accuracy budget ({', '.join(sorted(accurate))}), but none meets both: both constraints bind.")
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:

@@ -129,18 +129,8 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
                 break
             progress(f"[{n}/{len(points)}] {model}: {point['instances']} instance(s) x {point['threads']} thread(s), "
                      f"queue delay {point['max_queue_delay_us']} us, max batch {point['max_batch_size']} ...")
-            try:
-                client.load_model(model, config=as_json(with_point(original, point, settings.slo_p99_ms)))
-            except ClientError as e:
-                result["points"].append(point | {"error": str(e), "requests": 0, "failures": 0, "p99_ms": None,
-                                                 "throughput": 0.0})
-                progress(f"    not loadable: {e}")
-                continue
-            step = run_step(target, model, settings.users, load, artifacts, raw, label=f"_point{n}")
-            result["points"].append(point | {k: step[k] for k in ("requests", "failures", "throughput", "p50_ms",
-                                                                   "p99_ms")}
-                                    | {"realised_batch": (step["server"] or {}).get("realised_batch")})
-            progress(f"    {step['throughput']:8.1f} examples/s  p99 {step['p99_ms']} ms  failures {step['failures']}")
+            result["points"].append(measure_point(client, model, point, original, target, settings, load,
+                                                  artifacts, raw, f"_point{n}", progress))
             atomic_write(out / "tune.json", json.dumps(result, indent=2))
         best = best_point(result["points"], settings.slo_p99_ms)
         if best and settings.queue_budget_s > 0 and original.dynamic_batching.HasField("default_queue_policy"):
@@ -166,6 +156,20 @@ def run_tune(model: str, target: Target, settings: TuneSettings, repository: pat
         result["written"] = str(config_path)
         progress(f"wrote the best setting to {config_path} and reloaded {model}")
     return result
+
+
+def measure_point(client, model: str, point: dict, original, target: Target, settings: TuneSettings,
+                  load: LoadSettings, artifacts: pathlib.Path, raw: pathlib.Path, label: str, progress) -> dict:
+    """Load `model` with `point`'s settings and load-test it once: the point with its figures, or its error."""
+    try:
+        client.load_model(model, config=as_json(with_point(original, point, settings.slo_p99_ms)))
+    except ClientError as e:
+        progress(f"    not loadable: {e}")
+        return point | {"error": str(e), "requests": 0, "failures": 0, "p99_ms": None, "throughput": 0.0}
+    step = run_step(target, model, settings.users, load, artifacts, raw, label=label)
+    progress(f"    {step['throughput']:8.1f} examples/s  p99 {step['p99_ms']} ms  failures {step['failures']}")
+    return (point | {k: step[k] for k in ("requests", "failures", "throughput", "p50_ms", "p99_ms")}
+            | {"realised_batch": (step["server"] or {}).get("realised_batch")})
 
 
 def tune_queue(model: str, best: dict, original, target: Target, settings: TuneSettings, artifacts: pathlib.Path,

@@ -112,6 +112,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def backend_directory(root: pathlib.Path, backends: pathlib.Path) -> pathlib.Path:
+    """`backends` filled for tritonserver: the wheel's Python backend with this Python's stub, and the kit's
+    `onnxruntime` backend beside it."""
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True)
+    # copies, not symlinks: Triton resolves links and refuses a backend library that "escapes" its directory
+    for item in (root / "backends" / "python").iterdir():
+        if item.is_file():
+            shutil.copy2(item, python_backend / item.name)
+    stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServeError(f"the Triton wheel has no Python backend stub for Python {sys.version_info[:2]}")
+    shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    shutil.copytree(BACKEND_SOURCE, backends / "onnxruntime", ignore=shutil.ignore_patterns("__pycache__"))
+    return backends
+
+
 class EmbeddedServer:
     """Start, query and stop one tritonserver process. Use as a context manager.
 
@@ -207,18 +224,7 @@ class EmbeddedServer:
         self._set_admin_key()
         binary, libs, root = triton_paths()
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="tritonkit-server-"))
-        backends = self.workdir / "backends"
-        python_backend = backends / "python"
-        python_backend.mkdir(parents=True)
-        # copies, not symlinks: Triton resolves links and refuses a backend library that "escapes" its directory
-        for item in (root / "backends" / "python").iterdir():
-            if item.is_file():
-                shutil.copy2(item, python_backend / item.name)
-        stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
-        if not stub.is_file():
-            raise ServeError(f"the Triton wheel has no Python backend stub for Python {sys.version_info[:2]}")
-        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
-        shutil.copytree(BACKEND_SOURCE, backends / "onnxruntime", ignore=shutil.ignore_patterns("__pycache__"))
+        backends = backend_directory(root, self.workdir / "backends")
 
         front_key = new_key()
         key_path = self.workdir / "front-key"

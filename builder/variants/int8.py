@@ -148,23 +148,9 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
     method = config.method if config.method != "auto" else ("static" if "Conv" in op_types else "dynamic")
     prepared, fused_ops = prepared_for_quantization(onnx_file, context.out, config.fusion)
     nodes = onnx.load(str(prepared)).graph.node
-    excluded = [n.name for n in nodes if n.name in config.exclude_nodes or n.op_type in config.exclude_op_types]
-    if config.exclude_last:
-        weighted = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
-        if weighted and weighted[-1] not in excluded:
-            excluded.append(weighted[-1])
-    unknown = sorted(set(config.exclude_nodes) - {n.name for n in nodes})
-    if unknown:
-        raise VariantError(f"int8: exclude_nodes names nodes the graph does not have: {unknown}",
-                           hint="node names are those of the ONNX graph after quant_pre_process")
+    excluded = excluded_nodes(nodes, config)
     output = context.out / "model.int8.onnx"
-    calibration = None
-    if method == "static":
-        split = context.splits.get(context.spec.calibration_split)
-        if split is None or len(split) == 0:
-            raise VariantError(f"int8-static needs calibration data: split `{context.spec.calibration_split}` is "
-                               "missing or empty", hint="set calibration_split in the model spec")
-        calibration = split.spread(config.calibration_examples)
+    calibration = calibration_examples(context, config) if method == "static" else None
 
     gemms = {n.name for n in nodes if n.op_type == "Gemm"}
     reduce_range, why, isa = chosen_reduce_range(config.reduce_range)
@@ -199,6 +185,30 @@ def apply(onnx_file: pathlib.Path, context, config: Config) -> pathlib.Path:
                           "int8_calibration": config.calibration if method == "static" else None})
     prepared.unlink(missing_ok=True)
     return output
+
+
+def excluded_nodes(nodes, config: Config) -> list[str]:
+    """The nodes kept in float by the spec: named ones, whole op types, and with `exclude_last` the last weighted
+    node. Raises VariantError for a named node the graph does not have."""
+    excluded = [n.name for n in nodes if n.name in config.exclude_nodes or n.op_type in config.exclude_op_types]
+    if config.exclude_last:
+        weighted = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
+        if weighted and weighted[-1] not in excluded:
+            excluded.append(weighted[-1])
+    unknown = sorted(set(config.exclude_nodes) - {n.name for n in nodes})
+    if unknown:
+        raise VariantError(f"int8: exclude_nodes names nodes the graph does not have: {unknown}",
+                           hint="node names are those of the ONNX graph after quant_pre_process")
+    return excluded
+
+
+def calibration_examples(context, config: Config):
+    """int8-static's calibration examples, spread over the spec's calibration split. Raises VariantError."""
+    split = context.splits.get(context.spec.calibration_split)
+    if split is None or len(split) == 0:
+        raise VariantError(f"int8-static needs calibration data: split `{context.spec.calibration_split}` is "
+                           "missing or empty", hint="set calibration_split in the model spec")
+    return split.spread(config.calibration_examples)
 
 
 def prepared_for_quantization(onnx_file: pathlib.Path, out: pathlib.Path, fusion: bool) -> tuple[pathlib.Path, dict]:
