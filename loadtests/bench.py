@@ -141,30 +141,47 @@ def served_throughput(url: str, model: str, requests: list[dict], seconds: float
         else:
             import tritonclient.http.aio as module
 
+        from tritonclient.utils import InferenceServerException
+
         client = module.InferenceServerClient(url.split("://")[1])
         names = [o["name"] for o in (await client.get_model_metadata(model, **({"as_json": True} if protocol == "grpc" else {})))["outputs"]]
         outputs = [module.InferRequestedOutput(n) for n in names]
         prepared = [make_inputs(module, r) for r in requests]
-        done, latencies = 0, []
+        done, shed, latencies = 0, 0, []
         stop_at = time.perf_counter() + seconds
 
+        async def infer(i: int) -> bool:
+            """One request; False when the queue policy shed it (its timeout expired in Triton's queue)."""
+            try:
+                await client.infer(model, prepared[i % len(prepared)], outputs=outputs)
+                return True
+            except InferenceServerException as e:
+                if "timeout expired" not in str(e).lower():
+                    raise
+                return False
+
         async def user(k: int):
-            nonlocal done
+            nonlocal done, shed
             i = k
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
-                await client.infer(model, prepared[i % len(prepared)], outputs=outputs)
-                latencies.append(time.perf_counter() - start)
-                done += 1
+                if await infer(i):
+                    latencies.append(time.perf_counter() - start)
+                    done += 1
+                else:
+                    shed += 1
                 i += concurrency
 
-        for k in range(concurrency):  # warm-up round
-            await client.infer(model, prepared[k % len(prepared)], outputs=outputs)
-        started = time.perf_counter()
-        await asyncio.gather(*(user(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        await client.close()
-        return {"throughput": round(done / elapsed, 1), **percentiles(latencies)}
+        try:
+            for k in range(concurrency):  # warm-up round
+                await infer(k)
+            started = time.perf_counter()
+            await asyncio.gather(*(user(k) for k in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        finally:
+            await client.close()
+        # shed: refused by the build's queue policy past capacity (a served figure, not a failure of the bench)
+        return {"throughput": round(done / elapsed, 1), "shed": shed, **percentiles(latencies)}
 
     return asyncio.run(run())
 
@@ -173,6 +190,17 @@ def execution_stats(url: str, model: str) -> tuple[int, int]:
     with TritonClient(url) as client:
         stats = client.statistics(model)["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def without_queue_policy(server, model: str) -> dict:
+    """Reload `model` in `server` without the dynamic batcher's default queue policy; its config (JSON) now. The
+    bench measures capacity, so nothing is shed: past it the queue policy the build wrote refuses requests, which
+    `loadtests overload` measures (and perf_analyzer stops at the first refusal)."""
+    with TritonClient(server.http_url, admin_key=server.admin_key) as client:
+        config = json.loads(json.dumps(client.config(model)))
+        config.get("dynamic_batching", {}).pop("default_queue_policy", None)
+        client.load_model(model, config=config)
+    return config
 
 
 def with_queue_delay(url: str, model: str, config: dict, delay_us: int, admin_key: str | None = None) -> None:
@@ -286,7 +314,8 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
         progress(f"perf_analyzer unavailable, its points are left out: {e}")
         binary = None
     results = {"machine": machine(), "seconds_per_point": seconds, "concurrency": CONCURRENCY, "repeats": repeats,
-               "sequence_tokens": SEQUENCE_TOKENS, "spinning_default": SPINNING[0], "models": {}}
+               "sequence_tokens": SEQUENCE_TOKENS, "spinning_default": SPINNING[0], "models": {},
+               "queue_policy": "removed for the bench, which measures capacity (loadtests overload: past it)"}
     with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:
         target = Target(server.http_url, server.grpc_url, server.metrics_url)
         for model in models:
@@ -300,8 +329,7 @@ def run_bench(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pa
             progress(f"[{model}] in-process ONNX Runtime, {threads} intra-op thread(s) ...")
             row = {"threads": threads, "in_process": in_process(latest_model_file(repository, model), threads,
                                                                  requests, seconds)}
-            with TritonClient(server.http_url) as client:
-                config = client.config(model)
+            config = without_queue_policy(server, model)
             for url in (server.http_url, server.grpc_url):
                 protocol = url.split("://")[0]
                 progress(f"[{model}] served over {protocol} ...")
@@ -357,6 +385,7 @@ def spinning_points(models, repository, artifacts, raw, seconds, repeats, binary
             with server_with_spinning(repository, setting) as server:
                 for model in models:
                     data = raw / f"{model}_bench_input.json"
+                    without_queue_policy(server, model)
                     try:
                         points[model][setting].append(perf_analyzer_points(server.grpc_url, model, data, seconds,
                                                                            binary))
