@@ -62,7 +62,7 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Gates:
-    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points on the first evaluation split
+    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points, on every evaluation split
     force: bool = False  # write to the repository even when a gate fails
     min_agreement: float | None = None  # top-1 agreement with fp32 (0..1) on the first evaluation split; None: no gate
 
@@ -132,6 +132,7 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         "accuracy": scores["accuracy"],
         "accuracy_drop_points": scores["drop"],
         "accuracy_drop_se_points": scores["drop_se"],
+        "accuracy_drop_by_split": scores["drop_by_split"],  # {split: [drop, se]}, the first split's as above
         "eval_examples": scores["eval_examples"],
         "agreement_with_fp32": scores["agreement"],
         # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
@@ -258,8 +259,9 @@ def transform_onnx(onnx_path: pathlib.Path, plan: list, context: BuildContext) -
 
 
 def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, eval_limit: int | None) -> dict:
-    """Accuracy on each evaluation split, and the drop and agreement against fp32's saved outputs on exactly the
-    same examples. fp32 itself is scored on every example and saves its outputs: every variant's reference."""
+    """Accuracy on each evaluation split, and the drop (± its paired se) on each and the agreement on the first,
+    against fp32's saved outputs on exactly the same examples. fp32 itself is scored on every example and saves its
+    outputs on every split: every variant's reference."""
     spec, splits, out = context.spec, context.splits, context.out
     if variant == "fp32":
         eval_limit = None  # the baseline's outputs on every example are the reference of every variant
@@ -267,18 +269,42 @@ def score_variant(onnx_path: pathlib.Path, variant: str, context: BuildContext, 
     measured = {name: splits[name].spread(eval_limit) for name in spec.evaluate}
     outputs = {name: outputs_on(predict, spec, split) for name, split in measured.items()}
     accuracy = {name: score(spec.metric, outputs[name], split.labels) for name, split in measured.items()}
-    first = spec.evaluate[0]
     if variant == "fp32":
-        atomic_write(out / "outputs.npz", lambda f: np.savez(f, **outputs[first]))
-    index = splits[first].spread_index(eval_limit)
-    with np.load(context.workdir / "fp32" / "outputs.npz") as saved:
-        reference = {k: saved[k][index] for k in saved.files}
-    # fp32's accuracy on exactly the examples this variant was measured on
-    drop = round((score(spec.metric, reference, splits[first].labels[index]) - accuracy[first]) * 100, 2)
-    return {"accuracy": accuracy, "drop": drop,
-            "drop_se": paired_drop_se(spec.metric, reference, outputs[first], splits[first].labels[index]),
-            "eval_examples": {name: len(split) for name, split in measured.items()},
-            "agreement": agreement(spec, outputs[first], reference, splits[first].labels[index])}
+        for name in spec.evaluate:
+            atomic_write(out / fp32_outputs_file(spec, name), lambda f, name=name: np.savez(f, **outputs[name]))
+    drops = {}
+    for name in spec.evaluate:
+        index = splits[name].spread_index(eval_limit)
+        reference = {k: v[index] for k, v in fp32_outputs(context, name).items()}
+        labels = splits[name].labels[index]
+        # fp32's accuracy on exactly the examples this variant was measured on
+        drops[name] = [round((score(spec.metric, reference, labels) - accuracy[name]) * 100, 2),
+                       paired_drop_se(spec.metric, reference, outputs[name], labels)]
+        if name == spec.evaluate[0]:
+            agreed = agreement(spec, outputs[name], reference, labels)
+    first = spec.evaluate[0]
+    return {"accuracy": accuracy, "drop": drops[first][0], "drop_se": drops[first][1], "drop_by_split": drops,
+            "eval_examples": {name: len(split) for name, split in measured.items()}, "agreement": agreed}
+
+
+def fp32_outputs_file(spec: ModelSpec, split: str) -> str:
+    """fp32's saved outputs on `split`: `outputs.npz` for the first evaluation split (the name every build since
+    the first has used), `outputs_<split>.npz` for the others."""
+    return "outputs.npz" if split == spec.evaluate[0] else f"outputs_{split}.npz"
+
+
+def fp32_outputs(context: BuildContext, split: str) -> dict:
+    """fp32's outputs on every example of `split`. An fp32 built before every split was saved has only the first:
+    the others are computed once from its model.onnx and saved beside it."""
+    path = context.workdir / "fp32" / fp32_outputs_file(context.spec, split)
+    if not path.is_file():
+        context.progress(f"computing fp32's outputs on `{split}` once (an fp32 built by an older kit saved only "
+                         "the first evaluation split's)")
+        predict = onnx_predictor(onnx_session(context.workdir / "fp32" / "model.onnx"))
+        computed = outputs_on(predict, context.spec, context.splits[split])
+        atomic_write(path, lambda f: np.savez(f, **computed))
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
 
 
 def measure_latency(onnx_path: pathlib.Path, variant: str, context: BuildContext) -> dict:
@@ -307,6 +333,9 @@ def check_gates(variant: str, plan: list, scores: dict, latency: dict, serving: 
         # ± its paired standard error: the report and the summaries quote this reason as it is
         failed_gates.append(f"accuracy drop {scores['drop']:.2f} ± {scores['drop_se']:.2f} points > "
                             f"{gates.max_accuracy_drop}")
+    for split, (drop, se) in list(scores["drop_by_split"].items())[1:]:  # the budget holds on every split
+        if drop > gates.max_accuracy_drop:
+            failed_gates.append(f"accuracy drop on {split} {drop:.2f} ± {se:.2f} points > {gates.max_accuracy_drop}")
     agreed = scores["agreement"]
     if gates.min_agreement is not None and agreed["top1"] < gates.min_agreement:
         failed_gates.append(f"top-1 agreement with fp32 {agreed['top1']:.3f} < {gates.min_agreement}")
@@ -345,6 +374,10 @@ def publish(onnx_path: pathlib.Path, variant: str, repository: pathlib.Path, art
     if failed_gates and not gates.force:
         step("NOT written to the repository: " + "; ".join(failed_gates) + " (--force writes it anyway)")
         facts["version_dir"] = None
+        name = model_name(spec.name, variant)
+        if name in repo.list_models(repository):  # left as it is: a refused rebuild deletes nothing
+            step(f"{repository / name} still holds an earlier build of this variant, which the server keeps "
+                 f"serving: remove that folder to stop serving it")
     else:
         name = model_name(spec.name, variant)
         config = build_config(name, spec, serving, onnx_path, limits=limits,

@@ -28,6 +28,7 @@ ENTRY_DEFAULTS = {
     "gates_failed": [],  # the build's gates this variant failed: refused and not served when not empty
     "version_dir": None,  # where its model.onnx was written; None when refused
     "accuracy_drop_se_points": None,  # standard error of the drop, paired per example
+    "accuracy_drop_by_split": {},  # {split: [drop, se]} on every evaluation split; {} before the gate held on each
     "notes": {},  # what the variant's steps recorded (int8 search, fusion, pruning ratio, ...)
     "training": {},  # per trained step: steps, seconds, selected checkpoint
 }
