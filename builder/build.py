@@ -72,17 +72,12 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
                   progress: Callable[[str], None] = print, eval_limit: int | None = None,
                   rebuild: bool = False) -> dict:
     """Build `variant` of `spec`; write it to `repository` unless it fails a gate (and not forced).
-
-    `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests); the record
-    says so. Default: every example.
-
-    A variant the build record says was refused, with the same `recipe_key` (recipe_key: spec, variant settings,
-    gates, evaluation, the fp32 it is measured against, the machine, the libraries), is not trained again: its
-    recorded entry is returned with `verdict_reused` set, unless `rebuild` or `gates.force`.
+    `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests; the record
+    says so); default: every example. A variant refused before with the same `recipe_key` is not trained again:
+    its recorded entry is returned with `verdict_reused` set, unless `rebuild` or `gates.force`.
 
     Returns its entry of the build record (also written to disk); on a rank other than 0 of several processes,
-    None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors.
-    """
+    None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors."""
     plan = plan_steps(spec, variant)
     refuse_training(spec, variant, plan)
     serving = serving.for_spec(spec)  # the instances the record and config.pbtxt state
@@ -97,16 +92,62 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
         if main:  # the other ranks' one line per training run comes from run_training
             progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
 
+    key, reused = recipe_and_verdict(spec, variant, plan, gates, serving, eval_limit, artifacts, rebuild, step)
+    if reused is not None:
+        return reused | {"verdict_reused": True} if main else None
+    model, teacher, splits, context = prepare(spec, variant, plan, workdir, out, gates, step)
+    model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
+    if not main:
+        return None
+    onnx_path = transform_onnx(onnx_path, plan, context)
+    step("measuring accuracy and agreement with fp32")
+    scores = score_variant(onnx_path, variant, context, eval_limit)
+    step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
+    latency = measure_latency(onnx_path, variant, context)
+    failed_gates = check_gates(variant, plan, scores, latency, serving, gates, context)
+    entry = {"triton_model": model_name(spec.name, variant), **score_facts(scores),
+             # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
+             "baseline": baseline_facts(teacher, variant), **torch_facts, **size_and_speed(onnx_path, latency),
+             "gates_failed": failed_gates, "recipe_key": key, "notes": context.notes,
+             **provenance(spec, plan, serving, command)}
+    if spec.sequence_mask:  # what the client and load tests pad text requests to (spec.length_buckets)
+        entry["length_buckets"] = list(model_length_buckets(spec, workdir, splits[spec.evaluate[0]]))
+    step("deriving input limits (token ids, sequence lengths) from the ONNX file")
+    entry["input_limits"] = derive_limits(spec, onnx_path)
+    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
+    entry["cpu_isa"] = peak["isa"]
+    entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, facts(variant).compute_precision)
+    entry |= profile_variant(model, onnx_path, variant, context)
+    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
+                     limits=entry["input_limits"], length_buckets_of=entry.get("length_buckets"))
+    entry |= training_facts(context.notes.get("training", {}), step)
+    entry["build_seconds"] = round(time.perf_counter() - started, 1)
+    entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_entry(artifacts, spec.name, variant, entry)
+    return entry
+
+
+def recipe_and_verdict(spec: ModelSpec, variant: str, plan: list, gates: Gates, serving: ServingConfig,
+                       eval_limit: int | None, artifacts: pathlib.Path, rebuild: bool,
+                       step: Callable[[str], None]) -> tuple[str, dict | None]:
+    """(recipe_key, the entry of an earlier refusal with that key, or None). Raises VariantError when a variant
+    other than fp32 has no fp32 to be measured against."""
+    workdir = artifacts / spec.name
     if variant != "fp32" and not processes.decide(lambda: (workdir / "fp32" / "outputs.npz").is_file()):
         raise_missing_baseline(spec)
     key = processes.decide(lambda: recipe_key(spec, variant, plan, gates, serving, eval_limit, workdir))
     reused = None if rebuild or gates.force else processes.decide(lambda: refused_before(artifacts, spec, variant, key))
-    if reused is not None:
-        if main:
-            step(f"refused before with the same recipe and inputs ({reused.get('built_at', 'an earlier build')}, "
-                 f"{record_path(artifacts, spec.name)}): " + "; ".join(reused["gates_failed"])
-                 + ". Verdict reused, not retrained; --rebuild trains and measures it again")
-        return reused | {"verdict_reused": True} if main else None
+    if reused is not None and processes.is_main():
+        step(f"refused before with the same recipe and inputs ({reused.get('built_at', 'an earlier build')}, "
+             f"{record_path(artifacts, spec.name)}): " + "; ".join(reused["gates_failed"])
+             + ". Verdict reused, not retrained; --rebuild trains and measures it again")
+    return key, reused
+
+
+def prepare(spec: ModelSpec, variant: str, plan: list, workdir: pathlib.Path, out: pathlib.Path, gates: Gates,
+            step: Callable[[str], None]) -> tuple:
+    """(model, teacher facts or None, splits, BuildContext): the cached data splits and the model every step
+    starts from (the fine-tuned teacher when the spec asks for one), seeded."""
     step("loading data splits")
     splits = processes.main_first(lambda: load_splits(spec, workdir))  # rank 0 writes the cache, the others read it
     seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
@@ -118,61 +159,40 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
                            max_accuracy_drop=gates.max_accuracy_drop, teacher_key=teacher and teacher["key"])
     if teacher is not None and variant == "fp32":
         context.notes["training"] = {"teacher fine-tune": teacher["training"]}
-    model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
-    if not main:
-        return None
-    onnx_path = transform_onnx(onnx_path, plan, context)
-    step("measuring accuracy and agreement with fp32")
-    scores = score_variant(onnx_path, variant, context, eval_limit)
-    step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
-    latency = measure_latency(onnx_path, variant, context)
-    failed_gates = check_gates(variant, plan, scores, latency, serving, gates, context)
-    entry = {
-        "triton_model": model_name(spec.name, variant),
-        "accuracy": scores["accuracy"],
-        "accuracy_drop_points": scores["drop"],
-        "accuracy_drop_se_points": scores["drop_se"],
-        "accuracy_drop_by_split": scores["drop_by_split"],  # {split: [drop, se]}, the first split's as above
-        "eval_examples": scores["eval_examples"],
-        "agreement_with_fp32": scores["agreement"],
-        # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
-        "baseline": baseline_facts(teacher, variant),
-        **torch_facts,
-        "onnx_bytes": onnx_path.stat().st_size,
-        "onnx_gzip_bytes": gzip_bytes(onnx_path),
-        "latency_p50_ms": latency["latency"],
-        "fp32_latency_p50_ms": latency["fp32_latency"],
-        "speedup_vs_fp32": latency["speedup"],
-        "gates_failed": failed_gates,
-        "recipe_key": key,
-        "notes": context.notes,
-        "command": command,
-        "spec": spec_dict(spec),
-        "variant_configs": {s.name: dataclasses.asdict(c) for s, c in plan},
-        "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
-        "versions": library_versions(),
-    }
-    if spec.sequence_mask:  # what the client and load tests pad text requests to (spec.length_buckets)
-        entry["length_buckets"] = list(model_length_buckets(spec, workdir, splits[spec.evaluate[0]]))
-    step("deriving input limits (token ids, sequence lengths) from the ONNX file")
-    entry["input_limits"] = derive_limits(spec, onnx_path)
-    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
-    entry["cpu_isa"] = peak["isa"]
-    entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, facts(variant).compute_precision)
-    entry |= profile_variant(model, onnx_path, variant, context)
-    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
-                     limits=entry["input_limits"], length_buckets_of=entry.get("length_buckets"))
-    entry["training"] = context.notes.get("training", {})
-    entry["training_cut_by_time_cap"] = sorted(what for what, run in entry["training"].items()
-                                               if run["stopped_by_time_cap"])
-    for what in entry["training_cut_by_time_cap"]:
-        run = entry["training"][what]
+    return model, teacher, splits, context
+
+
+def score_facts(scores: dict) -> dict:
+    """The record's accuracy keys, from score_variant."""
+    return {"accuracy": scores["accuracy"], "accuracy_drop_points": scores["drop"],
+            "accuracy_drop_se_points": scores["drop_se"],
+            "accuracy_drop_by_split": scores["drop_by_split"],  # {split: [drop, se]}, the first split's as above
+            "eval_examples": scores["eval_examples"], "agreement_with_fp32": scores["agreement"]}
+
+
+def size_and_speed(onnx_path: pathlib.Path, latency: dict) -> dict:
+    """The record's file sizes and in-process latency keys, from measure_latency."""
+    return {"onnx_bytes": onnx_path.stat().st_size, "onnx_gzip_bytes": gzip_bytes(onnx_path),
+            "latency_p50_ms": latency["latency"], "fp32_latency_p50_ms": latency["fp32_latency"],
+            "speedup_vs_fp32": latency["speedup"]}
+
+
+def provenance(spec: ModelSpec, plan: list, serving: ServingConfig, command: str) -> dict:
+    """What made this entry: the command, the spec, the steps' resolved configs, the serving config, the libraries."""
+    return {"command": command, "spec": spec_dict(spec),
+            "variant_configs": {s.name: dataclasses.asdict(c) for s, c in plan},
+            "serving": dataclasses.asdict(serving) | {"intra_op_threads": serving.threads()},
+            "versions": library_versions()}
+
+
+def training_facts(training: dict, step: Callable[[str], None]) -> dict:
+    """The record's `training` (per trained run) and the runs the time cap cut short, each warned about."""
+    cut = sorted(what for what, run in training.items() if run["stopped_by_time_cap"])
+    for what in cut:
+        run = training[what]
         step(f"WARNING: the {run['max_seconds']:.0f} s time cap cut `{what}` short at step {run['steps']} of "
              f"{run['planned_steps']}: this model is not its recipe's, and a rebuild may differ")
-    entry["build_seconds"] = round(time.perf_counter() - started, 1)
-    entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_entry(artifacts, spec.name, variant, entry)
-    return entry
+    return {"training": training, "training_cut_by_time_cap": cut}
 
 
 def recipe_key(spec: ModelSpec, variant: str, plan: list, gates: Gates, serving: ServingConfig,

@@ -256,29 +256,12 @@ def run_training(model, loss_fn: Callable, split, spec, config: TrainConfig, pro
 
 def _run_training(model, loss_fn, split, spec, config, progress, what, augment, after_backward,
                   validate) -> tuple:
-    import logging
-
     import torch
 
     _rendezvous()
     seed_everything(config.seed)
-    import deepspeed
-
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     rank, world = processes.rank(), processes.world_size()
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
-        "train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": 1,
-        "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0,
-        "wall_clock_breakdown": False})
-    # the kit's torch is the CPU build, so DeepSpeed's accelerator is its CPU one even on a GPU machine; a CUDA
-    # build of torch would place the model on a GPU while batches, teachers and the export stay on the CPU
-    if getattr(engine, "device", torch.device("cpu")).type != "cpu":
-        raise VariantError(f"{what}: DeepSpeed placed the model on {engine.device}; the kit's trainer runs on CPU "
-                           "ranks only", hint="install the CPU build of torch (`make install`) or set "
-                           "DS_ACCELERATOR=cpu")
+    engine, optimizer = _engine(model, config, what)
     # one generator, the same on every rank: all draw the same batches (and augmentations), each takes its shard
     rng = np.random.default_rng(config.seed)
     count = len(split) if config.max_examples is None else min(config.max_examples, len(split))
@@ -297,22 +280,9 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
                 break
             # the cap is checked before each step after the first: a run always takes one step
             over_time = step > 0 and time.perf_counter() - started + offset > config.max_seconds
-            batch = {k: v[index] for k, v in split.inputs.items()}
-            if spec.sequence_mask:
-                batch = trim_padding(batch, spec.sequence_mask)
-            if augment is not None:
-                batch = augment(batch, rng)
-            inputs = {k: torch.from_numpy(v) for k, v in batch.items()}
-            loss = loss_fn(engine, inputs, torch.from_numpy(split.labels[index]))
-            # decided by all ranks at once (one MAX all-reduce): a rank that stopped alone would leave the others
-            # waiting in the gradient all-reduce
-            finite = bool(torch.isfinite(loss))
-            diverged, out_of_time = processes.any_rank([not finite, over_time])
-            if diverged:
-                where = "" if world == 1 else f" on rank {rank}" if not finite else " on another rank"
-                raise VariantError(f"{what}: the loss became {loss.item() if not finite else 'non-finite'} at step "
-                                   f"{step} (epoch {epoch + 1}){where}; training diverged",
-                                   hint="lower the learning rate (training: {lr: ...})")
+            loss = loss_fn(engine, _batch(split, index, spec, augment, rng),
+                           torch.from_numpy(split.labels[index]))
+            out_of_time = _stop_for_all_ranks(loss, over_time, what, step, epoch)
             if out_of_time:
                 break
             engine.backward(loss)
@@ -332,12 +302,7 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
                          f"{np.mean(losses[-20:]):.4f} ({now - started:.0f} s, cap {config.max_seconds:.0f} s)")
                 last_report = now
         if epoch >= epochs - config.swa_epochs and not out_of_time:
-            state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-            if averaged is None:
-                averaged = state
-            else:
-                for k in averaged:
-                    averaged[k] += (state[k] - averaged[k]) / (averaged_epochs + 1)
+            averaged = _running_average(averaged, averaged_epochs, model)
             averaged_epochs += 1
         if out_of_time:
             break
@@ -345,7 +310,80 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in averaged.items()})
     if selection is not None:
         selection.finish(model, step, progress)
-    seconds = time.perf_counter() - started
+    facts = _run_facts(model, what, config, selection, losses, step=step, total_steps=total_steps,
+                       per_epoch=per_epoch, count=count, seconds=time.perf_counter() - started,
+                       out_of_time=out_of_time, averaged_epochs=averaged_epochs, progress=progress)
+    return model.eval(), facts
+
+
+def _engine(model, config: TrainConfig, what: str) -> tuple:
+    """(DeepSpeed engine, its AdamW optimizer) over `model`'s trainable parameters, in train mode."""
+    import logging
+
+    import deepspeed
+    import torch
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
+        "train_micro_batch_size_per_gpu": config.batch_size, "gradient_accumulation_steps": 1,
+        "steps_per_print": 10 ** 9, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0,
+        "wall_clock_breakdown": False})
+    # the kit's torch is the CPU build, so DeepSpeed's accelerator is its CPU one even on a GPU machine; a CUDA
+    # build of torch would place the model on a GPU while batches, teachers and the export stay on the CPU
+    if getattr(engine, "device", torch.device("cpu")).type != "cpu":
+        raise VariantError(f"{what}: DeepSpeed placed the model on {engine.device}; the kit's trainer runs on CPU "
+                           "ranks only", hint="install the CPU build of torch (`make install`) or set "
+                           "DS_ACCELERATOR=cpu")
+    return engine, optimizer
+
+
+def _batch(split, index, spec, augment: Callable | None, rng) -> dict:
+    """The examples at `index` as tensors: padding trimmed to the longest, then augmented."""
+    import torch
+
+    batch = {k: v[index] for k, v in split.inputs.items()}
+    if spec.sequence_mask:
+        batch = trim_padding(batch, spec.sequence_mask)
+    if augment is not None:
+        batch = augment(batch, rng)
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def _stop_for_all_ranks(loss, over_time: bool, what: str, step: int, epoch: int) -> bool:
+    """Whether the time cap stops the run at this step; raises VariantError when the loss is not finite. Decided
+    by all ranks at once (one MAX all-reduce): a rank that stopped alone would leave the others waiting in the
+    gradient all-reduce."""
+    import torch
+
+    finite = bool(torch.isfinite(loss))
+    diverged, out_of_time = processes.any_rank([not finite, over_time])
+    if diverged:
+        rank, world = processes.rank(), processes.world_size()
+        where = "" if world == 1 else f" on rank {rank}" if not finite else " on another rank"
+        raise VariantError(f"{what}: the loss became {loss.item() if not finite else 'non-finite'} at step "
+                           f"{step} (epoch {epoch + 1}){where}; training diverged",
+                           hint="lower the learning rate (training: {lr: ...})")
+    return out_of_time
+
+
+def _running_average(averaged: dict | None, count: int, model) -> dict:
+    """The mean of `count` earlier states (`averaged`) and the model's state now (weight averaging, SWA)."""
+    state = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    if averaged is None:
+        return state
+    for k in averaged:
+        averaged[k] += (state[k] - averaged[k]) / (count + 1)
+    return averaged
+
+
+def _run_facts(model, what: str, config: TrainConfig, selection, losses: list, *, step: int, total_steps: int,
+               per_epoch: int, count: int, seconds: float, out_of_time: bool, averaged_epochs: int,
+               progress: Callable[[str], None]) -> dict:
+    """The record's facts of a finished run, checked equal on every rank, and its one progress line."""
+    rank, world = processes.rank(), processes.world_size()
     weights = weights_hash(model)
     hashes = processes.gather(weights)
     if len(set(hashes)) > 1:  # the engine's gradient all-reduce did not happen, or a rank trained differently
@@ -372,7 +410,7 @@ def _run_training(model, loss_fn, split, spec, config, progress, what, augment, 
         # one write: the ranks share the launcher's stdout, and print() would write the newline apart
         sys.stdout.write(f"[rank {rank}/{world}] {message}; weights {weights}\n")
         sys.stdout.flush()
-    return model.eval(), facts
+    return facts
 
 
 class CheckpointSelection:
