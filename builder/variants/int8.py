@@ -321,7 +321,6 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
 
     def outputs_of(path) -> np.ndarray:
         return outputs_on(onnx_predictor(onnx_session(path)), spec, split)[metric.output]
-
     floating = outputs_of(prepared)
     fp32_file = context.workdir / "fp32" / "model.onnx"
     reference = score(metric, {metric.output: outputs_of(fp32_file) if fp32_file.is_file() else floating}, split.labels)
@@ -329,10 +328,9 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     if float_drop > budget:  # e.g. a distilled student already below the gate: no float node could win it back
         context.progress(f"int8 search: skipped, the float model before int8 already drops {float_drop:.2f} points "
                          f"vs fp32 on `{spec.validation_split}` (budget {budget})")
-        quantize(output, excluded)
-        return output, {"split": spec.validation_split, "examples": len(split), "budget_points": budget,
-                        "fp32_accuracy": reference, "skipped": f"the float model already drops {float_drop} points",
-                        "reverted": [], "trials": []}
+        return quantize(output, excluded), {
+            "split": spec.validation_split, "examples": len(split), "budget_points": budget, "fp32_accuracy": reference,
+            "skipped": f"the float model already drops {float_drop} points", "reverted": [], "trials": []}
     scratch = context.out / "int8_search"
     scratch.mkdir(exist_ok=True)
     counter = iter(range(10**6))
@@ -349,12 +347,7 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
     full = quantize_reverting([])
     candidates = quantized_nodes(onnx.load(str(prepared)), onnx.load(str(full)))
     static = any(n.op_type == "DequantizeLinear" for n in onnx.load(str(full)).graph.node)
-    ranking_method = config.ranking
-    if ranking_method == "auto":
-        ranking_method = "sqnr" if static and len(candidates) > LEAVE_ONE_OUT_MAX else "leave-one-out"
-    if ranking_method == "sqnr" and not static:
-        raise VariantError("int8: ranking `sqnr` needs a static (QDQ) graph; dynamic quantization has no "
-                           "activations to compare", hint="use ranking: leave-one-out, or method: static")
+    ranking_method = ranking_method_of(config.ranking, static, len(candidates))
 
     def rank_sqnr(full_path: pathlib.Path):
         context.progress(f"int8 search: ranking {len(candidates)} nodes by quantization SQNR (qdq_loss_debug, "
@@ -368,14 +361,29 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
         rank=rank_sqnr if ranking_method == "sqnr" else None)
     shutil.move(str(chosen), str(output))
     shutil.rmtree(scratch)
-    last = int8_search.chosen_trial(trials, budget)
-    table = int8_search.tuning_table(trials, len(candidates))
+    notes = search_notes(trials, ranking, ranking_method, budget, len(candidates))
     if len(trials) > 1:
-        for line in ["int8 search (validation split, drop vs fp32 in points):", *table]:
+        for line in ["int8 search (validation split, drop vs fp32 in points):", *notes["table"]]:
             context.progress(line)
-    return output, {
-        "split": spec.validation_split, "examples": len(split), "budget_points": budget,
-        "fp32_accuracy": reference, "float_drop_points": float_drop, "quantized_nodes": len(candidates), "within_budget": last.drop_points <= budget,
+    return output, {"split": spec.validation_split, "examples": len(split), "budget_points": budget,
+                    "fp32_accuracy": reference, "float_drop_points": float_drop, **notes}
+
+
+def ranking_method_of(asked: str, static: bool, candidates: int) -> str:
+    """`sqnr` or `leave-one-out`: `auto` ranks a large static graph by SQNR, anything else one node at a time."""
+    if asked == "auto":
+        return "sqnr" if static and candidates > LEAVE_ONE_OUT_MAX else "leave-one-out"
+    if asked == "sqnr" and not static:
+        raise VariantError("int8: ranking `sqnr` needs a static (QDQ) graph; dynamic quantization has no "
+                           "activations to compare", hint="use ranking: leave-one-out, or method: static")
+    return asked
+
+
+def search_notes(trials: list, ranking: list, ranking_method: str, budget: float, candidates: int) -> dict:
+    """The record's notes of a finished search: its trials, what it reverted to float, and the tuning table."""
+    last = int8_search.chosen_trial(trials, budget)
+    return {
+        "quantized_nodes": candidates, "within_budget": last.drop_points <= budget,
         "reverted": list(last.reverted),
         "trials": [{"trial": t.number, "reverted": len(t.reverted), "new": [n for n in t.reverted
                     if n not in (trials[i - 1].reverted if i else ())], "accuracy": t.accuracy,
@@ -383,7 +391,7 @@ def searched(quantize, prepared: pathlib.Path, excluded: list[str], output: path
         "ranking_method": ranking_method if len(trials) > 1 else None,
         "ranking": [{"node": n, **figures} for n, figures in ranking],
         "speed_cost_b1": round(last.b1_ms / trials[0].b1_ms, 3) if trials[0].b1_ms else None,
-        "table": table,
+        "table": int8_search.tuning_table(trials, candidates),
     }
 
 
