@@ -160,12 +160,7 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             raise unknown_name("model", model, before, FootprintError, hint="the server's repository has these")
         try:
             if before[model] == "READY":
-                old = {s.pid for s in find_stubs(model, server_pid)}
-                client.unload_model(model)
-                # Without the server's pid (a URL), `old` may hold stubs of the same model name served by another
-                # server on this machine, which never end: ours have ended once any of them has.
-                wait_for(lambda: not client.is_model_ready(model) and stubs_ended(old, model, server_pid),
-                         timeout, f"{model} to unload")
+                unload_and_wait(client, model, server_pid, timeout)
             present = {s.pid for s in find_stubs(model, server_pid)}  # not ours: another server's, or ending
             config = None
             if fallback:  # an EmbeddedServer's: load it as the server did, with KIND_CPU instances
@@ -183,6 +178,13 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
             raise FootprintError(f"measuring {model} failed: {e}", hint=e.hint) from e
         finally:
             restore(client, before, model)
+    return footprint_record(model, repository, request, load_seconds, stubs, configured, after_load,
+                            after_inference, bool(fallback))
+
+
+def footprint_record(model: str, repository: pathlib.Path | None, request: dict, load_seconds: float, stubs: list,
+                     configured: int | None, after_load: dict, after_inference: dict, cpu_fallback: bool) -> dict:
+    """measure_footprint's result from what it measured: per instance and the means over instances."""
     footprint = {
         "model": model, "file_bytes": served_files_bytes(repository, model) if repository else None, "load_seconds": round(load_seconds, 3),
         "instances": len(stubs), "configured_instances": configured,
@@ -193,7 +195,7 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
                           "peak_rss_bytes": after_inference[s.pid]["peak_rss"]} for s in stubs],
         "warmup_request": {"split": WARMUP_SPLIT, "batch": 1,
                            "shapes": {k: list(v.shape) for k, v in request.items()}},
-        "server": SERVER_NOTE, "cpu_fallback": bool(fallback),
+        "server": SERVER_NOTE, "cpu_fallback": cpu_fallback,
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if stubs:
@@ -207,6 +209,16 @@ def measure_footprint(server_or_urls, repository: pathlib.Path | None, model: st
         footprint["memory_note"] = (f"no {STUB} process of {model} appeared on this machine: the server runs "
                                     "elsewhere, or serves the model in-process (native backend, ensemble)")
     return footprint
+
+
+def unload_and_wait(client, model: str, server_pid: int | None, timeout: float) -> None:
+    """Unload `model` and wait until it is not ready and its stub processes have ended."""
+    old = {s.pid for s in find_stubs(model, server_pid)}
+    client.unload_model(model)
+    # Without the server's pid (a URL), `old` may hold stubs of the same model name served by another server on
+    # this machine, which never end: ours have ended once any of them has.
+    wait_for(lambda: not client.is_model_ready(model) and stubs_ended(old, model, server_pid),
+             timeout, f"{model} to unload")
 
 
 def restore(client, before: dict[str, str], model: str) -> None:

@@ -96,6 +96,28 @@ def fold_bn(conv_weight, conv_bias, bn):
     return conv_weight * scale.reshape(-1, 1, 1, 1), beta - scale * (bn.running_mean - b)
 
 
+def folded_block(block):
+    """One 3x3 conv with bias + ReLU, equal to the MobileOne `block` with BatchNorm frozen."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        weight, bias = fold_bn(block.conv3.weight, None, block.bn3)
+        w1, b1 = fold_bn(block.conv1.weight, None, block.bn1)
+        weight = weight + nn.functional.pad(w1, (1, 1, 1, 1))  # 1x1 -> centre of a 3x3
+        bias = bias + b1
+        if block.identity is not None:
+            channels = block.conv3.in_channels
+            one_hot = torch.zeros(channels, channels, 3, 3, dtype=weight.dtype)
+            one_hot[torch.arange(channels), torch.arange(channels), 1, 1] = 1.0
+            wi, bi = fold_bn(one_hot, None, block.identity)
+            weight, bias = weight + wi, bias + bi
+        conv = nn.Conv2d(block.conv3.in_channels, block.conv3.out_channels, 3, block.conv3.stride, 1, bias=True)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return nn.Sequential(conv, nn.ReLU())
+
+
 @functools.cache
 def _torch_modules():
     """The student's classes, defined once on first use so that importing this module does not import torch."""
@@ -125,22 +147,7 @@ def _torch_modules():
             return self.relu(y)
 
         def fold(self) -> nn.Module:
-            """One 3x3 conv with bias + ReLU, equal to this block with BatchNorm frozen."""
-            with torch.no_grad():
-                weight, bias = fold_bn(self.conv3.weight, None, self.bn3)
-                w1, b1 = fold_bn(self.conv1.weight, None, self.bn1)
-                weight = weight + nn.functional.pad(w1, (1, 1, 1, 1))  # 1x1 -> centre of a 3x3
-                bias = bias + b1
-                if self.identity is not None:
-                    channels = self.conv3.in_channels
-                    one_hot = torch.zeros(channels, channels, 3, 3, dtype=weight.dtype)
-                    one_hot[torch.arange(channels), torch.arange(channels), 1, 1] = 1.0
-                    wi, bi = fold_bn(one_hot, None, self.identity)
-                    weight, bias = weight + wi, bias + bi
-                conv = nn.Conv2d(self.conv3.in_channels, self.conv3.out_channels, 3, self.conv3.stride, 1, bias=True)
-                conv.weight.copy_(weight)
-                conv.bias.copy_(bias)
-            return nn.Sequential(conv, nn.ReLU())
+            return folded_block(self)
 
     class ReparamStudent(nn.Module):
         """Standardise -> blocks -> global average pool -> linear logits. `forward(image)`: see `student`."""
@@ -297,6 +304,46 @@ def session_memory_mib(onnx_path: pathlib.Path, input_name: str, batch: np.ndarr
             "process_peak_mib": round(probe["peak_kib"] / 1024, 1)}
 
 
+def equivalence(branched, folded, images) -> dict:
+    """The record's check that the folded student equals the branched one on `images`; raises VariantError when
+    it does not (folding is wrong)."""
+    import torch
+
+    with torch.no_grad():
+        want, got = branched(images), folded(images)
+    diff = float((want - got).abs().max())
+    tolerance = EQUIVALENCE_RTOL * max(1.0, float(want.abs().max()))
+    if not diff <= tolerance:
+        raise VariantError(f"reparam: the folded student differs from the branched one by {diff:.3g} on "
+                           f"{len(images)} validation images (tolerance {tolerance:.3g}); folding is wrong")
+    return {"max_abs_diff": diff, "tolerance": tolerance, "examples": len(images),
+            "rule": f"{EQUIVALENCE_RTOL:g} x max(1, largest |logit|)"}
+
+
+def branched_beside_folded(branched, folded, context, validation, input_name: str) -> dict:
+    """The branched model as it would be served without folding, exported and measured beside the folded one
+    (model.onnx): operators, latency at batch 1 and 32, session memory."""
+    spec = context.spec
+    context.progress("reparam: exporting the branched student and measuring it beside the folded one")
+    branched_path = context.out / "branched.onnx"
+    folded_path = context.out / "folded.onnx"
+    export(branched, spec, example_batch(spec), branched_path)
+    export(folded, spec, example_batch(spec), folded_path)
+    verify(branched, spec, branched_path, validation.spread(8).inputs)
+    latency, memory = {}, {}
+    batches = {b: fixed_batch(spec, context.splits[spec.evaluate[0]], b) for b in (1, 32)}
+    for name, path in (("branched", branched_path), ("folded", folded_path)):
+        latency[name] = {f"b{b}_t1": latency_p50_ms(path, inputs, threads=1) for b, inputs in batches.items()}
+        memory[name] = session_memory_mib(path, input_name, batches[32][input_name])
+    return {"onnx_ops": {"branched": onnx_ops(branched_path), "folded": onnx_ops(folded_path)},
+            "latency_p50_ms": latency,
+            "latency_method": "in-process ONNX Runtime, 1 intra-op thread, p50 (builder.measure.latency_p50_ms)",
+            "memory": memory,
+            "memory_method": (f"fresh process per model: peak RSS (VmHWM, reset before the session) minus RSS "
+                              f"just before creating a 1-thread ONNX Runtime session and running batch 32 "
+                              f"{MEMORY_RUNS} times; process_peak_mib includes the interpreter and onnxruntime")}
+
+
 def apply(model, context, config: Config):
     import torch
 
@@ -327,47 +374,20 @@ def apply(model, context, config: Config):
     folded = reparameterize(branched)
     if not processes.is_main():  # the rest measures and writes files: rank 0's alone
         return folded
-    images = torch.from_numpy(validation.inputs[input_name])
-    with torch.no_grad():
-        want, got = branched(images), folded(images)
-    diff = float((want - got).abs().max())
-    tolerance = EQUIVALENCE_RTOL * max(1.0, float(want.abs().max()))
-    if not diff <= tolerance:
-        raise VariantError(f"reparam: the folded student differs from the branched one by {diff:.3g} on "
-                           f"{len(images)} validation images (tolerance {tolerance:.3g}); folding is wrong")
+    info["equivalence"] = equivalence(branched, folded, torch.from_numpy(validation.inputs[input_name]))
     blocks = blocks_of(branched)
     info["blocks"] = len(blocks)
     info["branches_per_block"] = [b.branches for b in blocks]
-    info["equivalence"] = {"max_abs_diff": diff, "tolerance": tolerance, "examples": len(images),
-                           "rule": f"{EQUIVALENCE_RTOL:g} x max(1, largest |logit|)"}
     one = fixed_batch(spec, context.splits[spec.evaluate[0]], 1)
     info["params"] = {"branched": int(sum(p.numel() for p in branched.parameters())),
                       "folded": int(sum(p.numel() for p in folded.parameters()))}
     info["macs"] = {"teacher": count_macs(teacher, one), "branched": count_macs(branched, one),
                     "folded": count_macs(folded, one)}
 
-    # The branched model as it would be served without folding, measured beside the folded one (model.onnx).
-    context.progress("reparam: exporting the branched student and measuring it beside the folded one")
-    branched_path = context.out / "branched.onnx"
-    folded_path = context.out / "folded.onnx"
-    export(branched, spec, example_batch(spec), branched_path)
-    export(folded, spec, example_batch(spec), folded_path)
-    verify(branched, spec, branched_path, validation.spread(8).inputs)
-    latency, memory = {}, {}
-    batches = {b: fixed_batch(spec, context.splits[spec.evaluate[0]], b) for b in (1, 32)}
-    for name, path in (("branched", branched_path), ("folded", folded_path)):
-        latency[name] = {f"b{b}_t1": latency_p50_ms(path, inputs, threads=1) for b, inputs in batches.items()}
-        memory[name] = session_memory_mib(path, input_name, batches[32][input_name])
-    info["onnx_ops"] = {"branched": onnx_ops(branched_path), "folded": onnx_ops(folded_path)}
-    info["latency_p50_ms"] = latency
-    info["latency_method"] = "in-process ONNX Runtime, 1 intra-op thread, p50 (builder.measure.latency_p50_ms)"
-    info["memory"] = memory
-    info["memory_method"] = (f"fresh process per model: peak RSS (VmHWM, reset before the session) minus RSS just "
-                             f"before creating a 1-thread ONNX Runtime session and running batch 32 "
-                             f"{MEMORY_RUNS} times; process_peak_mib includes the interpreter and onnxruntime")
+    info |= branched_beside_folded(branched, folded, context, validation, input_name)
     context.notes["reparam"] = info
     context.progress(f"reparam: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f} "
                      f"untrained -> {info['student_validation_accuracy']:.4f} distilled; folded "
-                     f"{len(blocks)} blocks (max abs diff {diff:.2g}); MACs {info['macs']['branched']} branched -> "
+                     f"{len(blocks)} blocks (max abs diff {info['equivalence']['max_abs_diff']:.2g}); MACs {info['macs']['branched']} branched -> "
                      f"{info['macs']['folded']} folded (teacher {info['macs']['teacher']})")
     return folded
