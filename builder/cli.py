@@ -90,7 +90,7 @@ def model_arguments(parser) -> None:
     parser.add_argument("--data", action="append", metavar="[SPLIT=]FILE",
                        help="with --hf-model a CSV, JSON-lines or Parquet file, with --onnx-model an .npz or an image "
                             "folder (a subfolder per class), with --torch-program an .npz (one array per "
-                            "input, and `labels`): split 70/10/20 with a fixed seed, or one per split: "
+                            "input, and `labels`) or, for a one-input image model, an image folder: split 70/10/20 with a fixed seed, or one per split: "
                             "--data train=a.csv --data validation=b.csv --data test=c.csv")
     parser.add_argument("--text-column", help="with --hf-model: the column holding the text, a token classifier's "
                                              "words (default: text)")

@@ -1,7 +1,9 @@
-"""A TorchScript program or a `torch.export` program, and an .npz of its inputs and labels, as a model source.
+"""A TorchScript program or a `torch.export` program, and an .npz of its inputs and labels (or, for an image model,
+an image folder), as a model source.
 
     builder build --torch-program model.pt --data data.npz --variant fp32,int8,fp16    (torch.jit.save)
     builder build --torch-program model.pt2 --data data.npz --variant fp32,int8        (torch.export.save)
+    builder build --torch-program model.pt --data images/ --variant fp32,int8          (a subfolder per class)
 
 The program is exported to ONNX once, into `<artifacts>/<name>/program.onnx`, and from there it is an ONNX source
 (builder/sources/onnxfile.py): fp32 as exported, the post-training variants (fp16, int8 with its accuracy search),
@@ -13,6 +15,10 @@ must be dynamic: `dynamic_shapes=` at export).
 The .npz holds one array per argument of the program's `forward`, named as the arguments, and `labels`. The
 export is checked on real rows of it: ONNX Runtime's outputs must match the program's (ExportError otherwise). The
 file is written atomically and only after the data and the check pass.
+
+An image folder feeds a program with one argument. A program carries no input shape, so the folder's first image
+gives it: 1 channel for a grayscale image, else 3 (RGB), at that image's height and width; every image is read
+as an ONNX source's image folder is (builder/sources/onnxfile.py: converted, resized, scaled to 0..1).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ OPSET = 18  # what the kit's own exports use (builder/torch2onnx.py)
 SUFFIXES = (".pt", ".pth", ".pt2", ".ts")
 CHECK_ROWS = 4
 ATOL = 1e-4
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow's one-channel modes (LA: grey plus alpha)
 
 
 def load_program(path: pathlib.Path):
@@ -60,8 +67,10 @@ def load_program(path: pathlib.Path):
 def example_rows(path: pathlib.Path, names: list[str], rows: int = CHECK_ROWS) -> dict[str, np.ndarray]:
     """The first `rows` rows of every argument's array in the .npz (float64 as float32). Raises DataError."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        return folder_rows(path, names, rows)
     if path.suffix.lower() != ".npz" or not path.is_file():
-        raise DataError(f"{path}: a program's data is an existing .npz file",
+        raise DataError(f"{path}: a program's data is an existing .npz file or image folder",
                         hint=f"one array per argument of forward ({', '.join(names)}) and `labels`")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -74,6 +83,30 @@ def example_rows(path: pathlib.Path, names: list[str], rows: int = CHECK_ROWS) -
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not readable as .npz: {e}") from e
     return {n: a.astype(np.float32) if a.dtype == np.float64 else a for n, a in found.items()}
+
+
+def folder_rows(path: pathlib.Path, names: list[str], rows: int) -> dict[str, np.ndarray]:
+    """The first `rows` images of an image folder, shaped as its first image says (see module doc)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .onnxfile import IMAGE_SUFFIXES, class_folders, read_image_folder
+
+    if len(names) != 1:
+        raise DataError(f"{path}: an image folder feeds a program with one argument; its forward takes "
+                        f"{', '.join(names)}", hint="an .npz with one array per argument and `labels`")
+    folders = class_folders(path)
+    first = next((f for folder in folders for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES),
+                 None)
+    if first is None:
+        raise DataError(f"{path}: no images in class subfolders", hint="one subfolder of images per class")
+    try:
+        with Image.open(first) as image:
+            channels, (width, height) = (1 if image.mode in GRAYSCALE_MODES else 3), image.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{first}: not readable as an image: {e}") from e
+    tensor = {"name": names[0], "dtype": "float32", "shape": ["batch", channels, height, width]}
+    inputs, _ = read_image_folder(path, [tensor], len(folders))
+    return {names[0]: inputs[names[0]][:rows]}
 
 
 def output_names(outputs) -> list[str]:

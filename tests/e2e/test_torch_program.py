@@ -94,3 +94,48 @@ def test_data_without_the_programs_argument_and_a_file_that_is_no_program(progra
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines()[0].startswith(first_line), result.stderr
         assert not (tmp_path / "artifacts").exists() and not (tmp_path / "model_repository").exists()
+
+
+def test_an_image_folder_feeds_a_scripted_program(programs, tmp_path):
+    """The folder's first image gives the program's input shape (8x8 grayscale); the export is checked on its
+    images, and the served fp32 answers as the program does on those images scaled to 0..1."""
+    import onnxruntime
+    import torch
+
+    from tests.e2e.test_onnx_model import write_image_folder
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(40, 8, 8)).astype(np.uint8)
+    folder = write_image_folder(tmp_path / "images", pixels)
+    result = run_cli("builder", "build", "--torch-program", programs["root"] / KINDS["scripted"], "--data", folder,
+                     "--name", "folder", "--variant", "fp32,int8", "--force", "--repository", tmp_path / "repo",
+                     "--artifacts", tmp_path / "artifacts", timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    spec = load_spec(tmp_path / "artifacts" / "folder" / "spec.yaml")
+    assert [(t.name, t.shape) for t in spec.inputs] == [("image", ("batch", 1, 8, 8))]
+    assert spec.class_names == ("class_0", "class_1", "class_2", "class_3")
+    images = pixels[:8, None].astype(np.float32) / 255.0
+    program = torch.jit.load(str(programs["root"] / KINDS["scripted"]))
+    with torch.no_grad():
+        expected = program(torch.from_numpy(images)).numpy()
+    session = onnxruntime.InferenceSession(str(tmp_path / "repo" / "folder_fp32" / "1" / "model.onnx"))
+    np.testing.assert_allclose(session.run(["output"], {"image": images})[0], expected, rtol=0, atol=1e-4)
+    assert (tmp_path / "repo" / "folder_int8" / "1" / "model.onnx").is_file()
+
+
+def test_an_image_folder_for_a_program_of_two_arguments_gets_one_line(tmp_path):
+    import torch
+
+    from tests.e2e.test_onnx_model import write_image_folder
+
+    class Two(torch.nn.Module):
+        def forward(self, image, scale):
+            return image.flatten(1) * scale
+
+    torch.jit.save(torch.jit.script(Two()), str(tmp_path / "two.pt"))
+    folder = write_image_folder(tmp_path / "images", np.zeros((8, 8, 8), dtype=np.uint8))
+    result = run_cli("builder", "build", "--torch-program", tmp_path / "two.pt", "--data", folder,
+                     "--repository", tmp_path / "repo", "--artifacts", tmp_path / "artifacts")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[0] == (f"error: {folder}: an image folder feeds a program with one argument; "
+                                             "its forward takes image, scale"), result.stderr
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "repo").exists()
