@@ -154,7 +154,7 @@ def prepare(spec: ModelSpec, variant: str, plan: list, workdir: pathlib.Path, ou
     step("loading model")
     model, teacher = load_model(spec, workdir, splits, step)
     if isinstance(model, OnnxFile):
-        refuse_torch_steps(spec, variant, plan)
+        refuse_torch_steps(spec, variant, plan, model)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
                            max_accuracy_drop=gates.max_accuracy_drop, teacher_key=teacher and teacher["key"])
     if teacher is not None and variant == "fp32":
@@ -500,9 +500,17 @@ def copy_checked(source: OnnxFile, spec: ModelSpec, splits: dict, out: pathlib.P
                        "macs": count_onnx_macs(model, fixed_batch(spec, splits[spec.evaluate[0]], 1))}
 
 
-def refuse_torch_steps(spec: ModelSpec, variant: str, plan: list) -> None:
-    """An ONNX source has no PyTorch model: refuse, in one line, a variant that trains or changes one."""
+def refuse_torch_steps(spec: ModelSpec, variant: str, plan: list, source: OnnxFile) -> None:
+    """An ONNX source has no PyTorch model: refuse, in one line, a variant that trains or changes one. One built
+    from a torch.export program (`--torch-program FILE.pt2`) keeps the program, which `qat` trains."""
     torch_steps = [s.name for s, _ in plan if s.stage == "torch" and s.name != "fp32"]
+    if torch_steps == ["qat"]:
+        if source.program is None:
+            raise VariantError(f"{spec.name}: `{variant}` trains the model, and this ONNX source has no torch.export "
+                               "program to train (a TorchScript program's graph cannot be rewritten)",
+                               hint="build it from --torch-program FILE.pt2 (torch.export.save), or build the "
+                                    "post-training variants: fp16, int8, int8-dynamic, int8-static")
+        return
     if torch_steps:
         raise VariantError(f"{spec.name}: `{variant}` trains or changes the PyTorch model ({', '.join(torch_steps)}), "
                            f"and an ONNX file has none", hint="build the post-training variants: fp16, int8, "

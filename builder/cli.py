@@ -295,6 +295,8 @@ def program_spec(args, command: str):
                                                pathlib.Path(scratch) / "program.onnx")
         spec = onnxfile.infer_spec(exported, data, name)  # every array, checked against the exported graph
         spec["factory_args"]["path"] = spec["data_args"]["model"] = str(target)
+        if pathlib.Path(args.torch_program).suffix == ".pt2":  # a graph qat can train (builder/variants/qat.py)
+            spec["factory_args"]["program"] = str(pathlib.Path(args.torch_program).resolve())
         path = files.write_spec(spec, args.artifacts, command)
         atomic_write(target, exported.read_bytes())
     print(f"exported {args.torch_program} to {target}\nwrote the inferred spec {path}")

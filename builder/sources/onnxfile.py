@@ -40,9 +40,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class OnnxFile:
-    """What the factory of an ONNX source returns in place of a torch module: the file, used as fp32 as it is."""
+    """What the factory of an ONNX source returns in place of a torch module: the file, used as fp32 as it is, and
+    the torch.export program it was exported from, if any (what `qat` trains: builder/variants/qat.py)."""
 
     path: pathlib.Path
+    program: pathlib.Path | None = None
 
 
 def read_graph(path: pathlib.Path) -> tuple[list[dict], list[dict]]:
@@ -208,11 +210,12 @@ def metric_output(path, outputs: list[dict]) -> dict:
                       hint="describe the model in a spec (docs/own-model.md)")
 
 
-def load_model(workdir: pathlib.Path, path: str) -> OnnxFile:
-    """The spec's factory: the file itself (see module doc)."""
-    if not pathlib.Path(path).is_file():
-        raise ConfigError(f"{path}: no such file", hint="the spec's factory_args.path names the ONNX file")
-    return OnnxFile(pathlib.Path(path))
+def load_model(workdir: pathlib.Path, path: str, program: str | None = None) -> OnnxFile:
+    """The spec's factory: the file itself (see module doc), and the program it came from (`--torch-program`)."""
+    for file, what in ((path, "path names the ONNX file"), (program, "program names the torch.export program")):
+        if file is not None and not pathlib.Path(file).is_file():
+            raise ConfigError(f"{file}: no such file", hint=f"the spec's factory_args.{what}")
+    return OnnxFile(pathlib.Path(path), pathlib.Path(program) if program else None)
 
 
 def load_data(workdir: pathlib.Path, model: str, files, seed: int = SEED, pixel_max: float = 1.0) -> dict[str, Split]:

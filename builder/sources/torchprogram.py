@@ -37,6 +37,33 @@ ATOL = 1e-4
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow's one-channel modes (LA: grey plus alpha)
 
 
+def trainable_program(path: pathlib.Path):
+    """The torch.export program at `path` as a torch module that trains: its graph module, whose own train() and
+    eval() torch refuses, in a wrapper whose mode switch does not reach it. The graph was exported in eval mode,
+    so it has no train-mode behaviour to switch (BatchNorm uses its running statistics, dropout is gone)."""
+    import torch
+
+    program, names, kind = load_program(path)
+    if kind != "export":
+        raise ConfigError(f"{path}: a TorchScript program cannot be trained here; QAT rewrites the graph of a "
+                          "torch.export program", hint="save the model with torch.export.save, or build fp32, "
+                                                        "fp16 and int8 from this one")
+
+    class TrainableProgram(torch.nn.Module):
+        def __init__(self, graph):
+            super().__init__()
+            self.graph_module = graph
+
+        def train(self, mode: bool = True):
+            self.training = mode
+            return self
+
+        def forward(self, *args, **kwargs):  # the kit passes inputs by name, the graph takes them in order
+            return self.graph_module(*args, *(kwargs[name] for name in names))
+
+    return TrainableProgram(program.module())
+
+
 def load_program(path: pathlib.Path):
     """(program, argument names, kind): a ScriptModule ("torchscript") or an ExportedProgram ("export"). Raises
     ConfigError for a file that is neither."""
@@ -117,6 +144,18 @@ def output_names(outputs) -> list[str]:
 
 def export_program(path: pathlib.Path, data: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     """Export the program at `path` to ONNX at `target`, checked on the first rows of `data` (see module doc)."""
+    program, names, kind = load_program(path)
+    if not names:
+        raise ConfigError(f"{path}: its forward takes no arguments", hint="a model takes at least one input tensor")
+    proto = program_onnx(program, kind, names, example_rows(data, names), path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, proto.SerializeToString())
+    return target
+
+
+def program_onnx(program, kind: str, names: list[str], rows: dict[str, np.ndarray], path: pathlib.Path):
+    """The ONNX model of `program` (within ONNX Runtime 1.19's limits), its outputs checked equal to the
+    program's on `rows`. Raises ExportError."""
     import io
 
     import onnx
@@ -125,10 +164,6 @@ def export_program(path: pathlib.Path, data: pathlib.Path, target: pathlib.Path)
 
     from ..torch2onnx import enforce_limits
 
-    program, names, kind = load_program(path)
-    if not names:
-        raise ConfigError(f"{path}: its forward takes no arguments", hint="a model takes at least one input tensor")
-    rows = example_rows(data, names)
     args = tuple(torch.from_numpy(rows[n]) for n in names)
     with torch.no_grad():
         expected = (program.module() if kind == "export" else program)(*args)
@@ -155,6 +190,19 @@ def export_program(path: pathlib.Path, data: pathlib.Path, target: pathlib.Path)
             raise ExportError(f"{path}: the ONNX export's `{name}` differs from the program's on the data's first "
                               f"rows (max |difference| {difference:.3g}, shapes {list(want.shape)} / "
                               f"{list(have.shape)})", hint="describe the model in a spec (docs/own-model.md)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    return proto
+
+
+def retrained_program_onnx(path: pathlib.Path, weights: dict, rows: dict[str, np.ndarray], target: pathlib.Path):
+    """The torch.export program at `path` with `weights` (a state dict of its parameters, e.g. after QAT)
+    exported to ONNX at `target`, checked against the retrained program on `rows` (program_onnx)."""
+    import torch
+
+    program, names, kind = load_program(path)
+    with torch.no_grad():
+        for name, tensor in program.state_dict.items():
+            if name in weights:
+                tensor.copy_(weights[name])
+    proto = program_onnx(program, kind, names, rows, path)
     atomic_write(target, proto.SerializeToString())
     return target

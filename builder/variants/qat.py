@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from ..core.errors import VariantError
+from ..sources.onnxfile import OnnxFile
+from ..sources.torchprogram import CHECK_ROWS, retrained_program_onnx, trainable_program
 from ..train import TrainingOverrides, fine_tune
 from . import int8
 
@@ -49,37 +52,49 @@ def weight_fake_quant(levels: int = 127):
     return WeightFakeQuant()
 
 
-def activation_hook(ema: float):
+def fake_quant_activation(x, state: dict, ema: float, observe: bool):
+    """`x` on the 8-bit affine grid of its running range (`state`: low and high, tracked by an exponential moving
+    average of `ema` while `observe`), with a straight-through gradient."""
     import torch
 
+    low, high = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+    if observe:
+        state["low"] = low if "low" not in state else ema * state["low"] + (1 - ema) * low
+        state["high"] = high if "high" not in state else ema * state["high"] + (1 - ema) * high
+    lo, hi = state.get("low", low), state.get("high", high)
+    scale = ((hi - lo) / 255.0).clamp(min=1e-8)
+    zero = torch.round(-lo / scale)
+    quantized = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    return x + (quantized - x).detach()
+
+
+def activation_hook(ema: float):
     state = {}
 
     def hook(module, args):
         (x, *rest) = args
         if not x.is_floating_point():
             return None
-        low, high = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
-        if module.training:
-            state["low"] = low if "low" not in state else ema * state["low"] + (1 - ema) * low
-            state["high"] = high if "high" not in state else ema * state["high"] + (1 - ema) * high
-        lo, hi = state.get("low", low), state.get("high", high)
-        scale = ((hi - lo) / 255.0).clamp(min=1e-8)
-        zero = torch.round(-lo / scale)
-        quantized = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
-        return (x + (quantized - x).detach(), *rest)
+        return (fake_quant_activation(x, state, ema, module.training), *rest)
 
     return hook
+
+
+def weight_levels(context) -> int:
+    """The grid the int8 step will quantize to: 7-bit weights where it chooses reduce_range (x86 without VNNI,
+    builder/variants/int8.py), whose symmetric int8 range is then ±64 (ONNX Runtime's get_qmin_qmax_for_qType)."""
+    reduce_range, _, _ = int8.chosen_reduce_range(context.spec.variants.get("int8", {}).get("reduce_range"))
+    return 64 if reduce_range else 127
 
 
 def apply(model, context, config: Config):
     import torch
     from torch.nn.utils import parametrize
 
+    if isinstance(model, OnnxFile):  # an ONNX source: its torch.export program, if it came from one
+        return program_qat(model, context, config)
     student = copy.deepcopy(model)
-    # train on the grid the int8 step will quantize to: 7-bit weights where it chooses reduce_range (x86 without
-    # VNNI, builder/variants/int8.py), whose symmetric int8 range is then ±64 (ONNX Runtime's get_qmin_qmax_for_qType)
-    reduce_range, _, _ = int8.chosen_reduce_range(context.spec.variants.get("int8", {}).get("reduce_range"))
-    levels = 64 if reduce_range else 127
+    levels = weight_levels(context)
     layers = [m for m in student.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hooks = []
     for layer in layers:
@@ -93,3 +108,89 @@ def apply(model, context, config: Config):
     context.notes["qat_layers"] = len(layers)
     context.notes["qat_weight_levels"] = levels
     return student
+
+
+def program_qat(source: OnnxFile, context, config: Config):
+    """QAT of the torch.export program an ONNX source was exported from: every aten conv2d and linear of its graph
+    computes with its weight fake-quantized to the int8 grid and its input fake-quantized per tensor (the same
+    rules as above, inserted into the graph, since a program has no Conv2d or Linear modules to parametrize). The
+    unchanged program is the teacher. After training the weights are baked onto the grid, and the program with
+    them is exported: the ONNX source that the int8 step then quantizes. Raises VariantError for a source without
+    a program or a graph without a conv or linear."""
+    if source.program is None:
+        raise VariantError(f"{context.spec.name}: qat trains the model, and this ONNX source has no torch.export "
+                           "program to train", hint="build it with --torch-program FILE.pt2 (torch.export.save), "
+                                                    "or build the post-training variants: fp16, int8")
+    levels = weight_levels(context)
+    context.teacher = trainable_program(source.program).eval()
+    student = trainable_program(source.program)
+    restore = fake_quantize_graph(student.graph_module, levels, config.ema)
+    if not restore:
+        raise VariantError(f"{context.spec.name}: qat found no conv2d or linear in the program's graph")
+    student = fine_tune(student, context, config, "quantization-aware training")
+    restore()
+    context.notes["qat_layers"] = len(restore.weights)
+    context.notes["qat_weight_levels"] = levels
+    context.notes["qat_from"] = f"the torch.export program {source.program}"
+    # the program itself, with the trained weights, goes to ONNX: the exporter takes a program, not the graph
+    # module it unlifts to
+    rows = context.splits[context.spec.train_split].take(CHECK_ROWS).inputs
+    target = retrained_program_onnx(source.program, student.graph_module.state_dict(), rows,
+                                    context.out / "qat_program.onnx")
+    return OnnxFile(target)
+
+
+def fake_quantize_graph(graph_module, levels: int, ema: float):
+    """Rewrite `graph_module` so that every aten conv2d / linear reads a fake-quantized weight and input. Returns
+    a callable that bakes those weights onto the grid and restores the graph (its `weights`: the parameters
+    baked), or None when the graph has no such node. The activations' ranges are observed while gradients are on
+    (training steps), not while a checkpoint is scored."""
+    import torch
+
+    targets = {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
+    graph, originals, weights = graph_module.graph, {}, []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in targets or node.args[1].op != "get_attr":
+            continue
+        x, weight = node.args[0], node.args[1]
+        name = f"qat_activation_{len(originals)}"
+        graph_module.add_submodule(name, activation_fake_quant(ema))
+        with graph.inserting_before(node):
+            quantized_x = graph.call_module(name, (x,))
+            quantized_w = graph.call_function(fake_quant_weight, (weight, levels))
+        originals[node] = (node.args, name, quantized_x, quantized_w)
+        node.args = (quantized_x, quantized_w, *node.args[2:])
+        weights.append(weight.target)
+    if not originals:
+        return None
+    graph_module.recompile()
+
+    def restore() -> None:
+        with torch.no_grad():
+            for target in weights:
+                parameter = graph_module.get_parameter(target)
+                parameter.copy_(fake_quant_weight(parameter, levels))
+        for node, (args, name, quantized_x, quantized_w) in originals.items():
+            node.args = args
+            graph.erase_node(quantized_x)
+            graph.erase_node(quantized_w)
+            graph_module.delete_submodule(name)
+        graph_module.recompile()
+
+    restore.weights = weights
+    return restore
+
+
+def activation_fake_quant(ema: float):
+    """A module for the graph: its input on the 8-bit grid (fake_quant_activation), observed while training."""
+    import torch
+
+    class ActivationFakeQuant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.state = {}
+
+        def forward(self, x):
+            return fake_quant_activation(x, self.state, ema, torch.is_grad_enabled())
+
+    return ActivationFakeQuant()

@@ -139,3 +139,47 @@ def test_an_image_folder_for_a_program_of_two_arguments_gets_one_line(tmp_path):
     assert result.stderr.splitlines()[0] == (f"error: {folder}: an image folder feeds a program with one argument; "
                                              "its forward takes image, scale"), result.stderr
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "repo").exists()
+
+
+def test_qat_trains_a_torch_export_program_and_serves_its_int8_model(programs, tmp_path):
+    """qat rewrites the program's graph (fake-quantized weights and inputs of each conv and linear), trains it,
+    exports the program with the trained weights and quantizes it (static QDQ); the stock clients answer as
+    in-process ONNX Runtime."""
+    import json
+
+    import onnx
+    import onnxruntime
+
+    root, repository, artifacts = programs["root"], tmp_path / "repo", tmp_path / "artifacts"
+    result = run_cli("builder", "build", "--torch-program", root / KINDS["exported"], "--data", root / "data.npz",
+                     "--name", "qat", "--variant", "fp32,qat", "--force", "--repository", repository,
+                     "--artifacts", artifacts, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    entry = json.loads((artifacts / "qat" / "record.json").read_text())["variants"]["qat"]
+    assert entry["notes"]["qat_layers"] == 3 and entry["notes"]["int8_method"] == "static"  # 2 convs, 1 linear
+    assert entry["training"]["quantization-aware training"]["steps"] > 0
+    served = repository / "qat_qat" / "1" / "model.onnx"
+    ops = [n.op_type for n in onnx.load(str(served)).graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
+    images = np.ascontiguousarray(programs["images"][:8])
+    expected = onnxruntime.InferenceSession(str(served)).run(["output"], {"image": images})[0]
+    with EmbeddedServer(repository, free_port(), free_port(), free_port()) as server:
+        for stock, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
+            client = stock.InferenceServerClient(url.split("://")[1])
+            try:
+                tensor = stock.InferInput("image", list(images.shape), "FP32")
+                tensor.set_data_from_numpy(images)
+                np.testing.assert_allclose(client.infer("qat_qat", [tensor]).as_numpy("output"), expected,
+                                           rtol=0, atol=1e-5)
+            finally:
+                client.close()
+
+
+def test_qat_of_a_torchscript_program_is_refused_in_one_line(built):
+    result = run_cli("builder", "build", "--config", built["artifacts"] / "scripted" / "spec.yaml", "--variant", "qat",
+                     "--repository", built["repository"], "--artifacts", built["artifacts"])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "error: scripted: `qat` trains the model, and this ONNX source has no torch.export program to train "
+        "(a TorchScript program's graph cannot be rewritten)"), result.stderr
+    assert not (built["repository"] / "scripted_qat").exists()
