@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import pathlib
@@ -204,18 +205,31 @@ def recipe_key(spec: ModelSpec, variant: str, plan: list, gates: Gates, serving:
     the CPU (the speed gate) and the library versions. The kit's own code is not in it: after changing a recipe in
     code, rebuild with --rebuild."""
     baseline = workdir / "fp32" / "model.onnx"
-    digest = hashlib.blake2b(digest_size=16)
-    if variant != "fp32" and baseline.is_file():
-        with open(baseline, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    fp32 = file_digest(baseline, *stat_key(baseline)) if variant != "fp32" and baseline.is_file() else None
     isa = cpu_isa()
     recipe = {"spec": spec_dict(spec), "variant": variant,
               "steps": [[s.name, dataclasses.asdict(c)] for s, c in plan],
               "gates": {"max_accuracy_drop": gates.max_accuracy_drop, "min_agreement": gates.min_agreement},
-              "eval_limit": eval_limit, "device": serving.device, "fp32": digest.hexdigest(),
+              "eval_limit": eval_limit, "device": serving.device,
+              "fp32": fp32 or hashlib.blake2b(digest_size=16).hexdigest(),
               "cpu": [isa["model"], isa["summary"]], "versions": library_versions()}
     return hashlib.blake2b(json.dumps(recipe, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def stat_key(path: pathlib.Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def file_digest(path: pathlib.Path, mtime_ns: int, size: int) -> str:
+    """A hash of the file's content, once per version of it in this process (a demo keys every variant of a model
+    by its 90 MB fp32 file): the modification time and size name the version."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def refused_before(artifacts: pathlib.Path, spec: ModelSpec, variant: str, key: str) -> dict | None:
