@@ -10,12 +10,35 @@ from __future__ import annotations
 import re
 import threading
 import urllib.request
+from dataclasses import dataclass
 
 LINE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-COUNTERS = ("request_success", "request_failure", "count", "exec_count", "request_duration_us",
-            "queue_duration_us", "compute_input_duration_us", "compute_infer_duration_us",
-            "compute_output_duration_us")
+COUNTS = ("request_success", "request_failure", "count", "exec_count")
+
+
+@dataclass(frozen=True)
+class ServerTime:
+    """A cumulative `nv_inference_<counter>` duration, reported per request as `key` (ms) in a step's `server`
+    figures. One line of TIMES is all a new Triton duration counter needs: the report's server-time plot and its
+    steps table take theirs from here (tests/unit/test_new_counter.py)."""
+
+    key: str
+    counter: str
+    label: str  # in the report
+    in_time_plot: bool  # a part of the request's time, stacked in the report's queue-vs-compute plot
+    in_steps_table: bool  # a column of the report's load-steps table
+
+
+TIMES = (ServerTime("request_ms", "request_duration_us", "request", False, False),
+         ServerTime("queue_ms", "queue_duration_us", "queue", True, True),
+         ServerTime("compute_input_ms", "compute_input_duration_us", "input", True, False),
+         ServerTime("compute_infer_ms", "compute_infer_duration_us", "infer", True, True),
+         ServerTime("compute_output_ms", "compute_output_duration_us", "output", True, False))
+
+
+def counter_names() -> tuple[str, ...]:
+    return (*COUNTS, *(t.counter for t in TIMES))
 
 
 def parse(text: str) -> list[tuple[str, dict, float]]:
@@ -36,7 +59,7 @@ def scrape(url: str, timeout: float = 5.0) -> list[tuple[str, dict, float]]:
 
 def model_counters(samples, model: str) -> dict[str, float]:
     """The `nv_inference_*` counters of `model`, summed over versions (and failure reasons)."""
-    totals = dict.fromkeys(COUNTERS, 0.0)
+    totals = dict.fromkeys(counter_names(), 0.0)
     for name, labels, value in samples:
         key = name.removeprefix("nv_inference_")
         if labels.get("model") == model and key in totals:
@@ -46,20 +69,13 @@ def model_counters(samples, model: str) -> dict[str, float]:
 
 def step_figures(before: dict, after: dict) -> dict:
     """Per-request server figures for one load step from counters before and after it."""
-    delta = {k: after[k] - before[k] for k in COUNTERS}
+    delta = {k: after[k] - before[k] for k in counter_names()}
     requests = max(delta["request_success"], 1.0)
-
-    def per_request_ms(key):
-        return round(delta[key] / requests / 1000.0, 3)
-
     return {"server_requests": int(delta["request_success"]), "server_failures": int(delta["request_failure"]),
             "server_inferences": int(delta["count"]), "executions": int(delta["exec_count"]),
             # examples per model execution: how much dynamic batching actually grouped
             "realised_batch": round(delta["count"] / delta["exec_count"], 2) if delta["exec_count"] else 0.0,
-            "request_ms": per_request_ms("request_duration_us"), "queue_ms": per_request_ms("queue_duration_us"),
-            "compute_input_ms": per_request_ms("compute_input_duration_us"),
-            "compute_infer_ms": per_request_ms("compute_infer_duration_us"),
-            "compute_output_ms": per_request_ms("compute_output_duration_us")}
+            **{t.key: round(delta[t.counter] / requests / 1000.0, 3) for t in TIMES}}
 
 
 class CpuSampler:

@@ -21,6 +21,7 @@ from builder.core.files import atomic_write
 from builder.core.names import source_of
 from builder.serving.footprint import fits, parse_size
 
+from . import metrics
 from . import plan as capacity
 from .intervals import Interval, merge_repeats
 from .results import RunResults, as_results
@@ -428,10 +429,9 @@ def plot_server_time(report: dict, source: str, path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = [r.variant for r in rows]
     bottom = [0.0] * len(rows)
-    for key, label in (("queue_ms", "queue"), ("compute_input_ms", "input"), ("compute_infer_ms", "infer"),
-                       ("compute_output_ms", "output")):
-        values = [r.best["server"][key] for r in rows]
-        ax.bar(names, values, bottom=bottom, label=label)
+    for time in (t for t in metrics.TIMES if t.in_time_plot):
+        values = [r.best["server"].get(time.key, 0.0) for r in rows]
+        ax.bar(names, values, bottom=bottom, label=time.label)
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set(ylabel="ms per request (server side)", title=f"{source}: queue vs compute at max throughput")
     ax.legend(fontsize=8)
@@ -718,16 +718,17 @@ FOOTPRINT_NOTE = ("Deployment footprint: load s = Triton's load request to READY
 
 
 def steps_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    times = [t for t in metrics.TIMES if t.in_steps_table]
     header = ["model", "users", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p99 ms", "examples/s windows",
-              "p99 windows", "queue ms", "infer ms", "batch", "CPU %", "ranked", "raw data"]
+              "p99 windows", *(f"{t.label} ms" for t in times), "batch", "CPU %", "ranked", "raw data"]
     body = []
     for s in report["results"].steps:
         server = s.get("server") or {}
         body.append([s["model"], str(s["users"]) + (f" (repeat {s['repeat']})" if s.get("repeat") else ""),
                      str(s["requests"]), str(s["failures"]), _num(s["requests_per_s"]),
                      _num(s["p50_ms"]), _num(s["p90_ms"]), _num(s["p99_ms"]), _interval(throughput_interval(s)),
-                     _interval(p99_interval(s)), _num(server.get("queue_ms"), 2),
-                     _num(server.get("compute_infer_ms"), 2), _num(server.get("realised_batch"), 2),
+                     _interval(p99_interval(s)), *(_num(server.get(t.key), 2) for t in times),
+                     _num(server.get("realised_batch"), 2),
                      _num(s.get("cpu_utilization"), 0, 100), "no: generator-bound" if s.get("generator_bound") else "yes",
                      f"raw/{s['raw']['locust_stats']}"])
     return header, body
