@@ -694,13 +694,21 @@ def recovery_loss(context, temperature: float = 2.0, alpha: float = 0.5) -> Call
                              1.0 if feature_index is not None else 0.0)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--prebuild"]:  # build DeepSpeed's CPU communication op once, at install time
-        import torch
+def prebuild() -> int:
+    """Build DeepSpeed's CPU communication op once, at install time (`python -m builder.train --prebuild`)."""
+    import torch
 
-        spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
-                           "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
-                           "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
-                           "metric": {"output": "y"}}, where="prebuild")
-        split = Split({"input": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
-        train(torch.nn.Linear(2, 2), cross_entropy_loss(), split, spec, TrainConfig(batch_size=4))
+    spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
+                       "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 2]}],
+                       "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],
+                       "metric": {"output": "y"}}, where="prebuild")
+    split = Split({"input": np.zeros((4, 2), np.float32)}, np.zeros(4, np.int64))
+    train(torch.nn.Linear(2, 2), cross_entropy_loss(), split, spec, TrainConfig(batch_size=4))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--prebuild"]:
+        from .core.handler import run_command
+
+        sys.exit(run_command(prebuild))

@@ -387,5 +387,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # run by path, standard library only (the official image has no kit): no kit handler
     sys.exit(main())

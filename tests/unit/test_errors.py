@@ -123,3 +123,26 @@ def test_builder_delegates_every_load_test_and_client_command():
 
     delegated = {their for package, their in cli.DELEGATED.values() if package == "loadtests"}
     assert delegated == set(COMMANDS)
+
+
+def test_every_script_entry_goes_through_the_one_handler():
+    """Every `if __name__ == "__main__"` of the product runs its body through run_command (directly or through a
+    command module's main, which does), except the HTTP front: the official image runs that file by path with the
+    standard library alone."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    exempt = {"builder/serving/front.py"}
+    outside = []
+    for path in sorted(p for package in ("builder", "client", "loadtests") for p in (root / package).rglob("*.py")):
+        text = path.read_text()
+        if '__name__ == "__main__"' not in text or str(path.relative_to(root)) in exempt:
+            continue
+        entry = text[text.index('__name__ == "__main__"'):]
+        if "from .commands import main" in text:  # a package's __main__: its commands module's main
+            text = (path.parent / "commands.py").read_text()
+        # the handler in the entry itself, or in the main() it calls
+        through = "run_command(" in entry or ("main()" in entry and "return run_command(" in text)
+        if not through:
+            outside.append(str(path.relative_to(root)))
+    assert outside == []

@@ -29,4 +29,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from builder.core.handler import run_command
+
+    sys.exit(run_command(lambda: main() or 0))
