@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from .. import processes
 from ..core.errors import VariantError
 from ..sources.onnxfile import OnnxFile
 from ..sources.torchprogram import CHECK_ROWS, retrained_program_onnx, trainable_program
@@ -132,6 +133,8 @@ def program_qat(source: OnnxFile, context, config: Config):
     context.notes["qat_layers"] = len(restore.weights)
     context.notes["qat_weight_levels"] = levels
     context.notes["qat_from"] = f"the torch.export program {source.program}"
+    if not processes.is_main():  # the export writes files: rank 0's alone
+        return student
     # the program itself, with the trained weights, goes to ONNX: the exporter takes a program, not the graph
     # module it unlifts to
     rows = context.splits[context.spec.train_split].take(CHECK_ROWS).inputs
