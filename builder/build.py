@@ -29,7 +29,8 @@ from .core.names import model_name
 from .core.spec import ModelSpec, length_buckets
 from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
-from .roofline import achieved, cpu_isa, machine_peak
+from .core.machine import cpu_isa
+from .roofline import achieved, machine_peak
 from .serving import repository as repo
 from .serving.limits import derive_limits
 from .serving.tritonconfig import ServingConfig, build_config, to_text

@@ -26,44 +26,11 @@ import time
 import numpy as np
 
 from .core.files import atomic_write
+from .core.machine import cpu_isa
 
 GEMM_SIZE = 512  # 1024^3 fp32 measured 28 GFLOP/s here against 248 at 512^3 and 256^3: power-of-two strides thrash
 PEAK_RUNS = 10
 PEAK_SECONDS = 2.0
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_isa(cpuinfo: str | None = None) -> dict:
-    """{"model": CPU model name, "flags": the ISA_FLAGS present, "summary": e.g. "AVX-512 VNNI"} from
-    /proc/cpuinfo (or the given text); {"model": None, "flags": [], "summary": "unknown"} where it is unreadable."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    model, flags = None, set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model is None:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    present = [f for f in ISA_FLAGS if f in flags]
-    if "amx_int8" in flags:
-        summary = "AMX"
-    elif "avx512_vnni" in flags:
-        summary = "AVX-512 VNNI"
-    elif "avx512f" in flags:
-        summary = "AVX-512 (no VNNI)"
-    elif "avx_vnni" in flags:
-        summary = "AVX2 + AVX-VNNI"
-    elif "avx2" in flags:
-        summary = "AVX2 (no VNNI)"
-    else:
-        summary = "unknown"
-    return {"model": model, "flags": present, "summary": summary}
-
-
 def _gemm_model(precision: str, size: int):
     from onnx import TensorProto, helper
 

@@ -27,7 +27,7 @@ from .core.record import BuildEntry, entries
 from .core.handler import run_command
 from .measure import fixed_batch, latency_p50_ms
 from .models import resolve_spec
-from .roofline import cpu_isa
+from .core.machine import cpu_isa
 
 
 def onnx_file(folder: pathlib.Path) -> pathlib.Path:

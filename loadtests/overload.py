@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from builder.core.artifacts import find_record, request_batches
-from builder.roofline import cpu_isa
+from builder.core.machine import cpu_isa
 from builder.serving.repository import replace_config
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.tritonconfig import parse_text

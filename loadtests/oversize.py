@@ -21,7 +21,7 @@ import urllib.request
 
 import numpy as np
 
-from builder.roofline import cpu_isa
+from builder.core.machine import cpu_isa
 from builder.serving.front import FRONT_HEADER
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import all_stubs, memory

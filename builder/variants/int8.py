@@ -34,7 +34,7 @@ import numpy as np
 from ..core.errors import VariantError
 from ..core.evaluate import onnx_predictor, onnx_session, outputs_on, score
 from ..measure import fixed_batch, latency_p50_ms
-from ..roofline import cpu_isa
+from ..core.machine import cpu_isa
 from . import int8_search
 
 STAGE = "onnx"
@@ -99,7 +99,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def reduce_range_for(isa: dict) -> tuple[bool, str]:
-    """(reduce_range, why) for a CPU described by builder.roofline.cpu_isa.
+    """(reduce_range, why) for a CPU described by builder.core.machine.cpu_isa.
 
     ONNX Runtime's U8S8 kernels (uint8 activations x int8 weights, what `int8` writes) on x86 without VNNI multiply
     byte pairs with VPMADDUBSW, whose two-product sums saturate at 16 bits: 255 x 127 x 2 = 64,770 > 32,767. With

@@ -87,7 +87,7 @@ def build(spec_path, variants, tmp_path, drop=1.0, options=None):
 def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path, reduce_range):
     import onnx
 
-    from builder.roofline import cpu_isa
+    from builder.core.machine import cpu_isa
     from builder.variants.int8 import reduce_range_for
 
     options = {} if reduce_range is None else {"int8": {"reduce_range": reduce_range}}
@@ -115,7 +115,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
                                                (ARM, False), ("", False)],
                          ids=["avx2", "avx512-no-vnni", "avx512-vnni", "avx-vnni", "arm", "unreadable"])
 def test_int8_weights_are_7_bit_exactly_on_x86_without_vnni(cpuinfo, expected):
-    from builder.roofline import cpu_isa
+    from builder.core.machine import cpu_isa
     from builder.variants.int8 import reduce_range_for
 
     reduce_range, why = reduce_range_for(cpu_isa(cpuinfo))
@@ -123,7 +123,7 @@ def test_int8_weights_are_7_bit_exactly_on_x86_without_vnni(cpuinfo, expected):
 
 
 def test_the_machine_decides_unless_the_spec_does(monkeypatch):
-    from builder.roofline import cpu_isa
+    from builder.core.machine import cpu_isa
     from builder.variants import int8, qat
 
     monkeypatch.setattr(int8, "cpu_isa", lambda: cpu_isa(AVX2))
@@ -215,7 +215,7 @@ flags\t\t: fpu sse2 avx avx2 fma bmi2
 
 
 def test_isa_is_read_from_cpuinfo_flags():
-    from builder.roofline import cpu_isa
+    from builder.core.machine import cpu_isa
 
     isa = cpu_isa(CPUINFO)
     assert isa == {"model": "AMD EPYC 7B13", "flags": ["avx2", "fma"], "summary": "AVX2 (no VNNI)"}

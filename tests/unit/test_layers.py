@@ -32,3 +32,33 @@ def test_an_upward_import_breaks_them(tmp_path):
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "builder.core.data -> builder.serving.server" in result.stdout
+
+
+def layered(root) -> list[str]:
+    """The modules and packages the `layers` contract names (a package names every module under it)."""
+    import tomllib
+
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["id"] == "layers")["layers"]
+    return [name.strip() for layer in layers for name in layer.replace("|", ":").split(":")]
+
+
+def unlayered(root) -> list[str]:
+    names = layered(root)
+    found = []
+    for part in ("builder", "client", "loadtests"):
+        for path in sorted((root / part).rglob("*.py")):
+            module = ".".join(path.relative_to(root).with_suffix("").parts)
+            if module.endswith(".__init__"):
+                continue  # a package marker: its package is what a layer names
+            if not any(module == n or module.startswith(n + ".") for n in names):
+                found.append(module)
+    return found
+
+
+def test_every_module_is_in_a_layer(tmp_path):
+    assert unlayered(ROOT) == []
+    (tmp_path / "builder").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "builder" / "stray.py").write_text("")
+    assert unlayered(tmp_path) == ["builder.stray"]  # the check can fail
