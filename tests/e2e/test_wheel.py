@@ -11,6 +11,7 @@ Those directories are not site directories there, so this environment's editable
 
 import csv
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -100,7 +101,11 @@ def test_the_wheel_builds_serves_load_tests_and_deploys_outside_the_checkout(tmp
     demo = kit("demo", "--hf-model", "my-bert", "--data", "reviews.csv", "--text-column", "review",
                "--label-column", "sentiment", "--quick", "--reports", "demo-reports", "--artifacts", "demo-artifacts",
                "--repository", "demo-repository")
-    assert "my-bert_fp32" in demo.stdout and " NO" not in demo.stdout  # served accuracy = in-process accuracy
+    # served accuracy = in-process accuracy, row by row of the demo's check table (an int8 refused as slower on
+    # this machine prints "NOT written", which is no mismatch)
+    checks = re.findall(r"^(\S+)\s+\S+\s+\d+\s+(?:http|grpc)\s+[\d.]+\s+[\d.]+\s+(yes|NO)$", demo.stdout, re.M)
+    assert "my-bert_fp32" in {model for model, _ in checks} and {same for _, same in checks} == {"yes"}, \
+        demo.stdout
     assert list((work / "demo-reports").glob("demo-quick-*/report.html"))
     kubectl = shutil.which("kubectl")
     if kubectl:
