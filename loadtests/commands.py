@@ -38,11 +38,11 @@ from builder.core.artifacts import read_records
 
 from .bench import print_table as print_bench_table, run_bench
 from .generator_bench import print_table as print_generator_table, run_generator_bench
-from .compare import compare_runs, tables
-from .deploy import DeployError, models_to_load, write_overlay
+from .rollout.compare import compare_runs, tables
+from .rollout.deploy import DeployError, models_to_load, write_overlay
 from .overload import OverloadSettings, print_overload, run_overload
 from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
-from .plan import DEFAULT_HEADROOM, read_prices
+from .rollout.plan import DEFAULT_HEADROOM, read_prices
 from .report import build_report, footprint_rows, plan_table, plan_text, write_report
 from .results import read_results, results_file
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load

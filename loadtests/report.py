@@ -22,7 +22,7 @@ from builder.core.names import source_of
 from builder.serving.footprint import fits, parse_size
 
 from . import metrics
-from . import plan as capacity
+from .rollout import plan as capacity
 from .intervals import Interval, merge_repeats
 from .results import RunResults, as_results
 
@@ -44,7 +44,7 @@ class VariantRow:
     macs: int | None
     best: dict | None  # the load step with the highest throughput
     failures: int  # over all steps
-    accuracy_drop_se_points: float | None = None  # the drop's paired standard error (builder/build.py)
+    accuracy_drop_se_points: float | None = None  # the drop's paired standard error (builder/pipeline/build.py)
     agreement: float | None = None  # top-1 agreement with fp32 on the same examples, 0..1 (fp32: 1)
     # in-process ONNX Runtime latency relative to fp32 measured beside it (build record speedup_vs_fp32), geometric
     # mean of batch 1 and 32 at 1 thread: 0.25 = a quarter of fp32's compute; fp32: 1
@@ -302,7 +302,7 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, slo_p99_ms: float,
                max_accuracy_drop: float, min_agreement: float, target_qps: float, prices=(),
                headroom: float = capacity.DEFAULT_HEADROOM) -> list[dict]:
-    """The capacity plan (loadtests/plan.py) of every variant within the SLO and both budgets, from its best
+    """The capacity plan (loadtests/rollout/plan.py) of every variant within the SLO and both budgets, from its best
     eligible step's throughput interval, its build record's serving config and its served footprint."""
     footprints = results.footprint
     batch_size = results.settings.get("batch_size", 1)
@@ -329,7 +329,7 @@ def build_report(results: RunResults | dict, records: dict[str, dict], slo_p99_m
     """`overload`: what `python -m loadtests overload` wrote (overload.json), shown per source model.
     `memory_budget` (e.g. "16GB"): the footprint table says how many instances fit in it; default: the run's.
     `min_agreement` (0..1): top-1 agreement with fp32 a variant needs to be recommended. With `target_qps`
-    (requests/s), a capacity plan per source model (`plans`), costed on `prices` (loadtests/plan.py)."""
+    (requests/s), a capacity plan per source model (`plans`), costed on `prices` (loadtests/rollout/plan.py)."""
     results = as_results(results)
     rows = variant_rows(results, records)
     source_of = {r.triton_model: r.source for r in rows}
@@ -568,7 +568,7 @@ def _interval(interval: Interval | None, digits: int = 1) -> str:
 
 def fp32_on_same_examples(row: VariantRow) -> float | None:
     """fp32's accuracy (0..1) on exactly the examples `row` was measured on: the variant's accuracy plus its paired
-    drop (builder/build.py score_variant). A quick build scores variants on a subset but fp32 on every example, so
+    drop (builder/pipeline/build.py score_variant). A quick build scores variants on a subset but fp32 on every example, so
     fp32's own row is not what a variant's Δ compares with; this is."""
     if row.accuracy is None or row.accuracy_drop_points is None:
         return None
@@ -621,7 +621,7 @@ SUMMARY_NOTE = ("accuracy, agreement and Δ are on the row's own examples (\"on 
 
 def peak_fraction_text(entry: dict) -> str:
     """"75.0 / 81.2": the record's fraction of the machine's peak at batch 1 and 32 (1 thread), in percent; "-"
-    for a batch the record has no figure for (records built before builder/roofline.py)."""
+    for a batch the record has no figure for (records built before builder/pipeline/roofline.py)."""
     by_latency = (entry.get("roofline") or {}).get("by_latency") or {}
     if not by_latency:
         return "-"
@@ -641,7 +641,7 @@ def isa_line(report: dict, source: str) -> str:
         if roofline.get("precision") and roofline.get("peak_gflops"):
             peaks.setdefault(roofline["precision"], roofline["peak_gflops"].get("1"))
     if not seen:
-        return "CPU ISA of the builds: not recorded (built before builder/roofline.py): % of peak is not known."
+        return "CPU ISA of the builds: not recorded (built before builder/pipeline/roofline.py): % of peak is not known."
     machines = []
     for (summary, model), peaks in seen.items():
         peak = ", ".join(f"{precision} {gflops:,.0f} G{'FLOP' if precision == 'fp32' else 'OP'}/s"

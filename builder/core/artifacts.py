@@ -54,7 +54,7 @@ def tokenizer_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
 
 
 def spec_path(artifacts: pathlib.Path, model: str) -> pathlib.Path:
-    """Where the spec inferred for a model given as a directory and a data file is written (builder/sources/hf.py)."""
+    """Where the spec inferred for a model given as a directory and a data file is written (builder/pipeline/sources/hf.py)."""
     return pathlib.Path(artifacts) / model / "spec.yaml"
 
 

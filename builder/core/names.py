@@ -7,7 +7,7 @@ percent-encodes `+` as `%2B`, and Triton 2.51 does not decode paths, so a `+` na
 
 The mapping writes `+` as `-`. The model part is everything before the last `_` (variant names never hold `_`).
 Reading the variant back needs the variant registry (registry variant names may hold `-`, `int8-static`): that
-inverse is builder/names.py, beside the registry; tests/unit/test_names.py proves over the whole registry that no
+inverse is builder/pipeline/names.py, beside the registry; tests/unit/test_names.py proves over the whole registry that no
 two variants map to one name, that every name maps back, and that MAX_MODEL_NAME keeps every derived name within
 MAX_NAME.
 """

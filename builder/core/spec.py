@@ -1,10 +1,10 @@
 """A model spec: what the kit needs to know about a model, read from YAML into frozen dataclasses.
 
-The demo models are described by the same YAML files a user writes (builder/sources/*.yaml). Example::
+The demo models are described by the same YAML files a user writes (builder/pipeline/sources/*.yaml). Example::
 
     name: digits
-    factory: builder.sources.digits:load_model   # (workdir: Path) -> torch.nn.Module
-    data: builder.sources.digits:load_data       # (workdir: Path) -> dict[str, builder.core.data.Split]
+    factory: builder.pipeline.sources.digits:load_model   # (workdir: Path) -> torch.nn.Module
+    data: builder.pipeline.sources.digits:load_data       # (workdir: Path) -> dict[str, builder.core.data.Split]
     inputs:
       - {name: image, dtype: float32, shape: [batch, 1, 28, 28]}
     outputs:
@@ -16,7 +16,7 @@ Shapes: the first dimension is always `batch`; other named dimensions are dynami
 and warm-up comes from `example_sizes`), integers are fixed. The module's forward takes the inputs as keyword
 arguments and returns one tensor or a tuple in the order of `outputs`. `factory_args` / `data_args` (optional) are
 keyword arguments passed besides the work folder: the built-in sources for a Hugging Face directory or an ONNX file
-(builder/sources/hf.py, onnxfile.py) are such functions, and the spec the kit infers for them is one of these files.
+(builder/pipeline/sources/hf.py, onnxfile.py) are such functions, and the spec the kit infers for them is one of these files.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ class ModelSpec:
     variants: dict = field(default_factory=dict)
     # what `--variant all` builds; fp16 only on request: on a CPU it is slower than fp32, and the gate refuses it
     standard_variants: tuple[str, ...] = ("fp32", "int8")
-    training: dict = field(default_factory=dict)  # builder.train.TrainConfig fields for every trained variant
+    training: dict = field(default_factory=dict)  # builder.pipeline.train.TrainConfig fields for every trained variant
     # keyword arguments of the factory and the data function besides `workdir`: one function serves many models
-    # (builder/sources/hf.py: the directory and the data files of each), checked against its signature
+    # (builder/pipeline/sources/hf.py: the directory and the data files of each), checked against its signature
     factory_args: dict = field(default_factory=dict)
     data_args: dict = field(default_factory=dict)
     source: str = ""  # the YAML file it came from
@@ -130,7 +130,7 @@ def length_buckets(spec: ModelSpec, max_tokens: int) -> tuple[int, ...]:
 def load_spec(path: str | pathlib.Path, variant_modules: Collection[str] = ()) -> ModelSpec:
     """Read and strictly validate a model spec. Raises ConfigError naming the file, the field and the bad value.
 
-    `variant_modules`: the keys `variants:` may use (the variant registry's, `builder.variants.module_names()`);
+    `variant_modules`: the keys `variants:` may use (the variant registry's, `builder.pipeline.variants.module_names()`);
     the core does not import the registry, so its caller passes them. Empty: the keys are not checked."""
     import yaml
 
@@ -181,6 +181,7 @@ def parse_spec(raw: dict, where: str, variant_modules: Collection[str] = ()) -> 
     for key in ("factory", "data"):
         if not isinstance(values.get(key), str) or values[key].count(":") != 1:
             raise ConfigError(f"{where}: {key} must be `package.module:function`, got {values.get(key)!r}")
+        values[key] = moved_reference(values[key])
         if not isinstance(values.get(f"{key}_args", {}), dict):
             raise ConfigError(f"{where}: {key}_args must map argument names to values, got {values[f'{key}_args']!r}")
     sizes = values.get("example_sizes", {}) or {}
@@ -281,6 +282,19 @@ def call_source(spec: ModelSpec, which: str, workdir: pathlib.Path):
         raise ConfigError(f"{spec.source}: {which}_args do not fit `{reference}`: {e}",
                           hint=f"its parameters: {inspect.signature(function)}") from e
     return function(workdir, **args)
+
+
+# The kit's own sources moved into the build pipeline's package (release of 2026-12): a spec written before names
+# them by the old path, which still resolves.
+MOVED_PACKAGES = {"builder.sources.": "builder.pipeline.sources."}
+
+
+def moved_reference(reference: str) -> str:
+    """`reference` with a moved package of the kit's renamed to where it is now."""
+    for old, new in MOVED_PACKAGES.items():
+        if reference.startswith(old):
+            return new + reference[len(old):]
+    return reference
 
 
 def resolve_callable(reference: str, where: str = "model spec"):

@@ -24,7 +24,7 @@ def write_model(repository: pathlib.Path, name: str, config_text: str, onnx_file
     version directory -> source; a Python model's model.py, an ensemble's nothing); return the version directory."""
     if not SERVED_NAME.match(name) or len(name) > MAX_NAME:
         raise RepositoryError(f"`{name}` is not a valid model name (letters, digits and `_ . -` inside, at most "
-                              f"{MAX_NAME} characters)", hint="name models with builder.names.model_name")
+                              f"{MAX_NAME} characters)", hint="name models with builder.pipeline.names.model_name")
     config = parse_text(config_text, where=f"{name}/config.pbtxt")  # never write a config the server would reject
     model_files = warmup_files(config)  # {path in the model directory: bytes}
     repository.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from builder.build import build_variant
-from builder.models import resolve_spec
+from builder.pipeline.build import build_variant
+from builder.pipeline.models import resolve_spec
 from builder.serving.server import EmbeddedServer, free_port
 from builder.core.spec import load_spec
 from builder.serving.tritonconfig import ServingConfig
@@ -16,7 +16,7 @@ from tests.conftest import TINY_SPEC
 
 # The tiny model waits up to 200 ms for company in its queue, so concurrent requests are reliably batched together.
 TINY_QUEUE_DELAY_US = 200_000
-# minilm's fp32 is MiniLM fine-tuned end to end (builder/sources/minilm.yaml: the full recipe). The tests' teacher
+# minilm's fp32 is MiniLM fine-tuned end to end (builder/pipeline/sources/minilm.yaml: the full recipe). The tests' teacher
 # takes TEST_TEACHER_STEPS steps of batch 32 at lr 1e-4 from the frozen encoder's head instead (about a minute here);
 # every minilm variant of the e2e suite is measured against this one.
 TEST_TEACHER_STEPS = 80

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.core.artifacts import load_splits
 from builder.core.spec import load_spec
 from builder.serving.server import EmbeddedServer, free_port

@@ -134,7 +134,7 @@ if world > 1:  # a file rendezvous: no port to pick
     dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=world)
 from builder.core.data import Split
 from builder.core.spec import parse_spec
-from builder.train import TrainConfig, cross_entropy_loss, run_training
+from builder.pipeline.train import TrainConfig, cross_entropy_loss, run_training
 spec = parse_spec({"name": "p", "factory": "a:b", "data": "a:b",
                    "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
                    "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}],

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.serving.server import BACKEND_SOURCE, FRONT_SCRIPT, free_port, triton_paths
 from builder.core.spec import load_spec
 from builder.serving.tritonconfig import ServingConfig

@@ -19,10 +19,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.serving.server import EmbeddedServer, free_port
 from builder.core.spec import load_spec
-from builder.torch2onnx import MAX_DYNAMIC_SIZE
+from builder.pipeline.torch2onnx import MAX_DYNAMIC_SIZE
 from builder.serving.tritonconfig import ServingConfig
 from tests.conftest import FIXTURES
 

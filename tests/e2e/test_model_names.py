@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from builder.build import Gates, build_variant
+from builder.pipeline.build import Gates, build_variant
 from builder.core.names import model_name
 from client.triton import _protocol_module
 

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 
 from builder.core.artifacts import read_split
 from builder.core.spec import load_spec
-from builder.measure import count_macs
+from builder.pipeline.measure import count_macs
 from builder.serving.server import EmbeddedServer, free_port
 from tests.conftest import run_cli
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.core.spec import load_spec
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import find_stubs

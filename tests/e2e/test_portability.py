@@ -15,14 +15,14 @@ Tolerances, per variant (absolute, on every output):
 import numpy as np
 import pytest
 
-from builder.build import BuildContext
+from builder.pipeline.build import BuildContext
 from builder.core.artifacts import load_splits
 from builder.core.data import trim_padding
 from builder.core.evaluate import onnx_predictor, onnx_session
-from builder.portability import CONTAINER_ORT, RuntimeUnavailable, container_runtime, run_models
+from builder.pipeline.portability import CONTAINER_ORT, RuntimeUnavailable, container_runtime, run_models
 from builder.serving.repository import latest_model_file, list_models
 from builder.serving.text_endpoint import postprocess_onnx
-from builder.variants import steps
+from builder.pipeline.variants import steps
 from tests.unit.test_config_portability import check_config
 
 pytestmark = pytest.mark.e2e

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.serving.repository import versions
 from builder.serving.server import EmbeddedServer, free_port
 from builder.core.spec import load_spec

@@ -7,7 +7,7 @@ import dataclasses
 import onnx
 import pytest
 
-from builder.build import Gates, build_variant
+from builder.pipeline.build import Gates, build_variant
 from builder.serving.repository import latest_model_file
 
 pytestmark = pytest.mark.e2e

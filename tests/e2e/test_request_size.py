@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from builder.build import build_variant
+from builder.pipeline.build import build_variant
 from builder.core.spec import load_spec
 from builder.serving.front import FRONT_HEADER
 from builder.serving.server import EmbeddedServer, free_port

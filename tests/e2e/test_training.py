@@ -11,7 +11,7 @@ import onnx.numpy_helper
 import pytest
 import yaml
 
-from builder.build import Gates, build_variant
+from builder.pipeline.build import Gates, build_variant
 from builder.core.spec import load_spec
 from tests.conftest import TINY_SPEC, run_cli
 from tests.e2e.conftest import TEST_TEACHER_STEPS

@@ -8,7 +8,7 @@ import shutil
 import onnx
 import pytest
 
-from builder.build import Gates, build_variant
+from builder.pipeline.build import Gates, build_variant
 from builder.core.artifacts import load_splits
 from builder.demo import compare_accuracy
 from builder.core.names import model_name

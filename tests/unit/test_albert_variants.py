@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from builder.core.errors import VariantError
-from builder.variants import embed_factorized as ef
-from builder.variants import shared, steps
+from builder.pipeline.variants import embed_factorized as ef
+from builder.pipeline.variants import shared, steps
 from tests.fixtures.tiny.tiny_model import VOCAB, BagOfTokens
 
 

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from loadtests.compare import compare_runs
+from loadtests.rollout.compare import compare_runs
 from tests.conftest import ROOT
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.variants import int8_search
+from builder.pipeline.variants import int8_search
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -71,7 +71,7 @@ def test_search_reverts_in_groups():
 def build(spec_path, variants, tmp_path, drop=1.0, options=None):
     import dataclasses
 
-    from builder.build import Gates, build_variant
+    from builder.pipeline.build import Gates, build_variant
     from builder.core.spec import load_spec
 
     spec = load_spec(spec_path)
@@ -88,7 +88,7 @@ def test_int8_search_returns_only_the_harmful_layer_to_float(tmp_path, reduce_ra
     import onnx
 
     from builder.core.machine import cpu_isa
-    from builder.variants.int8 import reduce_range_for
+    from builder.pipeline.variants.int8 import reduce_range_for
 
     options = {} if reduce_range is None else {"int8": {"reduce_range": reduce_range}}
     entries = build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32", "int8"], tmp_path, options=options)
@@ -116,7 +116,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n"
                          ids=["avx2", "avx512-no-vnni", "avx512-vnni", "avx-vnni", "arm", "unreadable"])
 def test_int8_weights_are_7_bit_exactly_on_x86_without_vnni(cpuinfo, expected):
     from builder.core.machine import cpu_isa
-    from builder.variants.int8 import reduce_range_for
+    from builder.pipeline.variants.int8 import reduce_range_for
 
     reduce_range, why = reduce_range_for(cpu_isa(cpuinfo))
     assert reduce_range is expected and why
@@ -124,7 +124,7 @@ def test_int8_weights_are_7_bit_exactly_on_x86_without_vnni(cpuinfo, expected):
 
 def test_the_machine_decides_unless_the_spec_does(monkeypatch):
     from builder.core.machine import cpu_isa
-    from builder.variants import int8, qat
+    from builder.pipeline.variants import int8, qat
 
     monkeypatch.setattr(int8, "cpu_isa", lambda: cpu_isa(AVX2))
     assert int8.chosen_reduce_range(None)[::2] == (True, "AVX2 (no VNNI)")
@@ -140,10 +140,10 @@ def test_the_machine_decides_unless_the_spec_does(monkeypatch):
 
 
 def test_int8_search_is_off_without_a_budget_and_by_option(tmp_path):
-    from builder.build import BuildContext
+    from builder.pipeline.build import BuildContext
     from builder.core.artifacts import load_splits
     from builder.core.spec import load_spec
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
     build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32"], tmp_path)
@@ -159,7 +159,7 @@ def test_int8_search_is_off_without_a_budget_and_by_option(tmp_path):
 
 
 def test_kmeans_leaves_at_most_k_values_and_keeps_the_extremes():
-    from builder.variants.clustered import kmeans_1d
+    from builder.pipeline.variants.clustered import kmeans_1d
 
     values = np.random.default_rng(0).normal(size=5000).astype(np.float32)
     values[0] = 9.0  # a rare large weight: linear initialisation keeps a centroid near it
@@ -170,7 +170,7 @@ def test_kmeans_leaves_at_most_k_values_and_keeps_the_extremes():
 
 
 def test_packed_indices_take_half_a_byte_each():
-    from builder.variants.clustered import pack_indices
+    from builder.pipeline.variants.clustered import pack_indices
 
     index = np.random.default_rng(0).integers(0, 16, size=101).astype(np.uint8)
     packed = pack_indices(index, 16)
@@ -197,7 +197,7 @@ def test_clustered_onnx_holds_k_values_per_layer_and_compresses_better(tmp_path)
 
 
 def test_kmeans_keeps_pruned_zeros_exactly_zero():
-    from builder.variants.clustered import kmeans_1d
+    from builder.pipeline.variants.clustered import kmeans_1d
 
     values = np.random.default_rng(0).normal(size=4000).astype(np.float32)
     values[::2] = 0.0  # half the weights pruned
@@ -225,8 +225,8 @@ def test_isa_is_read_from_cpuinfo_flags():
 
 
 def test_achieved_fraction_is_flops_over_the_peak_of_the_same_threads_and_precision():
-    from builder.roofline import achieved
-    from builder.variants import facts
+    from builder.pipeline.roofline import achieved
+    from builder.pipeline.variants import facts
 
     peak = {"gflops": {"fp32": {"1": 100.0, "2": 200.0}, "int8": {"1": 400.0, "2": 800.0}}}
     # 1e6 MACs = 2e6 FLOPs in 0.1 ms = 20 GFLOP/s; batch 32 in 1 ms = 64 GFLOP/s
@@ -239,7 +239,7 @@ def test_achieved_fraction_is_flops_over_the_peak_of_the_same_threads_and_precis
 
 
 def test_machine_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from builder import roofline
+    from builder.pipeline import roofline
 
     calls = []
     monkeypatch.setattr(roofline, "gemm_flops", lambda precision, threads: calls.append(precision) or 1e11)
@@ -250,7 +250,7 @@ def test_machine_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_the_gemm_peak_is_a_real_measurement():
-    from builder.roofline import gemm_flops
+    from builder.pipeline.roofline import gemm_flops
 
     for precision in ("fp32", "int8"):
         assert 1e8 < gemm_flops(precision, 1, size=256, runs=3) < 1e13  # a CPU core: 0.1 GFLOP/s .. 10 TFLOP/s
@@ -262,10 +262,10 @@ def test_sqnr_ranking_puts_the_noisiest_node_first():
 
 
 def test_int8_static_search_by_sqnr_runs_on_a_qdq_graph(tmp_path):
-    from builder.build import BuildContext
+    from builder.pipeline.build import BuildContext
     from builder.core.artifacts import load_splits
     from builder.core.spec import load_spec
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
     build(FIXTURES / "wide_range" / "wide_range.yaml", ["fp32"], tmp_path)
@@ -285,10 +285,10 @@ def test_group_lasso_pruning_trains_sparse_then_removes_channels(tmp_path, monke
     import torch
     import torch_pruning as tp
 
-    from builder.build import BuildContext
+    from builder.pipeline.build import BuildContext
     from builder.core.artifacts import load_splits
     from builder.core.spec import load_spec, resolve_callable
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     spec = load_spec(FIXTURES / "wide_range" / "wide_range.yaml")
     workdir = tmp_path / spec.name
@@ -330,10 +330,10 @@ class LoudButIdle(torch.nn.Module):
 @pytest.mark.parametrize("importance, kept", [("l2", [5.0] * 4), ("taylor", [0.1] * 4)])
 def test_taylor_importance_keeps_the_units_the_task_needs_where_magnitude_keeps_the_big_ones(tmp_path, importance,
                                                                                               kept):
-    from builder.build import BuildContext
+    from builder.pipeline.build import BuildContext
     from builder.core.data import Split
     from builder.core.spec import parse_spec
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     spec = parse_spec({"name": "t", "factory": "a:b", "data": "a:b",
                        "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
@@ -355,7 +355,7 @@ def test_int8_fuses_bias_gelu_on_a_transformer_graph_and_leaves_a_cnn_alone(tmp_
     import onnx
     import onnxruntime as ort
 
-    from builder.variants.int8 import fused_transformer, requantized
+    from builder.pipeline.variants.int8 import fused_transformer, requantized
 
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()

@@ -5,7 +5,7 @@ the image; adding one to a list means checking that the image really reads it.""
 
 import pytest
 
-from builder.models import resolve_spec
+from builder.pipeline.models import resolve_spec
 from builder.core.names import model_name
 from builder.serving.repository import write_model
 from builder.core.spec import load_spec
@@ -88,7 +88,7 @@ def test_every_encoder_config(spec_name, serving, tmp_path):
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_every_text_endpoint_config(device, tmp_path):
-    from builder.sources.minilm import tokenizer
+    from builder.pipeline.sources.minilm import tokenizer
 
     spec = resolve_spec("minilm")
     repository, artifacts = tmp_path / "repo", tmp_path / "artifacts"

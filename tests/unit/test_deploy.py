@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from loadtests.deploy import models_to_load, server_args, server_command, write_overlay
-from loadtests.plan import plan_variant
+from loadtests.rollout.deploy import models_to_load, server_args, server_command, write_overlay
+from loadtests.rollout.plan import plan_variant
 
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH: the overlay was not rendered")

@@ -30,7 +30,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from builder.cli import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
-from builder.models import resolve_spec
+from builder.pipeline.models import resolve_spec
 from builder.serving.front import FRONT_HEADER
 from builder.serving.server import EmbeddedServer
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text

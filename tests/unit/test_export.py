@@ -5,7 +5,7 @@ import torch
 
 from builder.core.errors import ExportError
 from builder.core.spec import parse_spec
-from builder.torch2onnx import MAX_IR_VERSION, MAX_OPSET, export, verify
+from builder.pipeline.torch2onnx import MAX_IR_VERSION, MAX_OPSET, export, verify
 
 SPEC = parse_spec({
     "name": "mlp", "factory": "x:y", "data": "x:y",

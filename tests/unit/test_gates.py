@@ -1,4 +1,4 @@
-"""The accuracy gate holds on every evaluation split (builder/build.py: score_variant, check_gates): a variant
+"""The accuracy gate holds on every evaluation split (builder/pipeline/build.py: score_variant, check_gates): a variant
 that keeps the first split's accuracy but loses another's is refused with the split named, and a baseline built
 before every split's outputs were saved gets the missing ones computed once from its model file."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from builder.build import BuildContext, Gates, check_gates, score_variant
+from builder.pipeline.build import BuildContext, Gates, check_gates, score_variant
 from builder.core.data import Split
 from builder.core.spec import load_spec
 from builder.serving.tritonconfig import ServingConfig

@@ -9,9 +9,9 @@ import pytest
 from builder.cli import data_files, main
 from builder.core.errors import ConfigError, DataError
 from builder.core.spec import call_source, load_spec
-from builder.sources.files import read_rows
-from builder.sources.files import default_name
-from builder.sources.hf import read_examples
+from builder.pipeline.sources.files import read_rows
+from builder.pipeline.sources.files import default_name
+from builder.pipeline.sources.hf import read_examples
 from tests.conftest import FIXTURES, TINY_SPEC
 
 CLASSES = ["negative", "positive"]

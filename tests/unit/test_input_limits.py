@@ -13,7 +13,7 @@ import torch
 
 from builder.serving.limits import derive_limits
 from builder.core.spec import load_spec, parse_spec
-from builder.torch2onnx import MAX_DYNAMIC_SIZE, export
+from builder.pipeline.torch2onnx import MAX_DYNAMIC_SIZE, export
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 from tests.conftest import FIXTURES, ROOT
 

@@ -24,9 +24,7 @@ def test_the_layers_hold():
 
 def test_an_upward_import_breaks_them(tmp_path):
     """The check can fail: the core importing the embedded server (serving, a layer above it) is refused."""
-    for part in ("builder", "client", "loadtests"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    copy_project(ROOT, tmp_path)
     with open(tmp_path / "builder" / "core" / "data.py", "a") as f:
         f.write("\nfrom ..serving import server  # noqa: E402,F401\n")
     result = lint_imports(tmp_path)
@@ -34,19 +32,37 @@ def test_an_upward_import_breaks_them(tmp_path):
     assert "builder.core.data -> builder.serving.server" in result.stdout
 
 
-def layered(root) -> list[str]:
-    """The modules and packages the `layers` contract names (a package names every module under it)."""
+def copy_project(root, to) -> None:
+    for part in ("builder", "client", "loadtests"):
+        shutil.copytree(root / part, to / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "pyproject.toml", to)
+
+
+def test_inside_the_pipeline_imports_run_one_way(tmp_path):
+    """The pipeline's own contract can fail: measurement importing the build stage above it is refused."""
+    copy_project(ROOT, tmp_path)
+    with open(tmp_path / "builder" / "pipeline" / "measure.py", "a") as f:
+        f.write("\nfrom . import build  # noqa: E402,F401\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "builder.pipeline.measure -> builder.pipeline.build" in result.stdout
+
+
+def layered(root, contract: str = "layers") -> list[str]:
+    """The modules and packages a `layers` contract names (a package names every module under it), with its
+    container's name in front."""
     import tomllib
 
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    layers = next(c for c in config if c["id"] == "layers")["layers"]
-    return [name.strip() for layer in layers for name in layer.replace("|", ":").split(":")]
+    chosen = next(c for c in config if c["id"] == contract)
+    prefix = "".join(f"{c}." for c in chosen.get("containers", []))
+    return [prefix + name.strip() for layer in chosen["layers"] for name in layer.replace("|", ":").split(":")]
 
 
-def unlayered(root) -> list[str]:
-    names = layered(root)
+def unlayered(root, contract: str = "layers", parts=("builder", "client", "loadtests")) -> list[str]:
+    names = layered(root, contract)
     found = []
-    for part in ("builder", "client", "loadtests"):
+    for part in parts:
         for path in sorted((root / part).rglob("*.py")):
             module = ".".join(path.relative_to(root).with_suffix("").parts)
             if module.endswith(".__init__"):
@@ -62,3 +78,7 @@ def test_every_module_is_in_a_layer(tmp_path):
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     (tmp_path / "builder" / "stray.py").write_text("")
     assert unlayered(tmp_path) == ["builder.stray"]  # the check can fail
+
+
+def test_every_pipeline_module_is_in_a_pipeline_layer():
+    assert unlayered(ROOT, "pipeline", parts=("builder/pipeline",)) == []

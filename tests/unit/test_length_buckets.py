@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from builder.core.errors import ConfigError
-from builder.models import resolve_spec
+from builder.pipeline.models import resolve_spec
 from builder.core.spec import length_buckets, parse_spec
 from builder.core.artifacts import bucket_for, fit_tokens, length_buckets as recorded_buckets, request_batches, text_inputs
 from loadtests.run import GeneratorCpu, process_schedstat
@@ -93,7 +93,7 @@ def test_a_record_without_buckets_sends_texts_unpadded(text_folder):
 
 
 def test_text_inputs_pad_to_the_bucket(tmp_path):
-    from builder.sources.minilm import tokenizer
+    from builder.pipeline.sources.minilm import tokenizer
 
     tokenizer().save(str(tmp_path / "tokenizer.json"))
     inputs = text_inputs(tmp_path, "a gripping film", buckets=(16, 32))

@@ -7,10 +7,10 @@ import pytest
 
 from builder.core.errors import ConfigError, RepositoryError
 from builder.core.names import MAX_MODEL_NAME, MAX_NAME, SERVED_NAME, model_name
-from builder.names import max_model_name_length, registry_variants, split_model_name
+from builder.pipeline.names import max_model_name_length, registry_variants, split_model_name
 from builder.serving.repository import check_no_legacy_names, remove_legacy, write_model
 from builder.core.spec import parse_spec
-from builder.variants import VARIANTS
+from builder.pipeline.variants import VARIANTS
 
 LONGEST_MODEL = "m" * MAX_MODEL_NAME
 

@@ -10,17 +10,17 @@ import types
 
 import numpy as np
 
-from builder.build import Gates, build_variant
+from builder.pipeline.build import Gates, build_variant
 from builder.core.artifacts import read_record
 from builder.core.spec import load_spec
-from builder.variants import VARIANTS, Step, facts
+from builder.pipeline.variants import VARIANTS, Step, facts
 
 FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "tiny" / "tiny.yaml"
 
 
 def rounded_technique() -> types.ModuleType:
-    """What a newcomer writes as builder/variants/rounded.py: every float weight rounded to 3 decimals."""
-    module = types.ModuleType("builder.variants.rounded")
+    """What a newcomer writes as builder/pipeline/variants/rounded.py: every float weight rounded to 3 decimals."""
+    module = types.ModuleType("builder.pipeline.variants.rounded")
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -61,4 +61,4 @@ def test_a_technique_registered_in_one_line_builds_serves_and_is_recorded(tmp_pa
     tuned = dataclasses.replace(spec, variants={"rounded": {"decimals": 1}})
     assert build_variant(tuned, "rounded", repository, artifacts, gates=Gates(force=True),
                          **quiet)["notes"]["rounded_decimals"] == 1
-    assert "builder.variants.rounded" not in sys.modules  # no file of the kit imports it: the registry is enough
+    assert "builder.pipeline.variants.rounded" not in sys.modules  # no file of the kit imports it: the registry is enough

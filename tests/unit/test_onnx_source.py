@@ -5,8 +5,8 @@ import pytest
 
 from builder.cli import main
 from builder.core.errors import ConfigError
-from builder.measure import count_onnx_macs
-from builder.sources.onnxfile import read_graph
+from builder.pipeline.measure import count_onnx_macs
+from builder.pipeline.sources.onnxfile import read_graph
 
 
 def matmul_model(batch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from loadtests.plan import InstanceType, PlanError, cheapest, cost_on, plan_variant, read_prices, replicas_for
+from loadtests.rollout.plan import InstanceType, PlanError, cheapest, cost_on, plan_variant, read_prices, replicas_for
 from loadtests.report import build_report, plan_table, plan_text
 from tests.conftest import ROOT
 

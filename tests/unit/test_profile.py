@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from builder.core.data import Split
-from builder.measure import fixed_batch
-from builder.profile import (CATEGORIES, category, macs_by_length, operator_profile, profile_table,
+from builder.pipeline.measure import fixed_batch
+from builder.pipeline.profile import (CATEGORIES, category, macs_by_length, operator_profile, profile_table,
                              summarise_trace)
 from builder.core.spec import parse_spec
-from builder.torch2onnx import export
+from builder.pipeline.torch2onnx import export
 
 D, FFN, LAYERS, VOCAB = 32, 64, 2, 50
 

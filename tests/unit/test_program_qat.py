@@ -1,11 +1,11 @@
-"""QAT of a torch.export program (builder/variants/qat.py: fake_quantize_graph): the graph's linear and conv read
+"""QAT of a torch.export program (builder/pipeline/variants/qat.py: fake_quantize_graph): the graph's linear and conv read
 fake-quantized weights and inputs while it trains; restoring bakes the weights onto the int8 grid and gives back
 the original graph."""
 
 import torch
 
-from builder.sources.torchprogram import trainable_program
-from builder.variants.qat import fake_quantize_graph
+from builder.pipeline.sources.torchprogram import trainable_program
+from builder.pipeline.variants.qat import fake_quantize_graph
 
 
 class Small(torch.nn.Module):

@@ -5,7 +5,7 @@ import torch
 
 from builder.core.errors import VariantError
 from builder.core.spec import parse_spec
-from builder.variants import reparam
+from builder.pipeline.variants import reparam
 
 IMAGE_SPEC = parse_spec({"name": "img", "factory": "a:b", "data": "a:b",
                          "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28]}],
@@ -98,8 +98,8 @@ def test_bad_shapes_of_the_student_are_rejected():
 
 
 def test_separable_mac_formulas_match_the_counted_macs():
-    from builder.measure import count_macs
-    from builder.variants import distilled
+    from builder.pipeline.measure import count_macs
+    from builder.pipeline.variants import distilled
 
     class Net(torch.nn.Module):
         def __init__(self):

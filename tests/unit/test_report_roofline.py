@@ -17,7 +17,7 @@ RECORDS = {
     "m_int8": {"source": "m", "variant": "int8", "triton_model": "m_int8", "accuracy": {"test": 0.89},
                "accuracy_drop_points": 1.0, "cpu_isa": ISA, "roofline": roofline("int8", 0.12, 0.3456, 900.0)},
     "m_old": {"source": "m", "variant": "old", "triton_model": "m_old", "accuracy": {"test": 0.9},
-              "accuracy_drop_points": 0.0},  # built before builder/roofline.py existed
+              "accuracy_drop_points": 0.0},  # built before builder/pipeline/roofline.py existed
 }
 
 RESULTS = {

@@ -1,8 +1,8 @@
 import pytest
 
 from builder.core.errors import ConfigError
-from builder.models import resolve_spec
-from builder.sources import DEMO_SPECS
+from builder.pipeline.models import resolve_spec
+from builder.pipeline.sources import DEMO_SPECS
 from builder.core.spec import load_spec, resolve_callable
 from tests.conftest import FIXTURES, TINY_SPEC
 
@@ -29,6 +29,19 @@ def test_user_spec_loads_and_its_factory_resolves():
     spec = load_spec(TINY_SPEC)
     factory = resolve_callable(spec.factory, spec.source)
     assert factory(None).embedding.num_embeddings == 50
+
+
+def test_a_spec_written_before_the_pipeline_moved_still_loads(tmp_path):
+    """The kit's sources moved from builder/sources to builder/pipeline/sources: a spec file that names the old path
+    (one a user's `--hf-model` build wrote, or the demo's) loads with the new one, so it also keys its recipe the same."""
+    text = (DEMO_SPECS["digits"]).read_text()
+    old = tmp_path / "digits.yaml"
+    old.write_text(text.replace("builder.pipeline.sources.", "builder.sources."))
+    assert "builder.sources.digits:load_model" in old.read_text()
+    before, now = load_spec(old), load_spec(DEMO_SPECS["digits"])
+    assert (before.factory, before.data) == (now.factory, now.data) == (
+        "builder.pipeline.sources.digits:load_model", "builder.pipeline.sources.digits:load_data")
+    assert callable(resolve_callable(before.factory, before.source))
 
 
 def test_unknown_key_names_file_field_and_suggests():
@@ -75,7 +88,7 @@ def test_a_misspelt_variants_key_is_an_error_not_ignored():
     import yaml
 
     from builder.core.spec import parse_spec
-    from builder.variants import module_names
+    from builder.pipeline.variants import module_names
 
     values = yaml.safe_load(TINY_SPEC.read_text()) | {"variants": {"embed_factorized": {"rank": 4}}}
     with pytest.raises(ConfigError) as info:

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from builder.core.errors import ConfigError, RepositoryError
-from builder.models import resolve_spec
+from builder.pipeline.models import resolve_spec
 from builder.serving.repository import list_models, write_model
 from builder.core.spec import load_spec
 from builder.serving.text_endpoint import max_tokens, postprocess_onnx, write_text_endpoint
@@ -20,7 +20,7 @@ from tests.conftest import FIXTURES
 @pytest.fixture
 def minilm_workspace(tmp_path):
     """A repository holding the encoder `minilm_fp32` (config only) and artifacts with minilm's tokenizer.json."""
-    from builder.sources.minilm import tokenizer
+    from builder.pipeline.sources.minilm import tokenizer
 
     spec = resolve_spec("minilm")
     repository, artifacts = tmp_path / "repo", tmp_path / "artifacts"

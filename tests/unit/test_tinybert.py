@@ -1,4 +1,4 @@
-"""The `tinybert` student (builder/variants/tinybert.py) on a tiny BERT classifier (tests/fixtures/tiny_bert):
+"""The `tinybert` student (builder/pipeline/variants/tinybert.py) on a tiny BERT classifier (tests/fixtures/tiny_bert):
 narrower than its teacher, sliced from it, trained through learned projections, taught on deduplicated extra data,
 exported to ONNX within ONNX Runtime 1.19's limits."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from builder.core.errors import VariantError
-from builder.variants import steps, tinybert
+from builder.pipeline.variants import steps, tinybert
 
 FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "tiny_bert" / "tiny_bert.yaml"
 HARD_LABELS_ONLY = {"alpha": 0.0, "feature_weight": 0.0, "hidden_weight": 0.0, "embedding_weight": 0.0,
@@ -36,14 +36,14 @@ def world(tmp_path_factory):
 
 
 def context_of(world):
-    from builder.build import BuildContext
+    from builder.pipeline.build import BuildContext
 
     spec, workdir, splits, teacher = world
     return BuildContext(spec, workdir, splits, workdir, teacher=teacher, progress=lambda m: None)
 
 
 def trained(world, **options):
-    from builder.measure import torch_accuracy
+    from builder.pipeline.measure import torch_accuracy
 
     spec, _, splits, teacher = world
     terms = {}
@@ -56,7 +56,7 @@ def test_the_student_is_narrower_sliced_from_the_teacher_and_exports_within_the_
     import onnx
     import torch
 
-    from builder.torch2onnx import MAX_IR_VERSION, MAX_OPSET, example_batch, export
+    from builder.pipeline.torch2onnx import MAX_IR_VERSION, MAX_OPSET, example_batch, export
     from builder.core.evaluate import onnx_session
 
     spec, _, splits, teacher = world
@@ -104,7 +104,7 @@ def is_selection(w) -> bool:
 
 
 def test_extra_data_holds_no_held_out_row_and_the_teacher_labels_it(world):
-    from builder.train import example_key
+    from builder.pipeline.train import example_key
 
     spec, workdir, splits, _ = world
     split, facts = tinybert.teaching_split(spec, splits, workdir, "tiny_bert_model:load_unlabelled")
@@ -134,8 +134,8 @@ def test_over_a_long_schedule_the_new_distilled_recipe_beats_the_old_one(world):
     tests/fixtures/tiny_bert/compare_recipes.py measures both)."""
     from builder.core.data import Split
     from builder.core.spec import resolve_callable
-    from builder.measure import torch_accuracy
-    from builder.variants import distilled
+    from builder.pipeline.measure import torch_accuracy
+    from builder.pipeline.variants import distilled
 
     spec, _, _, teacher = world
     examples = resolve_callable("tiny_bert_model:examples", spec.source)

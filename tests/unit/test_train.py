@@ -5,8 +5,8 @@ import torch
 from builder.core.data import Split
 from builder.core.errors import ConfigError, VariantError
 from builder.core.spec import parse_spec
-from builder.train import TrainConfig, cross_entropy_loss, train, train_config
-from builder.variants import svd
+from builder.pipeline.train import TrainConfig, cross_entropy_loss, train, train_config
+from builder.pipeline.variants import svd
 
 SPEC_RAW = {"name": "t", "factory": "a:b", "data": "a:b",
             "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}],
@@ -64,7 +64,7 @@ def test_training_options_are_checked():
                                               ("svd", {"rank_ratio": 1.2}), ("svd", {"energy": 0.0}),
                                               ("distilled", {"temperature": 0})])
 def test_out_of_range_settings_are_rejected_when_the_config_is_made(variant, options):
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     with pytest.raises(VariantError):
         steps(variant)[0].config({variant: options})
@@ -98,7 +98,7 @@ class CountingTeacher(torch.nn.Module):
 
 
 def test_the_teacher_runs_once_per_example_whatever_the_padding():
-    from builder.train import TeacherCache
+    from builder.pipeline.train import TeacherCache
 
     teacher = CountingTeacher().eval()
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [4, 0, 0, 0]])
@@ -125,7 +125,7 @@ def test_the_teacher_runs_once_per_example_whatever_the_padding():
 
 
 def test_shift_images_moves_image_inputs_only():
-    from builder.train import shift_images
+    from builder.pipeline.train import shift_images
 
     image = np.zeros((2, 1, 5, 5), np.float32)
     image[:, 0, 2, 2] = 1.0
@@ -143,7 +143,7 @@ def test_shift_images_moves_image_inputs_only():
 
 
 def test_per_example_shifts_move_each_image_on_its_own():
-    from builder.train import shift_images
+    from builder.pipeline.train import shift_images
 
     image = np.zeros((64, 1, 5, 5), np.float32)
     image[:, 0, 2, 2] = 1.0
@@ -165,7 +165,7 @@ def test_cosine_schedule_trains_and_unknown_schedules_are_refused():
 
 
 def test_a_budget_in_steps_runs_exactly_that_many_steps_across_epochs():
-    from builder.train import run_training
+    from builder.pipeline.train import run_training
 
     # 64 examples in batches of 16: 4 steps per epoch, so 7 steps run into a second epoch
     _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
@@ -178,7 +178,7 @@ def test_a_budget_in_steps_runs_exactly_that_many_steps_across_epochs():
 
 
 def test_the_time_cap_stops_a_run_and_says_so():
-    from builder.train import run_training
+    from builder.pipeline.train import run_training
 
     messages = []
     _, facts = run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
@@ -217,7 +217,7 @@ def test_the_same_training_twice_gives_identical_weights_whatever_ran_before():
 
 
 def test_length_grouped_batches_cover_every_example_once_with_little_padding():
-    from builder.train import epoch_batches
+    from builder.pipeline.train import epoch_batches
 
     lengths = np.random.default_rng(0).integers(1, 100, size=1000)
     batches = epoch_batches(np.random.default_rng(1), 1000, 1000, 10, lengths)
@@ -231,7 +231,7 @@ def test_length_grouped_batches_cover_every_example_once_with_little_padding():
 
 
 def test_training_overrides_replace_the_spec_budget_as_a_whole():
-    from builder.train import TrainingOverrides
+    from builder.pipeline.train import TrainingOverrides
 
     spec = parse_spec({**SPEC_RAW, "training": {"steps": 100, "lr": 0.01, "max_seconds": 30}}, where="test")
     assert train_config(spec).steps == 100
@@ -243,7 +243,7 @@ def test_training_overrides_replace_the_spec_budget_as_a_whole():
 
 
 def test_a_bad_schedule_is_refused_when_the_config_is_made():
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     with pytest.raises(VariantError, match="train_schedule must be `constant` or `cosine`"):
         steps("reparam")[0].config({"reparam": {"train_schedule": "linear"}})
@@ -252,14 +252,14 @@ def test_a_bad_schedule_is_refused_when_the_config_is_made():
 @pytest.mark.parametrize("options", [{"train_steps": 0}, {"train_epochs": 1.5}, {"train_lr": -1}, {"train_seconds": 0},
                                      {"train_threads": 0}])
 def test_bad_budgets_are_refused_when_the_config_is_made(options):
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     with pytest.raises(VariantError, match="must be a positive"):
         steps("pruned")[0].config({"pruned": options})
 
 
 def test_a_misspelt_budget_suggests_the_right_one():
-    from builder.variants import steps
+    from builder.pipeline.variants import steps
 
     with pytest.raises(VariantError) as info:
         steps("distilled")[0].config({"distilled": {"train_step": 5}})
@@ -267,7 +267,7 @@ def test_a_misspelt_budget_suggests_the_right_one():
 
 
 def test_shards_of_a_step_are_disjoint_and_together_the_batch_of_one_process_with_twice_the_batch():
-    from builder.train import epoch_batches
+    from builder.pipeline.train import epoch_batches
 
     for lengths in (None, np.random.default_rng(0).integers(1, 60, size=1000)):
         ranks = [epoch_batches(np.random.default_rng(3), 1000, 1000, 10, lengths, rank, 2) for rank in (0, 1)]
@@ -282,7 +282,7 @@ def test_shards_of_a_step_are_disjoint_and_together_the_batch_of_one_process_wit
 
 
 def test_an_epoch_that_does_not_divide_among_the_ranks_repeats_its_first_examples():
-    from builder.train import epoch_batches
+    from builder.pipeline.train import epoch_batches
 
     ranks = [epoch_batches(np.random.default_rng(0), 7, 7, 2, None, rank, 3) for rank in range(3)]
     sizes = [[len(b) for b in r] for r in ranks]
@@ -292,7 +292,7 @@ def test_an_epoch_that_does_not_divide_among_the_ranks_repeats_its_first_example
 
 
 def test_alone_the_agreement_helpers_are_plain_calls(monkeypatch):
-    from builder import processes
+    from builder.pipeline import processes
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
@@ -316,15 +316,15 @@ def test_the_scaling_benchmark_spec_is_the_digits_model_with_its_student_budget_
     from builder.core.spec import load_spec
     from tests.conftest import ROOT
 
-    bench = load_spec(ROOT / "builder" / "sources" / "digits_steps.yaml")
-    digits = load_spec(ROOT / "builder" / "sources" / "digits.yaml")
+    bench = load_spec(ROOT / "builder" / "pipeline" / "sources" / "digits_steps.yaml")
+    digits = load_spec(ROOT / "builder" / "pipeline" / "sources" / "digits.yaml")
     assert (bench.factory, bench.data, bench.inputs, bench.outputs) == (digits.factory, digits.data, digits.inputs,
                                                                         digits.outputs)
     assert bench.variants["distilled"]["train_steps"] == 200  # steps, so 1 and N processes run the same count
 
 
 def test_training_runs_at_the_configured_thread_count_and_restores_it():
-    from builder.train import TrainingOverrides, run_training
+    from builder.pipeline.train import TrainingOverrides, run_training
 
     seen, before = [], torch.get_num_threads()
     loss = cross_entropy_loss()
@@ -361,7 +361,7 @@ def test_a_model_placed_on_a_gpu_is_refused_in_one_line(monkeypatch):
 
 
 def test_checkpoint_selection_keeps_the_best_validation_step():
-    from builder.train import run_training
+    from builder.pipeline.train import run_training
 
     # scripted validation scores: the best is the second checkpoint (step 4 of 10, every 2 steps)
     scripted = iter([0.50, 0.90, 0.70, 0.60, 0.80])
@@ -384,7 +384,7 @@ def test_checkpoint_selection_keeps_the_best_validation_step():
 
 
 def test_checkpoint_selection_needs_a_validation_score_and_excludes_weight_averaging():
-    from builder.train import run_training
+    from builder.pipeline.train import run_training
 
     with pytest.raises(VariantError, match="select_every needs a validation score"):
         run_training(torch.nn.Linear(4, 2), cross_entropy_loss(), SPLIT, SPEC,
@@ -396,7 +396,7 @@ def test_checkpoint_selection_needs_a_validation_score_and_excludes_weight_avera
 def test_a_checkpoint_is_scored_by_accuracy_agreement_with_the_teacher_or_both():
     from types import SimpleNamespace
 
-    from builder.train import TrainingOverrides, checkpoint_score
+    from builder.pipeline.train import TrainingOverrides, checkpoint_score
 
     # the teacher answers class 0 everywhere; the labels are SPLIT's random ones
     teacher = torch.nn.Linear(4, 2)

@@ -2,7 +2,7 @@ import pytest
 from google.protobuf import json_format, text_format
 
 from builder.core.errors import ConfigError, RepositoryError
-from builder.models import resolve_spec
+from builder.pipeline.models import resolve_spec
 from builder.serving.server import cpu_fallback_config
 from builder.serving.tritonconfig import ServingConfig, build_config, parse_text, to_text
 

@@ -3,7 +3,7 @@ the weights it leaves, whether it trains, whether it buys size only. A new techn
 
 import pytest
 
-from builder.variants import PRECISIONS, STAGES, TRAINING, VARIANTS, facts
+from builder.pipeline.variants import PRECISIONS, STAGES, TRAINING, VARIANTS, facts
 
 
 @pytest.mark.parametrize("module", sorted({s.module for steps in VARIANTS.values() for s in steps},

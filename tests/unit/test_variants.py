@@ -1,7 +1,7 @@
 import pytest
 
 from builder.core.errors import VariantError
-from builder.variants import VARIANTS, steps
+from builder.pipeline.variants import VARIANTS, steps
 
 
 def test_registry_steps_are_well_formed():
@@ -54,7 +54,7 @@ def test_the_accuracy_drop_carries_its_paired_standard_error():
     import numpy as np
 
     from builder.core.evaluate import paired_drop_se
-    from builder.models import resolve_spec
+    from builder.pipeline.models import resolve_spec
 
     spec = resolve_spec("digits")
     labels = np.zeros(1000, dtype=np.int64)

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-import builder.build
-from builder.build import Gates, build_variant
+import builder.pipeline.build
+from builder.pipeline.build import Gates, build_variant
 from builder.cli import main
 from builder.core.spec import load_spec
 from tests.conftest import TINY_SPEC
@@ -29,8 +29,8 @@ def tiny_spec(folder, qat_steps=20):
 def trained(monkeypatch):
     """Counts the torch-level transformations (QAT's training) that builds run."""
     calls = []
-    transform = builder.build.transform_torch
-    monkeypatch.setattr(builder.build, "transform_torch", lambda *a, **k: calls.append(1) or transform(*a, **k))
+    transform = builder.pipeline.build.transform_torch
+    monkeypatch.setattr(builder.pipeline.build, "transform_torch", lambda *a, **k: calls.append(1) or transform(*a, **k))
     return calls
 
 

@@ -6,7 +6,7 @@
       -> <model>_postprocess   a two-node ONNX graph: Softmax and ArgMax over the metric output (logits)
     -> label (INT64 [batch, 1]), probabilities (FP32 [batch, classes]), and the encoder's other outputs (embedding)
 
-A model that is not a classifier of whole texts (a token classifier, an embedding model: builder/sources/hf.py)
+A model that is not a classifier of whole texts (a token classifier, an embedding model: builder/pipeline/sources/hf.py)
 gets the first two steps only, and answers the encoder's outputs as they are; a token classifier's also answers the
 tokenizer's attention mask, which tells its real tokens from the padding of its length bucket.
 
@@ -19,7 +19,7 @@ and batch each one dynamically.
 
 A text model is one whose spec has a `sequence_mask` and exactly one other input (the token ids), both int64, and
 whose factory writes `tokenizer.json` into its work folder (`<artifacts>/<model>/`) with the truncation length it
-was trained with (builder/sources/minilm.py: 256 tokens). Texts longer than that are truncated, as the training data
+was trained with (builder/pipeline/sources/minilm.py: 256 tokens). Texts longer than that are truncated, as the training data
 and the client's `--text` are.
 """
 
@@ -106,7 +106,7 @@ def write_text_endpoint(spec, variant: str, repository: pathlib.Path, artifacts:
     if not tokenizer_file.is_file():
         raise ConfigError(f"{spec.name}: no tokenizer.json in {workdir}",
                           hint="a text model's factory writes its tokenizer.json to its work folder "
-                               "(see builder/sources/minilm.py)")
+                               "(see builder/pipeline/sources/minilm.py)")
     length = max_tokens(tokenizer_file)
     longest = encoder_max_length(repository / encoder / "config.pbtxt", ids)
     if longest is not None and length > longest:  # every long text would be refused by the encoder's input checks
