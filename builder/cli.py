@@ -23,22 +23,24 @@ import time
 
 from loadtests.summary import print_summary
 
-from .pipeline import processes
-from .pipeline.build import Gates, build_variant
+from .core.console import print_table
 from .core.errors import BuilderError, ConfigError
 from .core.files import atomic_write
 from .core.handler import run_command
 from .core.names import model_name
+from .core.record import BuildEntry
 from .demo import run_demo
+from .pipeline import processes
+from .pipeline.build import Gates, build_variant
 from .pipeline.models import resolve_spec
-from .serving.repository import check_no_legacy_names, list_models
-from .serving.front import MAX_BODY_MB
-from .serving.server import EmbeddedServer
-from .serving.tritonconfig import ServingConfig
-from .serving.text_endpoint import text_inputs
 from .pipeline.sources import files, hf, onnxfile, torchprogram
 from .pipeline.train import TrainingOverrides, train_config
 from .pipeline.variants import steps
+from .serving.front import MAX_BODY_MB
+from .serving.repository import check_no_legacy_names, list_models
+from .serving.server import EmbeddedServer
+from .serving.text_endpoint import text_inputs
+from .serving.tritonconfig import ServingConfig
 
 # commands of the load tests and of the client under the one `builder` command: {builder's name: (package, its
 # name there)}; `python -m loadtests run ...` and `python -m client infer ...` stay as they were
@@ -228,7 +230,7 @@ def _build(args) -> int:
                                   Gates(args.max_accuracy_drop, args.force, args.min_agreement),
                                   rebuild=args.rebuild)
             if entry is not None:  # None: a rank other than 0, which trained and wrote nothing
-                rows.append(entry)
+                rows.append(BuildEntry.of(variant, entry))
         except BuilderError as e:
             if len(variants) == 1:
                 raise
@@ -317,74 +319,86 @@ def data_files(values: list[str]):
     return found
 
 
-def print_build_summary(model: str, rows: list, failed: list) -> None:
+def print_build_summary(model: str, rows: list[BuildEntry], failed: list) -> None:
     if rows:
-        splits = list(rows[0]["accuracy"])
-        print("\n" + f"{'model':26} " + " ".join(f"{'acc ' + s[:12]:>16}" for s in splits)
-              + f" {'drop':>6} {'±se':>5} {'agree':>6} {'params':>11} {'MB':>6} {'MMACs':>8} {'b1 ms':>7} {'x b1':>5} {'x b32':>5}"
-              f" {'%pk1':>5} {'%pk32':>5} {'steps':>9} {'s':>5}  gate")
-        for e in rows:
-            print(f"{e['triton_model']:26} " + " ".join(f"{e['accuracy'][s]:16.4f}" for s in splits)
-                  + f" {e['accuracy_drop_points']:6.2f} {e.get('accuracy_drop_se_points', 0):5.2f}"
-                  f" {e['agreement_with_fp32']['top1']:6.3f} {e['params']:11,}"
-                  f" {e['onnx_bytes'] / 1e6:6.1f} {e['macs'] / 1e6:8.1f} {e['latency_p50_ms']['b1_t1']:7.2f}"
-                  f" {e['speedup_vs_fp32']['b1_t1']:5.2f} {e['speedup_vs_fp32']['b32_t1']:5.2f}"
-                  f" {peak_percent(e, 'b1_t1'):>5} {peak_percent(e, 'b32_t1'):>5}"
-                  f" {training_steps(e):>9} {e['build_seconds']:5.0f}  " + ("; ".join(e["gates_failed"]) or "pass")
-                  + ("" if e["version_dir"] or not e["gates_failed"] else " (not written)")
-                  + (f" (verdict of {e.get('built_at', 'an earlier build')} reused: same recipe and inputs)"
-                     if e.get("verdict_reused") else ""))
+        header, body = build_table(model, rows)
+        print()
+        print_table(header, body, left=("model",), text_last=True)
         print("(drop: accuracy points vs fp32 on the first split, ±se its paired standard error; agree: top-1 agreement with fp32; b1 ms: p50 at "
               "batch 1, 1 thread; x: speedup vs fp32 measured in the same run, 1 thread; steps: optimizer steps "
               "trained / planned, ! when the time cap cut them short; %pk: achieved FLOP/s as % of this machine's measured "
               "GEMM peak of the variant's precision, batch 1 and 32, 1 thread"
-              + (f"; CPU {rows[0]['cpu_isa']['summary']}" if rows[0].get("cpu_isa") else "") + ")")
-        if any(e.get("verdict_reused") for e in rows):
+              + (f"; CPU {rows[0].cpu_isa['summary']}" if rows[0].cpu_isa else "") + ")")
+        if any(e.verdict_reused for e in rows):
             print("(verdict reused: refused before with the same recipe and inputs, so not trained again; its figures "
                   "are that build's. --rebuild trains and measures it again)")
-        for e in rows:
-            baseline = e.get("baseline", {})
-            if "frozen_accuracy" in baseline:
-                split = baseline["validation_split"]
-                frozen = " ".join(f"{name} {acc:.4f}" for name, acc in baseline["frozen_accuracy"].items())
-                print(f"{e['triton_model']}: fine-tuned end to end ({split} {baseline['fine_tuned_validation_accuracy']:.4f}); "
-                      f"the frozen factory model it replaced: {frozen}")
-        for e in rows:
-            runs = e.get("training", {})
-            if runs:  # how many processes trained, and how fast (the benchmark of docs/training.md)
-                print(f"{e['triton_model']}: " + "; ".join(
-                    f"{what}: {run.get('processes', 1)} process(es) x batch {run['batch_size']} = effective batch "
-                    f"{run.get('effective_batch_size', run['batch_size'])}, {run['steps']} steps in "
-                    f"{run['seconds']:.1f} s ({run.get('steps_per_second', '-')} steps/s)" for what, run in runs.items()))
-        for e in rows:
-            for what in e.get("training_cut_by_time_cap", []):
-                run = e["training"][what]
-                print(f"WARNING: {e['triton_model']}: the {run['max_seconds']:.0f} s time cap CUT `{what}` SHORT at "
-                      f"step {run['steps']} of {run['planned_steps']}: not the recipe's model, and not reproducible "
-                      f"(raise the variant's train_seconds)")
+        print_training(rows)
     for e in rows:  # int8's accuracy search, as INC prints its tuning: only when it had to revert nodes
-        search = e.get("notes", {}).get("int8_search")
+        search = (e.raw.get("notes") or {}).get("int8_search")
         if search and len(search["trials"]) > 1:
-            print(f"\n{e['triton_model']}: int8 accuracy search on `{search['split']}` ({search['examples']} examples, "
+            print(f"\n{e.triton_model}: int8 accuracy search on `{search['split']}` ({search['examples']} examples, "
                   f"budget {search['budget_points']} points vs fp32 {search['fp32_accuracy']:.4f}):")
             print("\n".join("  " + line for line in search["table"]))
     for variant, command in failed:
         print(f"FAILED {model_name(model, variant)}; rebuild just it with:\n  {command}")
 
 
-def peak_percent(entry: dict, key: str) -> str:
-    roofline = entry.get("roofline", {}).get("by_latency", {}).get(key)
-    return "-" if roofline is None else f"{roofline['fraction_of_peak'] * 100:.1f}"
+def build_table(model: str, rows: list[BuildEntry]) -> tuple[list[str], list[list[str]]]:
+    """The build summary's columns, by name, and one row per variant built."""
+    splits = list(rows[0].accuracy)
+    header = ["model", *(f"acc {s[:12]}" for s in splits), "drop", "±se", "agree", "params", "MB", "MMACs", "b1 ms",
+              "x b1", "x b32", "%pk1", "%pk32", "steps", "s", "gate"]
+    body = [[e.triton_model or model_name(model, e.variant), *(f"{e.accuracy[s]:.4f}" for s in splits),
+             f"{e.accuracy_drop_points:.2f}", f"{e.accuracy_drop_se_points or 0:.2f}", f"{e.agreement_top1:.3f}",
+             f"{e.params:,}", f"{e.onnx_bytes / 1e6:.1f}", f"{e.macs / 1e6:.1f}", f"{e.latency_p50_ms['b1_t1']:.2f}",
+             f"{e.speedup_vs_fp32['b1_t1']:.2f}", f"{e.speedup_vs_fp32['b32_t1']:.2f}",
+             peak_percent(e, "b1_t1"), peak_percent(e, "b32_t1"), training_steps(e), f"{e.build_seconds:.0f}",
+             gate_text(e)] for e in rows]
+    return header, body
 
 
-def training_steps(entry: dict) -> str:
+def gate_text(e: BuildEntry) -> str:
+    return (("; ".join(e.gates_failed) or "pass") + ("" if e.version_dir or not e.refused else " (not written)")
+            + (f" (verdict of {e.built_at or 'an earlier build'} reused: same recipe and inputs)"
+               if e.verdict_reused else ""))
+
+
+def print_training(rows: list[BuildEntry]) -> None:
+    """The fine-tuned teacher, how each variant trained, and any run the time cap cut short."""
+    for e in rows:
+        baseline = e.raw.get("baseline", {})
+        if "frozen_accuracy" in baseline:
+            split = baseline["validation_split"]
+            frozen = " ".join(f"{name} {acc:.4f}" for name, acc in baseline["frozen_accuracy"].items())
+            print(f"{e.triton_model}: fine-tuned end to end ({split} {baseline['fine_tuned_validation_accuracy']:.4f}); "
+                  f"the frozen factory model it replaced: {frozen}")
+    for e in rows:
+        if e.training:  # how many processes trained, and how fast (the benchmark of docs/training.md)
+            print(f"{e.triton_model}: " + "; ".join(
+                f"{what}: {run.get('processes', 1)} process(es) x batch {run['batch_size']} = effective batch "
+                f"{run.get('effective_batch_size', run['batch_size'])}, {run['steps']} steps in "
+                f"{run['seconds']:.1f} s ({run.get('steps_per_second', '-')} steps/s)" for what, run in e.training.items()))
+    for e in rows:
+        for what in e.training_cut_by_time_cap:
+            run = e.training[what]
+            print(f"WARNING: {e.triton_model}: the {run['max_seconds']:.0f} s time cap CUT `{what}` SHORT at "
+                  f"step {run['steps']} of {run['planned_steps']}: not the recipe's model, and not reproducible "
+                  f"(raise the variant's train_seconds)")
+
+
+def peak_percent(entry: BuildEntry, key: str) -> str:
+    fraction = entry.peak_fraction(key)
+    return "-" if fraction is None else f"{fraction * 100:.1f}"
+
+
+def training_steps(entry: BuildEntry) -> str:
     """`trained/planned` optimizer steps over the entry's training runs, `!` when the time cap cut one short; `-`
     for an untrained variant."""
-    runs = list(entry.get("training", {}).values())
+    runs = list(entry.training.values())
     if not runs:
         return "-"
     return (f"{sum(r['steps'] for r in runs)}/{sum(r['planned_steps'] for r in runs)}"
-            + ("!" if entry.get("training_cut_by_time_cap") else ""))
+            + ("!" if entry.training_cut_by_time_cap else ""))
 
 
 def cmd_serve(args) -> int:

@@ -13,11 +13,11 @@ from client import TritonClient
 from loadtests.report import build_report, write_report
 from loadtests.run import LoadSettings, Target, run_load
 
-from .pipeline.build import build_variant
 from .core.artifacts import load_splits, read_records
 from .core.errors import BuilderError
-from .core.names import model_name
 from .core.evaluate import onnx_predictor, onnx_session, outputs_on, score
+from .core.names import model_name
+from .pipeline.build import build_variant
 from .pipeline.models import resolve_spec
 from .serving import repository as repo
 from .serving.server import EmbeddedServer, free_port

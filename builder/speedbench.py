@@ -23,11 +23,11 @@ import numpy as np
 
 from .core.artifacts import load_splits, read_record
 from .core.errors import ArtifactsError
-from .core.record import BuildEntry, entries
 from .core.handler import run_command
+from .core.machine import cpu_isa
+from .core.record import BuildEntry, entries
 from .pipeline.measure import fixed_batch, latency_p50_ms
 from .pipeline.models import resolve_spec
-from .core.machine import cpu_isa
 
 
 def onnx_file(folder: pathlib.Path) -> pathlib.Path:

@@ -25,6 +25,7 @@ import pathlib
 import sys
 import time
 
+from builder.core.artifacts import read_records
 from builder.core.console import print_table
 from builder.core.errors import unknown_name
 from builder.core.files import atomic_write
@@ -34,17 +35,18 @@ from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port
 from client.triton import parse_url
 
-from builder.core.artifacts import read_records
-
-from .bench import print_table as print_bench_table, run_bench
-from .generator_bench import print_table as print_generator_table, run_generator_bench
-from .rollout.compare import compare_runs, tables
-from .rollout.deploy import DeployError, models_to_load, write_overlay
+from .bench import print_table as print_bench_table
+from .bench import run_bench
+from .generator_bench import print_table as print_generator_table
+from .generator_bench import run_generator_bench
 from .overload import OverloadSettings, print_overload, run_overload
-from .oversize import print_oversize, run_oversize, verdict as oversize_verdict
-from .rollout.plan import DEFAULT_HEADROOM, read_prices
+from .oversize import print_oversize, run_oversize
+from .oversize import verdict as oversize_verdict
 from .report import build_report, footprint_rows, plan_table, plan_text, write_report
 from .results import read_results, results_file
+from .rollout.compare import compare_runs, tables
+from .rollout.deploy import DeployError, models_to_load, write_overlay
+from .rollout.plan import DEFAULT_HEADROOM, read_prices
 from .run import LoadSettings, LoadTestError, Target, check_target, has_record, run_load
 from .soak import SoakSettings, print_soak, run_soak, verdicts
 from .summary import print_summary

@@ -19,12 +19,13 @@ import pathlib
 from builder.core.artifacts import MARGINAL_SPEEDUP
 from builder.core.files import atomic_write
 from builder.core.names import source_of
+from builder.core.record import BuildEntry
 from builder.serving.footprint import fits, parse_size
 
 from . import metrics
-from .rollout import plan as capacity
 from .intervals import Interval, merge_repeats
 from .results import RunResults, as_results
+from .rollout import plan as capacity
 
 # a step needs this many windows for its interval to tell variants apart (loadtests/intervals.py)
 MIN_WINDOWS = 3
@@ -55,56 +56,49 @@ class VariantRow:
 
 
 def relative_compute(entry: dict) -> float | None:
-    """Compute relative to fp32 from the build record: 1 / geometric mean speedup at batch 1 and 32, 1 thread
-    (fp32's own latency measured beside the variant, so machine drift between builds cancels). None without."""
-    if entry.get("variant") == "fp32":
-        return 1.0
-    speedup = entry.get("speedup_vs_fp32") or {}
-    values = [v for k, v in speedup.items() if k in ("b1_t1", "b32_t1") and v] or [v for v in speedup.values() if v]
-    return round(1.0 / math.exp(sum(map(math.log, values)) / len(values)), 4) if values else None
+    """Compute relative to fp32 of a build-record entry (BuildEntry.relative_compute)."""
+    return BuildEntry.of(None, entry).relative_compute
 
 
-def top1_agreement(entry: dict) -> float | None:
-    if entry.get("variant") == "fp32":
-        return 1.0
-    return (entry.get("agreement_with_fp32") or {}).get("top1")
-
-
-def entry_names(model: str, entry: dict) -> tuple[str, str]:
+def entry_names(model: str, build: BuildEntry) -> tuple[str, str]:
     """(source model, variant as the CLI writes it) of a served model: from its build record, else from its name."""
-    if "source" in entry and "variant" in entry:
-        return entry["source"], entry["variant"]
+    if build.source and build.variant:
+        return build.source, build.variant
     # no record (a model from elsewhere): its name's parts, the variant as served
     source = source_of(model)
     return source, model[len(source) + 1:]
 
 
-def refused_entries(results: RunResults | dict, records: dict[str, dict]) -> dict[str, dict]:
+def build_entry(model: str, results: RunResults, records: dict[str, dict]) -> BuildEntry:
+    """The build record of a served model, typed: the artifacts' one now, else the copy results.json kept."""
+    return BuildEntry.of(None, records.get(model) or results.records.get(model, {}))
+
+
+def refused_entries(results: RunResults | dict, records: dict[str, dict]) -> dict[str, BuildEntry]:
     """Build-record entries of the variants the build refused (a gate failed, nothing written to the repository) of
     the run's source models: from the artifacts' records, else from the run's copy (`refused`, loadtests/run.py)."""
     results = as_results(results)
     served = set(results.models)
-    sources = {entry_names(m, records.get(m) or results.records.get(m, {}))[0] for m in served}
+    sources = {entry_names(m, build_entry(m, results, records))[0] for m in served}
     found = {}
     for model, entry in {**results.refused, **records}.items():
-        if (model not in served and entry.get("gates_failed") and not entry.get("version_dir")
-                and entry_names(model, entry)[0] in sources):
-            found[model] = entry
+        build = BuildEntry.of(None, entry)
+        if model not in served and build.refused and not build.version_dir and entry_names(model, build)[0] in sources:
+            found[model] = build
     return found
 
 
-def row_of(model: str, entry: dict, steps: list[dict], refused: tuple[str, ...] = ()) -> VariantRow:
-    first = next(iter(entry.get("accuracy", {})), None)
-    drop = entry.get("accuracy_drop_points", 0.0 if entry.get("variant") == "fp32" else None)
-    source, variant = entry_names(model, entry)
+def row_of(model: str, build: BuildEntry, steps: list[dict], refused: tuple[str, ...] = ()) -> VariantRow:
+    first = build.first_split
+    source, variant = entry_names(model, build)
     return VariantRow(
         source=source, variant=variant,
-        triton_model=model, accuracy=entry["accuracy"][first] if first else None, accuracy_drop_points=drop,
-        eval_examples=entry.get("eval_examples", {}).get(first),
-        params=entry.get("params"), onnx_bytes=entry.get("onnx_bytes"), macs=entry.get("macs"),
+        triton_model=model, accuracy=build.accuracy[first] if first else None,
+        accuracy_drop_points=build.accuracy_drop_points, eval_examples=build.eval_examples.get(first),
+        params=build.params, onnx_bytes=build.onnx_bytes, macs=build.macs,
         best=max(steps, key=lambda s: s["throughput"]) if steps else None,
-        failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=entry.get("accuracy_drop_se_points"),
-        agreement=top1_agreement(entry), compute=relative_compute(entry), entry=entry, refused=refused)
+        failures=sum(s["failures"] for s in steps), accuracy_drop_se_points=build.accuracy_drop_se_points,
+        agreement=build.agreement_top1, compute=build.relative_compute, entry=build.raw, refused=refused)
 
 
 def variant_rows(results: RunResults | dict, records: dict[str, dict]) -> list[VariantRow]:
@@ -113,11 +107,9 @@ def variant_rows(results: RunResults | dict, records: dict[str, dict]) -> list[V
     results, rows = as_results(results), []
     for model in results.models:
         steps = [s for s in merge_repeats(results.steps) if s["model"] == model]
-        # the build record as the run saw it (results.json keeps a copy), else the artifacts' one now
-        entry = records.get(model) or results.records.get(model, {})
-        rows.append(row_of(model, entry, steps))
-    for model, entry in sorted(refused_entries(results, records).items()):
-        rows.append(row_of(model, entry, [], refused=tuple(entry["gates_failed"])))
+        rows.append(row_of(model, build_entry(model, results, records), steps))
+    for model, build in sorted(refused_entries(results, records).items()):
+        rows.append(row_of(model, build, [], refused=build.gates_failed))
     return rows
 
 

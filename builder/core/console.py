@@ -7,10 +7,10 @@ from typing import Sequence
 
 
 def print_table(header: Sequence[str], body: Sequence[Sequence[str]], columns: Sequence[str] | None = None,
-                indent: str = "", text_last: bool = False) -> None:
+                indent: str = "", text_last: bool = False, left: Sequence[str] = ()) -> None:
     """Print `body` under `header`; `columns`: the header names to print, in that order (None: all). With
-    `text_last`, the last printed column (free text such as a verdict) is left-aligned. Raises KeyError naming a
-    column the header lacks."""
+    `text_last`, the last printed column (free text such as a verdict) is left-aligned, unpadded; `left`: the names
+    of the columns (names, not figures) padded on the right. Raises KeyError naming a column the header lacks."""
     index = list(range(len(header)))
     if columns is not None:
         missing = [c for c in columns if c not in header]
@@ -20,7 +20,8 @@ def print_table(header: Sequence[str], body: Sequence[Sequence[str]], columns: S
     rows = [[header[i] for i in index]] + [[row[i] for i in index] for row in body]
     widths = [max(len(row[k]) for row in rows) for k in range(len(index))]
     for row in rows:
-        aligned = [cell.rjust(width) for cell, width in zip(row, widths)]
+        aligned = [cell.ljust(width) if header[i] in left else cell.rjust(width)
+                   for cell, width, i in zip(row, widths, index)]
         if text_last and aligned:
             aligned[-1] = row[-1]
         print(indent + "  ".join(aligned))

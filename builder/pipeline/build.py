@@ -19,22 +19,22 @@ from typing import Callable
 
 import numpy as np
 
-from . import processes
 from ..core.artifacts import MARGINAL_SPEEDUP, load_splits, read_record, record_path, write_entry
 from ..core.data import trim_padding
 from ..core.errors import ConfigError, ExportError, VariantError
 from ..core.evaluate import onnx_predictor, onnx_session, outputs_on, paired_drop_se, score
 from ..core.files import atomic_write
+from ..core.machine import cpu_isa
 from ..core.names import model_name
 from ..core.spec import ModelSpec, length_buckets
-from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
-from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
-from ..core.machine import cpu_isa
-from .roofline import achieved, machine_peak
 from ..serving import repository as repo
 from ..serving.limits import derive_limits
-from ..serving.tritonconfig import ServingConfig, build_config, to_text
 from ..serving.text_endpoint import max_tokens, write_text_endpoint
+from ..serving.tritonconfig import ServingConfig, build_config, to_text
+from . import processes
+from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
+from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
+from .roofline import achieved, machine_peak
 from .sources.onnxfile import OnnxFile
 from .teacher import load_model
 from .torch2onnx import check_limits, example_batch, export, verify

@@ -16,14 +16,14 @@ import json
 import pathlib
 from typing import Callable
 
-from . import processes
-from ..core.files import atomic_write
 from ..core.errors import VariantError
+from ..core.files import atomic_write
 from ..core.spec import ModelSpec, call_source
+from . import processes
+from .measure import torch_accuracy
 from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
-from .measure import torch_accuracy
 
 
 def teacher_options(spec: ModelSpec):

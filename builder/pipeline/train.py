@@ -30,10 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import processes
 from ..core.data import Split, trim_padding
 from ..core.errors import ConfigError, VariantError, unknown_name
 from ..core.spec import parse_spec
+from . import processes
 
 DEFAULT_CAP_SECONDS = 1800.0
 LENGTH_GROUP = 50  # batches per length-sorted chunk

@@ -69,3 +69,26 @@ def test_upgrade_leaves_its_argument_as_it_was_and_a_new_record_is_current(tmp_p
     assert raw == before
     write_entry(tmp_path, "tiny", "fp32", {"triton_model": "tiny_fp32"})
     assert json.loads((tmp_path / "tiny" / "record.json").read_text())["schema_version"] == SCHEMA_VERSION
+
+
+def test_the_typed_entry_carries_what_the_summary_and_the_report_read(tmp_path, capsys):
+    """BuildEntry holds the figures that the build summary and the report print, from a record of the previous
+    release; the build summary picks its columns by name from them."""
+    from builder.cli import build_table, print_build_summary
+
+    shutil.copy(FIXTURE, place(tmp_path, {"variants": {}}) / "digits" / "record.json")
+    raw = json.loads(FIXTURE.read_text())["variants"]
+    typed = entries(read_record(tmp_path, "digits"))
+    int8 = typed["int8"]
+    assert int8.accuracy == raw["int8"]["accuracy"] and int8.first_split == next(iter(raw["int8"]["accuracy"]))
+    assert (int8.params, int8.onnx_bytes, int8.macs) == (raw["int8"]["params"], raw["int8"]["onnx_bytes"],
+                                                         raw["int8"]["macs"])
+    speedup = raw["int8"]["speedup_vs_fp32"]
+    assert int8.relative_compute == pytest.approx(1 / (speedup["b1_t1"] * speedup["b32_t1"]) ** 0.5, abs=1e-4)
+    assert typed["fp32"].relative_compute == 1.0 and typed["fp32"].agreement_top1 == 1.0
+    header, body = build_table("digits", list(typed.values()))
+    column = dict(zip(header, body[list(typed).index("int8")]))
+    assert column["model"] == "digits_int8" and column["gate"] == "pass"
+    assert column["params"] == f"{raw['int8']['params']:,}" and column["x b1"] == f"{speedup['b1_t1']:.2f}"
+    print_build_summary("digits", list(typed.values()), [])
+    assert any(line.startswith("digits_int8 ") for line in capsys.readouterr().out.splitlines())

@@ -110,5 +110,8 @@ def test_the_console_table_picks_columns_by_name(capsys):
     assert capsys.readouterr().out.splitlines() == ["        verdict  a", "refused: slower  1"]
     print_table(["a", "b", "verdict"], [["1", "22", "refused: slower"]], ["a", "verdict"], text_last=True)
     assert capsys.readouterr().out.splitlines() == ["a  verdict", "1  refused: slower"]
+    print_table(["model", "x"], [["a_fp32", "1.5"], ["a_distilled-int8", "12.25"]], left=("model",))
+    assert capsys.readouterr().out.splitlines() == ["model                 x", "a_fp32              1.5",
+                                                    "a_distilled-int8  12.25"]
     with pytest.raises(KeyError, match="no column 'c'"):
         print_table(["a"], [["1"]], ["c"])

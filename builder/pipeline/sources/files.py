@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.artifacts import spec_path
-from ...core.files import atomic_write
 from ...core.errors import ConfigError, DataError
+from ...core.files import atomic_write
 from ...core.names import MAX_MODEL_NAME
 from ...core.spec import parse_spec
 

@@ -44,8 +44,8 @@ import numpy as np
 
 from ...core.artifacts import tokenizer_path
 from ...core.data import Split, padded_tokens
-from ...core.evaluate import IGNORE
 from ...core.errors import ConfigError, DataError
+from ...core.evaluate import IGNORE
 from .files import Row, check_split_names, default_name, read_rows, split_seeded
 
 SEED = 0

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import processes
 from ...core.errors import VariantError
+from .. import processes
 from ..measure import gzip_bytes
 from ..train import TrainingOverrides, fine_tune, recovery_loss
 

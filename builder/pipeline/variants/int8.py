@@ -33,8 +33,8 @@ import numpy as np
 
 from ...core.errors import VariantError
 from ...core.evaluate import onnx_predictor, onnx_session, outputs_on, score
-from ..measure import fixed_batch, latency_p50_ms
 from ...core.machine import cpu_isa
+from ..measure import fixed_batch, latency_p50_ms
 from . import int8_search
 
 STAGE = "onnx"
@@ -404,9 +404,12 @@ def node_tensors(prepared, names: list[str]) -> dict[str, list[str]]:
 def activation_sqnr(qdq_file: pathlib.Path, split, spec, scratch: pathlib.Path) -> dict[str, float]:
     """SQNR (dB) of every quantized activation of a QDQ model: the tensor before its QuantizeLinear against the
     value after its DequantizeLinear, over `split` (ONNX Runtime's qdq_loss_debug)."""
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_signal_to_quantization_noice_ratio,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     augmented = scratch / "sqnr_augmented.onnx"
     modify_model_output_intermediate_tensors(str(qdq_file), str(augmented))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from .. import processes
 from ...core.errors import VariantError
+from .. import processes
 from ..sources.onnxfile import OnnxFile
 from ..sources.torchprogram import CHECK_ROWS, retrained_program_onnx, trainable_program
 from ..train import TrainingOverrides, fine_tune

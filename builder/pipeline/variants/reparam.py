@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import processes
 from ...core.errors import VariantError
+from .. import processes
 from ..measure import count_macs, fixed_batch, latency_p50_ms, torch_accuracy
 from ..torch2onnx import example_batch, export, verify
 from ..train import TrainingOverrides, distillation_loss, fine_tune, shift_images
