@@ -1,4 +1,4 @@
-"""`python -m loadtests ...`: the same commands as `builder load|report|plan|...` (loadtests/commands.py)."""
+"""`python -m loadtests ...`: the same commands as `builder load|report|plan|...` (loadtests/commands/)."""
 
 import sys
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import math
 import pathlib
 
 from builder.core.artifacts import MARGINAL_SPEEDUP

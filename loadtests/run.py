@@ -20,7 +20,6 @@ import time
 
 from builder.core.artifacts import find_record, read_records, request_batches
 from builder.core.errors import ArtifactsError, BuilderError, unknown_name
-from builder.core.files import atomic_write
 from builder.serving.footprint import FootprintError, find_stubs, measure_models, process_memory, write_footprint
 from builder.serving.server import free_port
 from client import ClientError, TritonClient

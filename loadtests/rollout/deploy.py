@@ -24,6 +24,7 @@ gets exactly the cores its threads use; to size the pod differently, rebuild wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -192,6 +193,38 @@ def vendor_base(base: pathlib.Path, out: pathlib.Path) -> str:
     for part in BASE_PARTS:
         shutil.copytree(pathlib.Path(base).parent / part, out / "k8s" / part)
     return "k8s/base"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The served model a deployment runs, why it was chosen, its plan line and its report row."""
+
+    model: str
+    why: str
+    line: dict
+    row: object
+
+
+def choose_variant(report: dict, model: str | None, variant: str | None, slo_p99_ms: float) -> Choice:
+    """What `deploy` deploys from a report with plans: `variant` when given, else the cheapest variant meeting the
+    SLO and budgets, else the recommended one; of the source `model` (needed when the run holds several). Raises
+    DeployError when the source is unknown or the chosen variant has no plan line (it misses the SLO or a budget)."""
+    sources = report["sources"]
+    source = model or (sources[0] if len(sources) == 1 else None)
+    if source not in sources:
+        raise DeployError(f"pick a source model with --model: the run holds {', '.join(sources)}"
+                          if source is None else f"unknown --model `{source}`", hint=f"known: {', '.join(sources)}")
+    plan = report["plans"][source]
+    lines = {line["model"]: line for line in plan["lines"]}
+    chosen = variant or plan["cheapest"] or report["recommendations"][source]["model"]
+    if chosen not in lines:
+        raise DeployError(f"`{chosen}` does not meet p99 <= {slo_p99_ms:g} ms and the budgets in this run"
+                          if chosen else report["recommendations"][source]["text"],
+                          hint="planned variants: " + (", ".join(lines) or "none"))
+    why = ("chosen with --variant" if variant else
+           "cheapest meeting SLO and budgets" if chosen == plan["cheapest"] else "recommended")
+    row = next(r for r in report["rows"] if r.triton_model == chosen)
+    return Choice(chosen, why, lines[chosen], row)
 
 
 def in_checkout(base: pathlib.Path) -> bool:

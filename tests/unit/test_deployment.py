@@ -29,7 +29,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from builder.cli import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
+from builder.commands.options import DEFAULT_ARTIFACTS, DEFAULT_REPOSITORY
 from builder.pipeline.models import resolve_spec
 from builder.serving.front import FRONT_HEADER
 from builder.serving.server import EmbeddedServer

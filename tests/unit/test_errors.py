@@ -139,8 +139,9 @@ def test_every_script_entry_goes_through_the_one_handler():
         if '__name__ == "__main__"' not in text or str(path.relative_to(root)) in exempt:
             continue
         entry = text[text.index('__name__ == "__main__"'):]
-        if "from .commands import main" in text:  # a package's __main__: its commands module's main
-            text = (path.parent / "commands.py").read_text()
+        if "from .commands import main" in text:  # a package's __main__: its commands module's (or package's) main
+            commands = path.parent / "commands.py"
+            text = (commands if commands.is_file() else path.parent / "commands" / "__init__.py").read_text()
         # the handler in the entry itself, or in the main() it calls
         through = "run_command(" in entry or ("main()" in entry and "return run_command(" in text)
         if not through:

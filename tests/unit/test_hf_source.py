@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from builder.cli import data_files, main
+from builder.cli import main
+from builder.commands.options import data_files
 from builder.core.errors import ConfigError, DataError
 from builder.core.spec import call_source, load_spec
 from builder.pipeline.sources.files import read_rows

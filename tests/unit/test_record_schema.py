@@ -74,7 +74,7 @@ def test_upgrade_leaves_its_argument_as_it_was_and_a_new_record_is_current(tmp_p
 def test_the_typed_entry_carries_what_the_summary_and_the_report_read(tmp_path, capsys):
     """BuildEntry holds the figures that the build summary and the report print, from a record of the previous
     release; the build summary picks its columns by name from them."""
-    from builder.cli import build_table, print_build_summary
+    from builder.commands.build import build_table, print_build_summary
 
     shutil.copy(FIXTURE, place(tmp_path, {"variants": {}}) / "digits" / "record.json")
     raw = json.loads(FIXTURE.read_text())["variants"]
