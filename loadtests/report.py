@@ -297,8 +297,15 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, s
     eligible step's throughput interval, its build record's serving config and its served footprint."""
     footprints = results.footprint
     batch_size = results.settings.get("batch_size", 1)
+    best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
+    # as the recommendation does: when every qualifying step was generator-bound, plan on those. Their throughput
+    # is the generator's, a lower bound of the server's, so the replicas are an upper bound (never too few), and
+    # the variant the report ships can be deployed
+    generator_bound = not best
+    if generator_bound:
+        best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement, generator_bound=True)
     lines = []
-    for model, step in sorted(best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement).items()):
+    for model, step in sorted(best.items()):
         row = next(r for r in rows if r.triton_model == model)
         serving = row.entry.get("serving") or {}
         footprint = footprints.get(model) or row.entry.get("served_footprint") or {}
@@ -310,7 +317,8 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, s
                                      prices=prices, users=step["users"], server_rss=results.server_rss_bytes)
         lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
                              "agreement": row.agreement, "p99_ms": step["p99_ms"], "compute": row.compute,
-                             "interval_windows": throughput_interval(step).n})
+                             "interval_windows": throughput_interval(step).n,
+                             "generator_bound": generator_bound})
     return lines
 
 
@@ -671,6 +679,10 @@ def plan_text(report: dict, source: str) -> str:
             )
     if not plan["lines"]:
         return head + " No variant meets the SLO and the budgets: nothing to plan."
+    if any(line.get("generator_bound") for line in plan["lines"]):
+        head += (" Every qualifying step was generator-bound: these throughputs are the load generator's, lower "
+                 "bounds of the server's, so the replicas are upper bounds (rerun with more --workers or from "
+                 "another machine to size tighter).")
     if plan["cheapest"]:
         line = next(l for l in plan["lines"] if l["model"] == plan["cheapest"])
         head += (f" Cheapest variant meeting SLO and accuracy: `{line['model']}`, {line['replicas']} replica(s) on "

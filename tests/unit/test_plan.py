@@ -107,3 +107,21 @@ def test_the_report_plans_every_variant_within_slo_and_budgets():
     assert "re-measure" in text.lower() or "Re-measure" in text
     unpriced = build_report(results, records, 50, 1.0, target_qps=2000)
     assert "pass --prices" in plan_text(unpriced, "m") and build_report(results, records, 50, 1.0)["plans"] == {}
+
+
+def test_when_every_step_was_generator_bound_the_plan_sizes_on_them_as_upper_bounds():
+    """The report ships a variant measured only on generator-bound steps (a small model on a small machine); the
+    plan, and so `deploy`, must be able to deploy it: sized on the generator's throughput, a lower bound of the
+    server's, so the replicas are never too few. A step that is not generator-bound still wins when there is one."""
+    records = {"m_fp32": record("fp32", 0.0, 200, 1), "m_int8": record("int8", 0.3, 100, 1, speedup=2.0)}
+    bound = [step("m_fp32", 700, 650, 720) | {"generator_bound": True},
+             step("m_int8", 800, 700, 900) | {"generator_bound": True}]
+    results = {"models": list(records), "steps": bound, "settings": {"batch_size": 1}}
+    report = build_report(results, records, slo_p99_ms=50, max_accuracy_drop=1.0, target_qps=2000)
+    lines = {line["model"]: line for line in report["plans"]["m"]["lines"]}
+    assert set(lines) == {"m_fp32", "m_int8"} and all(line["generator_bound"] for line in lines.values())
+    assert report["recommendations"]["m"]["model"] in lines  # what the report ships can be deployed
+    assert "replicas are upper bounds" in plan_text(report, "m")
+    free = {**results, "steps": bound + [step("m_fp32", 600, 580, 620, users=1)]}
+    lines = build_report(free, records, 50, 1.0, target_qps=2000)["plans"]["m"]["lines"]
+    assert [(line["model"], line["generator_bound"]) for line in lines] == [("m_fp32", False)]
