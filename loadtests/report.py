@@ -54,11 +54,6 @@ class VariantRow:
     refused: tuple[str, ...] = ()
 
 
-def relative_compute(entry: dict) -> float | None:
-    """Compute relative to fp32 of a build-record entry (BuildEntry.relative_compute)."""
-    return BuildEntry.of(None, entry).relative_compute
-
-
 def entry_names(model: str, build: BuildEntry) -> tuple[str, str]:
     """(source model, variant as the CLI writes it) of a served model: from its build record, else from its name."""
     if build.source and build.variant:
@@ -168,6 +163,19 @@ def best_steps(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max
     return best
 
 
+def qualifying_steps(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_accuracy_drop: float,
+                     min_agreement: float = 0.0) -> tuple[dict[str, dict], bool]:
+    """(best_steps, whether they are generator-bound): the steps that are not, or, when every qualifying step was
+    generator-bound (a small model on a machine the load generator shares), those. Their throughputs are then the
+    generator's, lower bounds of the server's: the recommendation says so, and the plan's replicas are upper bounds.
+    The recommendation and the plan both choose here, so the report never ships a variant the plan cannot size."""
+    best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
+    if best:
+        return best, False
+    bound = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement, generator_bound=True)
+    return bound, bool(bound)
+
+
 # A step's windows measure its noise within one run only. Between two consecutive demos on one machine (AVX-512
 # VNNI, 2 cores) the same digits variant at 1 user moved 0.7-6 %, and the 1.1 % lead of one run reversed into a 3 %
 # lag in the next, both "beyond the intervals" (docs/report-and-rollout.md). A throughput within this of the
@@ -230,13 +238,8 @@ def recommend(rows: list[VariantRow], steps: list[dict], slo_p99_ms: float, max_
     accurate = within_budgets(rows, max_accuracy_drop, min_agreement)
     unranked = sorted({s["model"] for s in steps if s.get("generator_bound")})
     fast = eligible_steps(steps, slo_p99_ms)
-    best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
-    # Every qualifying step generator-bound (a small model on a machine the load generator shares): rank on them
-    # rather than say nothing, and say that their throughputs are the generator's, lower bounds of the server's.
-    only_generator_bound = not best and bool(best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement,
-                                                        generator_bound=True))
-    if only_generator_bound:
-        best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement, generator_bound=True)
+    # every qualifying step generator-bound: rank on them rather than say nothing, and say what they are
+    best, only_generator_bound = qualifying_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
     nothing = {"model": None, "variant": None, "users": None, "throughput": None, "throughput_interval": None,
                "p99_ms": None, "p99_interval": None, "accuracy_drop_points": None, "agreement": None, "tied": [],
                "reason": None}
@@ -297,13 +300,7 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, s
     eligible step's throughput interval, its build record's serving config and its served footprint."""
     footprints = results.footprint
     batch_size = results.settings.get("batch_size", 1)
-    best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
-    # as the recommendation does: when every qualifying step was generator-bound, plan on those. Their throughput
-    # is the generator's, a lower bound of the server's, so the replicas are an upper bound (never too few), and
-    # the variant the report ships can be deployed
-    generator_bound = not best
-    if generator_bound:
-        best = best_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement, generator_bound=True)
+    best, generator_bound = qualifying_steps(rows, steps, slo_p99_ms, max_accuracy_drop, min_agreement)
     lines = []
     for model, step in sorted(best.items()):
         row = next(r for r in rows if r.triton_model == model)

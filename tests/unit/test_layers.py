@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
@@ -22,30 +24,26 @@ def test_the_layers_hold():
     assert "0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_them(tmp_path):
-    """The check can fail: the core importing the embedded server (serving, a layer above it) is refused."""
+@pytest.mark.parametrize("module, line, broken", [
+    # the core importing the embedded server (serving, a layer above it)
+    ("builder/core/data.py", "from ..serving import server", "builder.core.data -> builder.serving.server"),
+    # inside the pipeline: measurement importing the build stage above it
+    ("builder/pipeline/measure.py", "from . import build", "builder.pipeline.measure -> builder.pipeline.build"),
+], ids=["core-to-serving", "inside-the-pipeline"])
+def test_an_upward_import_breaks_them(tmp_path, module, line, broken):
+    """Each layered contract can fail: an import that runs up is refused, and named."""
     copy_project(ROOT, tmp_path)
-    with open(tmp_path / "builder" / "core" / "data.py", "a") as f:
-        f.write("\nfrom ..serving import server  # noqa: E402,F401\n")
+    with open(tmp_path / module, "a") as f:
+        f.write(f"\n{line}  # noqa: E402,F401\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "builder.core.data -> builder.serving.server" in result.stdout
+    assert broken in result.stdout
 
 
 def copy_project(root, to) -> None:
     for part in ("builder", "client", "loadtests"):
         shutil.copytree(root / part, to / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(root / "pyproject.toml", to)
-
-
-def test_inside_the_pipeline_imports_run_one_way(tmp_path):
-    """The pipeline's own contract can fail: measurement importing the build stage above it is refused."""
-    copy_project(ROOT, tmp_path)
-    with open(tmp_path / "builder" / "pipeline" / "measure.py", "a") as f:
-        f.write("\nfrom . import build  # noqa: E402,F401\n")
-    result = lint_imports(tmp_path)
-    assert result.returncode != 0
-    assert "builder.pipeline.measure -> builder.pipeline.build" in result.stdout
 
 
 def layered(root, contract: str = "layers") -> list[str]:

@@ -3,8 +3,9 @@ the agreement budget: on hand-made results."""
 
 import pytest
 
+from builder.core.record import BuildEntry
 from loadtests.intervals import Interval, merge_repeats, percentile, split_windows, step_intervals
-from loadtests.report import recommend, relative_compute, summary_table, build_report, variant_rows
+from loadtests.report import recommend, summary_table, build_report, variant_rows
 
 
 def test_interval_overlap_and_text():
@@ -68,6 +69,10 @@ RECORDS = {"m_fp32": entry("fp32", 0.0, 1.0, 4_000_000), "m_pruned": entry("prun
 
 def rows_for(steps, records=RECORDS):
     return variant_rows({"models": sorted({s["model"] for s in steps}), "steps": steps}, records)
+
+
+def relative_compute(entry: dict) -> float | None:
+    return BuildEntry.of(None, entry).relative_compute
 
 
 def test_relative_compute_is_the_geometric_mean_at_one_thread():
