@@ -13,6 +13,7 @@ from ..core.names import model_name
 from ..core.record import BuildEntry
 from ..pipeline import processes
 from ..pipeline.build import Gates, build_variant
+from ..pipeline.processes import DECIDED, MAIN
 from ..pipeline.train import TrainingOverrides, train_config
 from ..pipeline.variants import steps
 from ..serving.text_endpoint import text_inputs
@@ -76,10 +77,10 @@ def _build(args) -> int:
             if isinstance(config, TrainingOverrides):
                 train_config(spec, config)  # and a bad training section
     # under a launcher, rank 0's disk decides for every rank: all of them must build the same variants
-    if "fp32" not in variants and not processes.decide(
-            lambda: (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file()):
-        if processes.is_main():
-            print(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
+    say = processes.main_only(print)
+    if "fp32" not in variants and not processes.stage(
+            DECIDED, lambda: (args.artifacts / spec.name / "fp32" / "outputs.npz").is_file()):
+        say(f"{spec.name}: building the fp32 baseline first (every variant is measured against it)")
         variants.insert(0, "fp32")
     if (args.instances is not None and args.instances < 1) or (args.threads is not None and args.threads < 1) or args.max_queue_delay_us < 0:
         raise ConfigError("--instances and --threads must be >= 1, --max-queue-delay-us >= 0")
@@ -113,9 +114,7 @@ def _build(args) -> int:
                 raise
             print(f"error: {variant}: {e}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
             failed.append((variant, command))
-    if not processes.is_main():
-        return 1 if failed else 0
-    print_build_summary(spec.name, rows, failed)
+    processes.stage(MAIN, lambda: print_build_summary(spec.name, rows, failed))  # rows: rank 0's alone
     return 1 if failed else 0
 
 

@@ -32,6 +32,7 @@ from ..serving.limits import derive_limits
 from ..serving.text_endpoint import max_tokens, write_text_endpoint
 from ..serving.tritonconfig import ServingConfig, build_config, to_text
 from . import processes
+from .processes import DECIDED, MAIN, MAIN_FIRST
 from .measure import agreement, count_macs, count_onnx_macs, fixed_batch, gzip_bytes, latency_table
 from .profile import MACS_LENGTHS, macs_by_length, profile_table, sequence_axes
 from .roofline import achieved, machine_peak
@@ -60,6 +61,7 @@ class BuildContext:
     notes: dict = field(default_factory=dict)
     max_accuracy_drop: float | None = None  # the build's accuracy gate, points: steps that search (int8) aim at it
     teacher_key: str | None = None  # the fine-tuned teacher's cache key (None: the factory's model is fp32)
+    handoff: dict = field(default_factory=dict)  # what a step's apply leaves for its finish (rank 0; variants/)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class Gates:
 def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artifacts: pathlib.Path,
                   serving: ServingConfig = ServingConfig(), command: str = "", gates: Gates = Gates(),
                   progress: Callable[[str], None] = print, eval_limit: int | None = None,
-                  rebuild: bool = False) -> dict:
+                  rebuild: bool = False) -> dict | None:
     """Build `variant` of `spec`; write it to `repository` unless it fails a gate (and not forced).
     `eval_limit` measures accuracy on that many examples spread over each split (quick runs, tests; the record
     says so); default: every example. A variant refused before with the same `recipe_key` is not trained again:
@@ -82,86 +84,112 @@ def build_variant(spec: ModelSpec, variant: str, repository: pathlib.Path, artif
     None once its share of the training is done (it writes nothing). Raises BuilderError subclasses for errors."""
     plan = plan_steps(spec, variant)
     refuse_training(spec, variant, plan)
-    serving = serving.for_spec(spec)  # the instances the record and config.pbtxt state
-    workdir = artifacts / spec.name
-    out = workdir / variant
-    main = processes.is_main()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    request = Request(spec, variant, plan, repository, artifacts, serving.for_spec(spec), gates, command, eval_limit)
+    workdir, out, started = artifacts / spec.name, artifacts / spec.name / variant, time.perf_counter()
+    say = processes.main_only(progress)  # the other ranks' one line per training run comes from run_training
 
     def step(message: str) -> None:
-        if main:  # the other ranks' one line per training run comes from run_training
-            progress(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
+        say(f"[{model_name(spec.name, variant)} {time.perf_counter() - started:6.1f}s] {message}")
 
-    key, reused = recipe_and_verdict(spec, variant, plan, gates, serving, eval_limit, artifacts, rebuild, step)
+    # The stages, each under its rank rule (builder/pipeline/processes.py); the work inside them is rank-free.
+    key, reused = processes.stage(DECIDED, lambda: recipe_and_verdict(request, rebuild))
     if reused is not None:
-        return reused | {"verdict_reused": True} if main else None
-    model, teacher, splits, context = prepare(spec, variant, plan, workdir, out, gates, step)
-    model, onnx_path, torch_facts = transform_torch(model, variant, plan, context)
-    if not main:
-        return None
+        step(f"refused before with the same recipe and inputs ({reused.get('built_at', 'an earlier build')}, "
+             f"{record_path(artifacts, spec.name)}): " + "; ".join(reused["gates_failed"])
+             + ". Verdict reused, not retrained; --rebuild trains and measures it again")
+        return processes.stage(MAIN, lambda: reused | {"verdict_reused": True})
+    processes.stage(MAIN, lambda: out.mkdir(parents=True, exist_ok=True))
+    step("loading data splits")
+    splits = processes.stage(MAIN_FIRST, lambda: load_splits(spec, workdir))  # rank 0 fills the cache
+    model, teacher, context = prepare(request, splits, out, step)  # teacher.py: the teacher's own stages
+    torch_part, fingerprint = export_fingerprint(plan, context)
+    exported = processes.stage(DECIDED, lambda: reuse_export(workdir / torch_part, fingerprint)
+                               if torch_part != variant else None)
+    if exported is None:
+        model = transform_torch(model, plan, context)  # every rank trains; each step's finish on rank 0
+    else:
+        step(f"reusing the {torch_part} export built with the same settings")
+    return processes.stage(MAIN, lambda: measure_and_publish(request, model, exported, fingerprint, teacher, key,
+                                                             context, started))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One variant to build, as the command asked for it: what every stage of its build reads."""
+
+    spec: ModelSpec
+    variant: str
+    plan: list  # (step, its Config), in order
+    repository: pathlib.Path
+    artifacts: pathlib.Path
+    serving: ServingConfig  # for this spec (ServingConfig.for_spec)
+    gates: Gates
+    command: str = ""
+    eval_limit: int | None = None
+
+
+def measure_and_publish(request: Request, model, exported: tuple | None, fingerprint: str, teacher: dict | None,
+                        key: str, context: BuildContext, started: float) -> dict:
+    """Rank 0's stage, after training: export (or reuse the export), the ONNX steps, accuracy, latency, the gates,
+    the repository, the build record. Returns the record's entry."""
+    spec, variant, plan, serving, step = request.spec, request.variant, request.plan, request.serving, context.progress
+    onnx_path, torch_facts = exported_files(model, exported, fingerprint, context)
     onnx_path = transform_onnx(onnx_path, plan, context)
     step("measuring accuracy and agreement with fp32")
-    scores = score_variant(onnx_path, variant, context, eval_limit)
+    scores = score_variant(onnx_path, variant, context, request.eval_limit)
     step("measuring latency (in-process ONNX Runtime, this variant and fp32 in the same run)")
     latency = measure_latency(onnx_path, variant, context)
-    failed_gates = check_gates(variant, plan, scores, latency, serving, gates, context)
+    failed_gates = check_gates(variant, plan, scores, latency, serving, request.gates, context)
     entry = {"triton_model": model_name(spec.name, variant), **score_facts(scores),
              # what fp32 is: the factory's model, or it fine-tuned (the frozen one's accuracy beside it)
              "baseline": baseline_facts(teacher, variant), **torch_facts, **size_and_speed(onnx_path, latency),
              "gates_failed": failed_gates, "recipe_key": key, "notes": context.notes,
-             **provenance(spec, plan, serving, command)}
+             **provenance(spec, plan, serving, request.command)}
     if spec.sequence_mask:  # what the client and load tests pad text requests to (spec.length_buckets)
-        entry["length_buckets"] = list(model_length_buckets(spec, workdir, splits[spec.evaluate[0]]))
+        entry["length_buckets"] = list(model_length_buckets(spec, context.workdir, context.splits[spec.evaluate[0]]))
     step("deriving input limits (token ids, sequence lengths) from the ONNX file")
     entry["input_limits"] = derive_limits(spec, onnx_path)
-    peak = machine_peak(artifacts, step)  # measured once per machine, cached beside the records
+    peak = machine_peak(request.artifacts, step)  # measured once per machine, cached beside the records
     entry["cpu_isa"] = peak["isa"]
     entry["roofline"] = achieved(entry["macs"], latency["latency"], peak, facts(variant).compute_precision)
     entry |= profile_variant(model, onnx_path, variant, context)
-    entry |= publish(onnx_path, variant, repository, artifacts, serving, failed_gates, gates, context,
-                     limits=entry["input_limits"], length_buckets_of=entry.get("length_buckets"))
+    entry |= publish(onnx_path, variant, request.repository, request.artifacts, serving, failed_gates,
+                     request.gates, context, limits=entry["input_limits"],
+                     length_buckets_of=entry.get("length_buckets"))
     entry |= training_facts(context.notes.get("training", {}), step)
     entry["build_seconds"] = round(time.perf_counter() - started, 1)
     entry["built_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_entry(artifacts, spec.name, variant, entry)
+    write_entry(request.artifacts, spec.name, variant, entry)
     return entry
 
 
-def recipe_and_verdict(spec: ModelSpec, variant: str, plan: list, gates: Gates, serving: ServingConfig,
-                       eval_limit: int | None, artifacts: pathlib.Path, rebuild: bool,
-                       step: Callable[[str], None]) -> tuple[str, dict | None]:
-    """(recipe_key, the entry of an earlier refusal with that key, or None). Raises VariantError when a variant
-    other than fp32 has no fp32 to be measured against."""
+def recipe_and_verdict(request: Request, rebuild: bool) -> tuple[str, dict | None]:
+    """(recipe_key, the entry of an earlier refusal with that key, or None), from rank 0's disk. Raises
+    VariantError when a variant other than fp32 has no fp32 to be measured against."""
+    spec, variant, artifacts = request.spec, request.variant, request.artifacts
     workdir = artifacts / spec.name
-    if variant != "fp32" and not processes.decide(lambda: (workdir / "fp32" / "outputs.npz").is_file()):
+    if variant != "fp32" and not (workdir / "fp32" / "outputs.npz").is_file():
         raise_missing_baseline(spec)
-    key = processes.decide(lambda: recipe_key(spec, variant, plan, gates, serving, eval_limit, workdir))
-    reused = None if rebuild or gates.force else processes.decide(lambda: refused_before(artifacts, spec, variant, key))
-    if reused is not None and processes.is_main():
-        step(f"refused before with the same recipe and inputs ({reused.get('built_at', 'an earlier build')}, "
-             f"{record_path(artifacts, spec.name)}): " + "; ".join(reused["gates_failed"])
-             + ". Verdict reused, not retrained; --rebuild trains and measures it again")
+    key = recipe_key(spec, variant, request.plan, request.gates, request.serving, request.eval_limit, workdir)
+    reused = None if rebuild or request.gates.force else refused_before(artifacts, spec, variant, key)
     return key, reused
 
 
-def prepare(spec: ModelSpec, variant: str, plan: list, workdir: pathlib.Path, out: pathlib.Path, gates: Gates,
-            step: Callable[[str], None]) -> tuple:
-    """(model, teacher facts or None, splits, BuildContext): the cached data splits and the model every step
-    starts from (the fine-tuned teacher when the spec asks for one), seeded."""
-    step("loading data splits")
-    splits = processes.main_first(lambda: load_splits(spec, workdir))  # rank 0 writes the cache, the others read it
+def prepare(request: Request, splits: dict, out: pathlib.Path, step: Callable[[str], None]) -> tuple:
+    """(model, teacher facts or None, BuildContext): the model every step starts from (the fine-tuned teacher when
+    the spec asks for one), seeded."""
+    spec, variant, workdir = request.spec, request.variant, request.artifacts / request.spec.name
     seed_everything(BUILD_SEED)  # students' fresh layers, sampling: the same whatever ran before in this process
     step("loading model")
     model, teacher = load_model(spec, workdir, splits, step)
     if isinstance(model, OnnxFile):
-        refuse_torch_steps(spec, variant, plan, model)
+        refuse_torch_steps(spec, variant, request.plan, model)
     context = BuildContext(spec, workdir, splits, out, teacher=model, progress=step,
-                           max_accuracy_drop=gates.max_accuracy_drop, teacher_key=teacher and teacher["key"])
+                           max_accuracy_drop=request.gates.max_accuracy_drop,
+                           teacher_key=teacher and teacher["key"])
     if teacher is not None and variant == "fp32":
         context.notes["training"] = {"teacher fine-tune": teacher["training"]}
-    return model, teacher, splits, context
+    return model, teacher, context
 
 
 def score_facts(scores: dict) -> dict:
@@ -248,39 +276,47 @@ def plan_steps(spec: ModelSpec, variant: str) -> list:
     return [(s, s.config(spec.variants)) for s in plan]
 
 
-def transform_torch(model, variant: str, plan: list, context: BuildContext) -> tuple[object, pathlib.Path, dict]:
-    """Run the torch-level steps and export: (the torch model, the ONNX file, facts only the torch model knows).
-    An earlier export of the same torch steps with the same settings is reused (e.g. distilled+int8 after
-    distilled: same student, no second training). On a rank other than 0: (the torch model, None, {}), nothing
-    exported."""
-    spec, workdir, out, step = context.spec, context.workdir, context.out, context.progress
-    torch_steps = [(s, c) for s, c in plan if s.stage == "torch" and s.name != "fp32"]
-    torch_part = "+".join(s.name for s, _ in torch_steps) or "fp32"
-    fingerprint = json.dumps({"spec": spec_dict(spec), "teacher": context.teacher_key,
-                              "steps": [[s.name, dataclasses.asdict(c)] for s, c in torch_steps]},
+def torch_steps(plan: list) -> list:
+    """The plan's torch-level steps, fp32 (the model as it is) left out."""
+    return [(s, c) for s, c in plan if s.stage == "torch" and s.name != "fp32"]
+
+
+def export_fingerprint(plan: list, context: BuildContext) -> tuple[str, str]:
+    """(the variant its torch steps alone make, e.g. `distilled` of distilled+int8; the settings they ran with): an
+    earlier export with the same fingerprint is the same torch model (no second training)."""
+    steps_run = torch_steps(plan)
+    fingerprint = json.dumps({"spec": spec_dict(context.spec), "teacher": context.teacher_key,
+                              "steps": [[s.name, dataclasses.asdict(c)] for s, c in steps_run]},
                              sort_keys=True, default=str)
-    exported = processes.decide(lambda: reuse_export(workdir / torch_part, fingerprint) if torch_part != variant
-                                else None)
-    if exported is not None and not processes.is_main():
-        return model, None, {}
+    return "+".join(s.name for s, _ in steps_run) or "fp32", fingerprint
+
+
+def transform_torch(model, plan: list, context: BuildContext):
+    """Run the torch-level steps: each step's `apply` on every rank (each trains on its share), then its `finish`
+    (what it measures or writes once trained) on rank 0 only. Returns the torch model (or an OnnxFile)."""
+    for s, config in torch_steps(plan):
+        context.progress(f"{s.name}: transforming the PyTorch model")
+        model = s.module.apply(model, context, config)
+        if s.finish is not None:
+            model = processes.stage(MAIN, functools.partial(s.finish, model, context, config), otherwise=model)
+    return model
+
+
+def exported_files(model, exported: tuple | None, fingerprint: str, context: BuildContext) -> tuple[pathlib.Path, dict]:
+    """(the ONNX file, facts only the torch model knows): the reusable export's (`exported`), or `model` exported
+    now and remembered with its fingerprint (export.json)."""
     if exported is not None:
-        step(f"reusing the {torch_part} export built with the same settings")
         onnx_path, torch_facts = exported
         context.notes.update(torch_facts.pop("notes"))
-        return model, onnx_path, torch_facts
-    for s, config in torch_steps:
-        step(f"{s.name}: transforming the PyTorch model")
-        model = s.module.apply(model, context, config)
-    if not processes.is_main():
-        return model, None, {}
+        return onnx_path, torch_facts
+    spec, splits, out, step = context.spec, context.splits, context.out, context.progress
     if isinstance(model, OnnxFile):
-        onnx_path, torch_facts = copy_checked(model, spec, context.splits, out, step)
+        onnx_path, torch_facts = copy_checked(model, spec, splits, out, step)
     else:
-        onnx_path, torch_facts = export_checked(model, spec, context.splits, out, step)
-    torch_facts["notes"] = dict(context.notes)
-    atomic_write(out / "export.json", json.dumps({"fingerprint": fingerprint, **torch_facts}, default=str))
-    torch_facts.pop("notes")
-    return model, onnx_path, torch_facts
+        onnx_path, torch_facts = export_checked(model, spec, splits, out, step)
+    atomic_write(out / "export.json", json.dumps({"fingerprint": fingerprint, **torch_facts,
+                                                  "notes": dict(context.notes)}, default=str))
+    return onnx_path, torch_facts
 
 
 def transform_onnx(onnx_path: pathlib.Path, plan: list, context: BuildContext) -> pathlib.Path:

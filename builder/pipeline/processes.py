@@ -10,6 +10,10 @@ Alone (no launcher, no WORLD_SIZE) a build is rank 0 of 1 and nothing here commu
 - only rank 0 evaluates, exports, writes the repository and the build record; the others return once the
   training is done (`is_main`).
 
+A build applies these rules at its stages' boundaries, never inside them: `stage(rule, work)` runs one stage under
+one of the four rules below (EVERY, DECIDED, MAIN_FIRST, MAIN), so builder/pipeline/build.py and teacher.py read as
+a list of stages, each with the rule it runs under, and the work of a stage is written as if it ran alone.
+
 The process group is DeepSpeed's (`deepspeed.init_distributed`: gloo on the CPU accelerator, NCCL on GPUs), set up
 once from the launcher's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT.
 """
@@ -100,6 +104,32 @@ def main_first(work: Callable[[], Any]) -> Any:
         return result[0]
     decide(lambda: None)  # not called here: the answer is rank 0's
     return work()
+
+
+EVERY = "every rank"  # each runs it on its own share: training
+DECIDED = "rank 0 decides"  # rank 0 runs it (it reads rank 0's disk), every rank gets its answer
+MAIN_FIRST = "rank 0 first"  # every rank runs it, rank 0 before the others: it fills a cache that they then read
+MAIN = "rank 0 only"  # rank 0 runs it (evaluates, exports, writes); the others get `otherwise`
+RULES = (EVERY, DECIDED, MAIN_FIRST, MAIN)
+
+
+def stage(rule: str, work: Callable[[], Any], otherwise: Any = None) -> Any:
+    """Run one stage of a build under `rule` (one of RULES) and return what it returns on this rank: `otherwise`
+    on the ranks a MAIN stage skips. Alone, every rule runs `work()` once."""
+    if rule == EVERY:
+        return work()
+    if rule == DECIDED:
+        return decide(work)
+    if rule == MAIN_FIRST:
+        return main_first(work)
+    if rule == MAIN:
+        return work() if is_main() else otherwise
+    raise ValueError(f"unknown rank rule {rule!r}: one of {', '.join(RULES)}")
+
+
+def main_only(report: Callable[..., None]) -> Callable[..., None]:
+    """`report` on rank 0 and a no-op on the others: one progress line per build, not one per rank."""
+    return report if is_main() else (lambda *args, **kwargs: None)
 
 
 def gather(value: Any) -> list:

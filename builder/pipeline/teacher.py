@@ -21,6 +21,7 @@ from ..core.files import atomic_write
 from ..core.spec import ModelSpec, call_source
 from . import processes
 from .measure import torch_accuracy
+from .processes import DECIDED, EVERY, MAIN, MAIN_FIRST
 from .sources.onnxfile import OnnxFile
 from .train import TrainConfig, cross_entropy_loss, rank0_weights, run_training, weights_hash
 from .variants import steps
@@ -47,7 +48,7 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     """(model, facts): the factory's model, fine-tuned from the cache (or now, then cached) when the spec's fp32
     says `fine_tune`; facts is None without a fine-tune, else the JSON-able facts of the fine-tune."""
     # rank 0 first: a factory may fill a cache in `workdir` (minilm's head) that the others then read
-    model = rank0_weights(processes.main_first(lambda: call_source(spec, "factory", workdir)))
+    model = rank0_weights(processes.stage(MAIN_FIRST, lambda: call_source(spec, "factory", workdir)))
     options = teacher_options(spec)
     if not options.fine_tune:
         return model, None
@@ -66,31 +67,37 @@ def load_model(spec: ModelSpec, workdir: pathlib.Path, splits: dict, progress: C
     key = hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
     folder = workdir / "teacher"
     weights, facts_path = folder / f"{key}.pt", folder / f"{key}.json"
-    cached = processes.decide(lambda: json.loads(facts_path.read_text())
-                              if weights.is_file() and facts_path.is_file() else None)
+    cached = processes.stage(DECIDED, lambda: json.loads(facts_path.read_text())
+                             if weights.is_file() and facts_path.is_file() else None)
     if cached is not None:
         progress(f"fine-tuned teacher: reusing {weights} (same recipe)")
-        if processes.is_main():  # the others get its weights from rank 0: they may not share its disk
-            model.load_state_dict(torch.load(weights, weights_only=True))
+        # rank 0 reads the weights, the others get them from it: they may not share its disk
+        processes.stage(MAIN, lambda: model.load_state_dict(torch.load(weights, weights_only=True)))
         return rank0_weights(model).eval(), cached
 
     measured = [spec.validation_split, *[s for s in spec.evaluate if s != spec.validation_split]]
     progress(f"fine-tuned teacher: measuring the frozen factory model on {', '.join(measured)}")
-    frozen = processes.decide(lambda: {name: round(torch_accuracy(model.eval(), spec, splits[name]), 4)
-                                       for name in measured})
+    frozen = processes.stage(DECIDED, lambda: {name: round(torch_accuracy(model.eval(), spec, splits[name]), 4)
+                                               for name in measured})
     plan = config.planned_steps(len(splits[spec.train_split]), processes.world_size())
     progress(f"fine-tuned teacher: {plan} steps of batch {config.batch_size} at lr {config.lr:g} "
              f"(cap {config.max_seconds:.0f} s), end to end on `{spec.train_split}`")
     metric_index = [t.name for t in spec.outputs].index(spec.metric.output)
-    model, run = run_training(model, cross_entropy_loss(metric_index), splits[spec.train_split], spec, config,
-                              progress, "teacher fine-tune")
-    tuned = processes.decide(lambda: round(torch_accuracy(model, spec, splits[spec.validation_split]), 4))
+    model, run = processes.stage(EVERY, lambda: run_training(
+        model, cross_entropy_loss(metric_index), splits[spec.train_split], spec, config, progress, "teacher fine-tune"))
+    tuned = processes.stage(DECIDED, lambda: round(torch_accuracy(model, spec, splits[spec.validation_split]), 4))
     facts = {"key": key, "recipe": recipe, "training": run, "frozen_accuracy": frozen,
              "fine_tuned_validation_accuracy": tuned, "validation_split": spec.validation_split}
     progress(f"fine-tuned teacher: {spec.validation_split} accuracy {frozen[spec.validation_split]:.4f} frozen -> "
              f"{tuned:.4f} fine-tuned")
-    if processes.is_main():
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(weights, lambda f: torch.save(model.state_dict(), f))
-        atomic_write(facts_path, json.dumps(facts, indent=2))  # last: marks it complete
+    processes.stage(MAIN, lambda: save_teacher(model, facts, weights, facts_path))
     return model, facts
+
+
+def save_teacher(model, facts: dict, weights: pathlib.Path, facts_path: pathlib.Path) -> None:
+    """The fine-tuned teacher's weights, then its facts (last: they mark the cache entry complete)."""
+    import torch
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(weights, lambda f: torch.save(model.state_dict(), f))
+    atomic_write(facts_path, json.dumps(facts, indent=2))

@@ -669,7 +669,7 @@ def rank0_weights(model):
     differ (a factory that is not deterministic, a cached teacher only rank 0 has read) are rank 0's weights sent
     to the others."""
     if processes.several() and len(set(processes.gather(weights_hash(model)))) > 1:
-        model.load_state_dict(processes.decide(lambda: model.state_dict()))
+        model.load_state_dict(processes.stage(processes.DECIDED, lambda: model.state_dict()))
     return model
 
 

@@ -6,7 +6,6 @@ Only the tiny model (built here, ~15 s): it runs in well under a millisecond, so
 batches in the queue (a 300 ms batching delay) instead of needing more client threads than 2 cores can drive."""
 
 import asyncio
-import json
 import os
 import shutil
 import signal

@@ -94,7 +94,7 @@ def test_html_markdown_and_console_list_refused_variants(tmp_path, capsys):
     built = report()
     md, page = write_report(built, tmp_path)
     reason = "refused: accuracy drop 1.96 ± 0.68 points &gt; 1.0"
-    assert f"<td>distilled+int8</td>" in page.read_text() and reason in page.read_text()
+    assert "<td>distilled+int8</td>" in page.read_text() and reason in page.read_text()
     assert "refused: accuracy drop 1.96 ± 0.68 points > 1.0" in md.read_text()
     print_summary(built)
     lines = capsys.readouterr().out.splitlines()

@@ -1,7 +1,6 @@
 """Intervals over a step's windows, ties between variants and how they are broken, the recommendation's sentence,
 the agreement budget: on hand-made results."""
 
-import pytest
 
 from builder.core.record import BuildEntry
 from loadtests.intervals import Interval, merge_repeats, percentile, split_windows, step_intervals

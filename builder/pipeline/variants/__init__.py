@@ -6,7 +6,10 @@ before export; "onnx": transforms the exported file), `PRECISION` (of the weight
 int8), `TRAINS` (True, False, or "option" when an option decides) and `SIZE_ONLY` (it buys size, not speed: the
 speed gate only refuses it when slower); `facts(variant)` combines them over a variant's steps
 (tests/unit/test_variant_facts.py holds every module to them). It has a frozen `Config` dataclass (its parameters; a model spec sets them under `variants: {module: {...}}`) and
-`apply(target, context, config)`; the module's name with `_` written `-` is its variant name and spec key
+`apply(target, context, config)`, which every process of a launched build runs (it trains on its share). A torch
+step that also measures or writes files once training is done puts that in `finish(model, context, config)`: the
+build runs it on rank 0 only, right after the step (builder/pipeline/processes.py), and `apply` hands it what it
+needs through `context.handoff`. The module's name with `_` written `-` is its variant name and spec key
 (embed_factorized: `embed-factorized`). A registry entry is the list of steps a name stands for. Combinations are
 written `a+b` and run in the order written; torch-level steps must come before ONNX-level ones.
 """
@@ -34,6 +37,11 @@ class Step:
     @property
     def stage(self) -> str:
         return self.module.STAGE
+
+    @property
+    def finish(self):
+        """The module's rank-0 part after training (`finish(model, context, config)`), or None."""
+        return getattr(self.module, "finish", None)
 
     def config(self, spec_options: dict):
         """The module's Config from the model spec's options for it, then this variant's fixed options, checked:

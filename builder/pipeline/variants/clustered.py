@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.errors import VariantError
-from .. import processes
 from ..measure import gzip_bytes
 from ..train import TrainingOverrides, fine_tune, recovery_loss
 
@@ -184,8 +183,14 @@ def apply(model, context, config: Config):
         student = fine_tune(student, context, config, "clustered centroid fine-tune",
                             recovery_loss(context, config.temperature, config.alpha))
     bake(student)
-    if not processes.is_main():  # the rest writes the compressed artifact: rank 0's alone
-        return student
+    context.handoff["clustered"] = codebooks  # for finish, on rank 0
+    return student
+
+
+def finish(student, context, config: Config):
+    """Rank 0's part, once every rank trained: the compressed artifact and its facts."""
+    codebooks = context.handoff.pop("clustered")
+    clustered_weights = sum(index.size for _, index in codebooks.values())
     trained = {}  # the fine-tuned centroids, read back from the baked weights (indices unchanged)
     for name, (centroids, index) in codebooks.items():
         weight = student.state_dict()[name].numpy()
@@ -198,7 +203,7 @@ def apply(model, context, config: Config):
     fp32_onnx = context.workdir / "fp32" / "model.onnx"
     context.notes["clustered"] = {
         "clusters": config.clusters, "tensors": len(codebooks), "clustered_weights": clustered_weights,
-        "total_weights": total, "fine_tuned": config.fine_tune,
+        "total_weights": sum(p.numel() for p in student.parameters()), "fine_tuned": config.fine_tune,
         "artifact": str(compressed), "artifact_bytes": write_compressed(compressed, student, trained, config.clusters),
         "fp32_onnx_gzip_bytes": gzip_bytes(fp32_onnx) if fp32_onnx.is_file() else None,
         "distinct_values_max": max(len(np.unique(student.state_dict()[n].numpy())) for n in codebooks),

@@ -13,7 +13,6 @@ import copy
 from dataclasses import dataclass
 
 from ...core.errors import VariantError
-from .. import processes
 from ..sources.onnxfile import OnnxFile
 from ..sources.torchprogram import CHECK_ROWS, retrained_program_onnx, trainable_program
 from ..train import TrainingOverrides, fine_tune
@@ -133,12 +132,20 @@ def program_qat(source: OnnxFile, context, config: Config):
     context.notes["qat_layers"] = len(restore.weights)
     context.notes["qat_weight_levels"] = levels
     context.notes["qat_from"] = f"the torch.export program {source.program}"
-    if not processes.is_main():  # the export writes files: rank 0's alone
+    context.handoff["qat"] = source.program  # for finish, on rank 0
+    return student
+
+
+def finish(student, context, config: Config):
+    """Rank 0's part, once every rank trained: a trained program goes to ONNX (a torch model needs nothing
+    here: the build exports it)."""
+    program = context.handoff.pop("qat", None)
+    if program is None:
         return student
     # the program itself, with the trained weights, goes to ONNX: the exporter takes a program, not the graph
     # module it unlifts to
     rows = context.splits[context.spec.train_split].take(CHECK_ROWS).inputs
-    target = retrained_program_onnx(source.program, student.graph_module.state_dict(), rows,
+    target = retrained_program_onnx(program, student.graph_module.state_dict(), rows,
                                     context.out / "qat_program.onnx")
     return OnnxFile(target)
 

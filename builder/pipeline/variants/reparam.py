@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.errors import VariantError
-from .. import processes
 from ..measure import count_macs, fixed_batch, latency_p50_ms, torch_accuracy
 from ..torch2onnx import example_batch, export, verify
 from ..train import TrainingOverrides, distillation_loss, fine_tune, shift_images
@@ -371,9 +370,17 @@ def apply(model, context, config: Config):
     branched = fine_tune(branched, context, config, "distillation", loss, augment)
     info["student_validation_accuracy"] = accuracy(branched)
 
-    folded = reparameterize(branched)
-    if not processes.is_main():  # the rest measures and writes files: rank 0's alone
-        return folded
+    context.handoff["reparam"] = (branched, info, validation, input_name)  # for finish, on rank 0
+    return reparameterize(branched)
+
+
+def finish(folded, context, config: Config):
+    """Rank 0's part, once every rank trained: the folded student checked against the branched one, counted,
+    and both measured side by side."""
+    import torch
+
+    spec, teacher = context.spec, context.teacher.eval()
+    branched, info, validation, input_name = context.handoff.pop("reparam")
     info["equivalence"] = equivalence(branched, folded, torch.from_numpy(validation.inputs[input_name]))
     blocks = blocks_of(branched)
     info["blocks"] = len(blocks)
