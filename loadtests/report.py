@@ -295,7 +295,7 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, slo_p99_ms: float,
                max_accuracy_drop: float, min_agreement: float, target_qps: float, prices=(),
-               headroom: float = capacity.DEFAULT_HEADROOM) -> list[dict]:
+               headroom: float = capacity.DEFAULT_HEADROOM) -> list[capacity.PlanLine]:
     """The capacity plan (loadtests/rollout/plan.py) of every variant within the SLO and both budgets, from its best
     eligible step's throughput interval, its build record's serving config and its served footprint."""
     footprints = results.footprint
@@ -312,10 +312,10 @@ def plan_lines(rows: list[VariantRow], steps: list[dict], results: RunResults, s
         line = capacity.plan_variant(model, throughput_interval(step).low, batch_size, instances, threads,
                                      footprint.get("rss_bytes_per_instance"), target_qps, headroom=headroom,
                                      prices=prices, users=step["users"], server_rss=results.server_rss_bytes)
-        lines.append(line | {"variant": row.variant, "accuracy_drop_points": row.accuracy_drop_points,
-                             "agreement": row.agreement, "p99_ms": step["p99_ms"], "compute": row.compute,
-                             "interval_windows": throughput_interval(step).n,
-                             "generator_bound": generator_bound})
+        lines.append(dataclasses.replace(line, variant=row.variant, accuracy_drop_points=row.accuracy_drop_points,
+                                         agreement=row.agreement, p99_ms=step["p99_ms"], compute=row.compute,
+                                         interval_windows=throughput_interval(step).n,
+                                         generator_bound=generator_bound))
     return lines
 
 
@@ -338,7 +338,8 @@ def build_report(results: RunResults | dict, records: dict[str, dict], slo_p99_m
         for src in sources:
             lines = plan_lines(rows_of[src], steps_of[src], results, slo_p99_ms, max_accuracy_drop, min_agreement,
                                target_qps, prices, headroom)
-            plans[src] = {"lines": lines, "cheapest": (capacity.cheapest(lines) or {}).get("model")}
+            cheapest = capacity.cheapest(lines)
+            plans[src] = capacity.Plan(tuple(lines), cheapest and cheapest.model)
     return {"results": results, "rows": rows, "sources": sources, "steps": steps,
             # every build-record entry of the models in the run (served or not): operator profiles, MACs by length
             "records": {m: e for m, e in records.items() if e.get("source") in sources},
@@ -653,13 +654,13 @@ def plan_table(report: dict, source: str) -> tuple[list[str], list[list[str]]] |
     header = ["variant", "at users", "req/s per replica (interval low)", "replicas", "HPA max", "cores/replica",
               "memory/replica MiB", "cheapest instance type", "nodes", "$/h", "$ per 1M requests"]
     body = []
-    for line in plan["lines"]:
-        cost = line["cheapest"] or {}
-        body.append([line["variant"] + (" (cheapest)" if line["model"] == plan["cheapest"] else ""),
-                     str(line["users"]), _num(line["capacity_rps"]), str(line["replicas"]), str(line["max_replicas"]),
-                     str(line["cores"]), str(line["memory_mib"] or "-"), cost.get("instance_type", "-"),
-                     str(cost.get("nodes", "-")), _num(cost.get("usd_per_hour"), 2),
-                     _num(cost.get("usd_per_million_requests"), 3)])
+    for line in plan.lines:
+        cost = line.cheapest
+        body.append([line.variant + (" (cheapest)" if line.model == plan.cheapest else ""),
+                     str(line.users), _num(line.capacity_rps), str(line.replicas), str(line.max_replicas),
+                     str(line.cores), str(line.memory_mib or "-"), cost.instance_type if cost else "-",
+                     str(cost.nodes) if cost else "-", _num(cost and cost.usd_per_hour, 2),
+                     _num(cost and cost.usd_per_million_requests, 3)])
     return header, body
 
 
@@ -674,17 +675,16 @@ def plan_text(report: dict, source: str) -> str:
                "every model of the run loaded)." if report["results"].server_rss_bytes else
                " (the server process itself was not measured in this run: add it).")
             )
-    if not plan["lines"]:
+    if not plan.lines:
         return head + " No variant meets the SLO and the budgets: nothing to plan."
-    if any(line.get("generator_bound") for line in plan["lines"]):
+    if any(line.generator_bound for line in plan.lines):
         head += (" Every qualifying step was generator-bound: these throughputs are the load generator's, lower "
                  "bounds of the server's, so the replicas are upper bounds (rerun with more --workers or from "
                  "another machine to size tighter).")
-    if plan["cheapest"]:
-        line = next(l for l in plan["lines"] if l["model"] == plan["cheapest"])
-        head += (f" Cheapest variant meeting SLO and accuracy: `{line['model']}`, {line['replicas']} replica(s) on "
-                 f"{line['cheapest']['nodes']} x {line['cheapest']['instance_type']}, "
-                 f"${line['cheapest']['usd_per_hour']:.2f}/h.")
+    if plan.cheapest:
+        line = plan.line(plan.cheapest)
+        head += (f" Cheapest variant meeting SLO and accuracy: `{line.model}`, {line.replicas} replica(s) on "
+                 f"{line.cheapest.nodes} x {line.cheapest.instance_type}, ${line.cheapest.usd_per_hour:.2f}/h.")
     elif not report.get("priced"):
         head += " No costs: pass --prices (see loadtests/prices.example.yaml)."
     return head + " " + capacity.CAVEAT

@@ -43,8 +43,8 @@ def run(args) -> int:
                           queue_ms=args.queue_ms or args.slo_p99_ms / 10, prometheus_url=args.prometheus_url,
                           replicas=args.replicas, keda=args.keda)
     line = choice.line
-    print(f"`{choice.model}` ({choice.why}): {args.replicas or line['replicas']} replica(s) x {line['cores']} CPU, "
-          f"{line['memory_mib']} Mi; loads {', '.join(models)}")
+    print(f"`{choice.model}` ({choice.why}): {args.replicas or line.replicas} replica(s) x {line.cores} CPU, "
+          f"{line.memory_mib} Mi; loads {', '.join(models)}")
     for path in paths:
         print(f"  wrote {path}")
     print(f"apply: kubectl apply -k {args.out}"

@@ -27,4 +27,4 @@ def run(args) -> int:
         header, body = plan_table(report, source)
         print_table(header, body)
         print(plan_text(report, source))
-    return 0 if any(p["lines"] for p in report["plans"].values()) else 1
+    return 0 if any(p.lines for p in report["plans"].values()) else 1

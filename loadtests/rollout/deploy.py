@@ -33,6 +33,7 @@ import shutil
 
 from builder.core.errors import BuilderError
 from builder.core.files import atomic_write
+from .plan import PlanLine
 
 # docker/'s Kubernetes files and Dockerfile: in a checkout `deploy_templates` is a link to docker/, and the wheel
 # ships their copies as package data (pyproject.toml), so deploy works outside a checkout too
@@ -90,7 +91,7 @@ def queue_query(model: str) -> str:
             f'clamp_min(sum(rate(nv_inference_request_success{{model="{model}"}}[1m])), 1)')
 
 
-def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_percent: int = DEFAULT_CANARY_PERCENT,
+def write_overlay(out: pathlib.Path, models: list[str], line: PlanLine, canary_percent: int = DEFAULT_CANARY_PERCENT,
                   queue_ms: float = 5.0, prometheus_url: str = DEFAULT_PROMETHEUS, replicas: int | None = None,
                   keda: bool = False, base: pathlib.Path = BASE,
                   dockerfile: pathlib.Path = DOCKERFILE) -> list[pathlib.Path]:
@@ -99,20 +100,20 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
     component on. Returns the files written."""
     if not 0 < canary_percent <= 100:
         raise DeployError(f"--canary-percent must be in 1..100, got {canary_percent}")
-    if not line.get("memory_mib"):
+    if not line.memory_mib:
         raise DeployError(f"no measured memory per instance for `{models[0]}`: the pod's memory cannot be sized",
                           hint="run the load test with its footprint step (the default; not --no-footprint), or "
                                f"`python -m loadtests footprint --models {models[0]}`")
-    replicas = replicas or line["replicas"]
-    max_replicas = max(replicas, line["max_replicas"])
-    cpu, memory = str(line["cores"]), f"{line['memory_mib']}Mi"
+    replicas = replicas or line.replicas
+    max_replicas = max(replicas, line.max_replicas)
+    cpu, memory = str(line.cores), f"{line.memory_mib}Mi"
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
-    flags = f"--instances {line['instances']} --threads {line['threads']}"
+    flags = f"--instances {line.instances} --threads {line.threads}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "components" / "queue-time").mkdir(parents=True, exist_ok=True)
     (out / "kserve").mkdir(exist_ok=True)
-    sized = (f"Sized by `python -m loadtests plan` for {line['target_qps']:g} requests/s: {line['capacity_rps']:g} "
-             f"requests/s per replica (lower bound of the measured interval) at {1 - line['headroom']:.0%}.")
+    sized = (f"Sized by `python -m loadtests plan` for {line.target_qps:g} requests/s: {line.capacity_rps:g} "
+             f"requests/s per replica (lower bound of the measured interval) at {1 - line.headroom:.0%}.")
     base_reference = os.path.relpath(base, out)
     if not in_checkout(base):  # an installed kit: the base (and what it refers to) travels with the overlay
         base_reference = vendor_base(base, out)
@@ -140,7 +141,7 @@ def write_overlay(out: pathlib.Path, models: list[str], line: dict, canary_perce
            queue_time_component(models[0], replicas, max_replicas, queue_ms, prometheus_url).items()},
         out / "kserve" / "inferenceservice.yaml": kserve_manifest(models[0], replicas, max_replicas, resources,
                                                                   canary_percent),
-        out / "plan.json": json.dumps(line | {"models": models, "deployed_replicas": replicas}, indent=2) + "\n",
+        out / "plan.json": json.dumps(line.as_json() | {"models": models, "deployed_replicas": replicas}, indent=2) + "\n",
     }
     for path, text in files.items():
         atomic_write(path, text)
@@ -201,7 +202,7 @@ class Choice:
 
     model: str
     why: str
-    line: dict
+    line: PlanLine
     row: object
 
 
@@ -215,14 +216,14 @@ def choose_variant(report: dict, model: str | None, variant: str | None, slo_p99
         raise DeployError(f"pick a source model with --model: the run holds {', '.join(sources)}"
                           if source is None else f"unknown --model `{source}`", hint=f"known: {', '.join(sources)}")
     plan = report["plans"][source]
-    lines = {line["model"]: line for line in plan["lines"]}
-    chosen = variant or plan["cheapest"] or report["recommendations"][source]["model"]
+    lines = {line.model: line for line in plan.lines}
+    chosen = variant or plan.cheapest or report["recommendations"][source]["model"]
     if chosen not in lines:
         raise DeployError(f"`{chosen}` does not meet p99 <= {slo_p99_ms:g} ms and the budgets in this run"
                           if chosen else report["recommendations"][source]["text"],
                           hint="planned variants: " + (", ".join(lines) or "none"))
     why = ("chosen with --variant" if variant else
-           "cheapest meeting SLO and budgets" if chosen == plan["cheapest"] else "recommended")
+           "cheapest meeting SLO and budgets" if chosen == plan.cheapest else "recommended")
     row = next(r for r in report["rows"] if r.triton_model == chosen)
     return Choice(chosen, why, lines[chosen], row)
 

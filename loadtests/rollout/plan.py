@@ -102,48 +102,101 @@ def replicas_for(target_qps: float, capacity_rps: float, headroom: float) -> int
     return max(1, math.ceil(target_qps / (capacity_rps * (1 - headroom)) - 1e-9))
 
 
-def cost_on(kind: InstanceType, replicas: int, cores: int, memory_bytes: int, target_qps: float) -> dict | None:
+@dataclasses.dataclass(frozen=True)
+class NodeCost:
+    """What `replicas` pods cost on one instance type."""
+
+    instance_type: str
+    replicas_per_node: int
+    nodes: int
+    usd_per_hour: float
+    usd_per_million_requests: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanLine:
+    """One variant's line of the plan (see the module docstring). The report adds what it knows of the variant
+    (loadtests/report.py plan_lines); `as_json` is what deploy's plan.json holds."""
+
+    model: str
+    capacity_rps: float  # requests/s one replica sustains: the interval's low bound / examples per request
+    target_qps: float
+    headroom: float
+    replicas: int
+    max_replicas: int  # for twice the target (the HPA's max)
+    instances: int
+    threads: int
+    cores: int  # instances x threads: what the pod requests
+    memory_bytes: int | None  # None without a footprint
+    memory_mib: int | None
+    memory_margin: float
+    server_rss_bytes: int | None
+    costs: tuple[NodeCost, ...] = ()  # per instance type that fits, cheapest first
+    users: int | None = None  # of the step it was sized from
+    variant: str = ""
+    accuracy_drop_points: float | None = None
+    agreement: float | None = None
+    p99_ms: float | None = None
+    compute: float | None = None  # in-process relative compute (ties between equal costs)
+    interval_windows: int | None = None
+    generator_bound: bool = False  # sized on a generator-bound step: replicas are upper bounds
+
+    @property
+    def cheapest(self) -> NodeCost | None:
+        return self.costs[0] if self.costs else None
+
+    def as_json(self) -> dict:
+        return dataclasses.asdict(self) | {"cheapest": self.cheapest and dataclasses.asdict(self.cheapest)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The plan of one source model: a line per variant within the SLO and budgets, and the cheapest's name."""
+
+    lines: tuple[PlanLine, ...]
+    cheapest: str | None
+
+    def line(self, model: str) -> PlanLine | None:
+        return next((line for line in self.lines if line.model == model), None)
+
+
+def cost_on(kind: InstanceType, replicas: int, cores: int, memory_bytes: int, target_qps: float) -> NodeCost | None:
     """Nodes and cost of `replicas` pods of `cores` and `memory_bytes` on `kind`; None when one pod does not fit."""
     per_node = min(int(kind.vcpus // cores), int(kind.memory_bytes // memory_bytes))
     if per_node < 1:
         return None
     nodes = math.ceil(replicas / per_node)
     per_hour = nodes * kind.usd_per_hour
-    return {"instance_type": kind.name, "replicas_per_node": per_node, "nodes": nodes,
-            "usd_per_hour": round(per_hour, 4),
-            "usd_per_million_requests": round(per_hour / (target_qps * SECONDS_PER_HOUR) * 1e6, 4)}
+    return NodeCost(kind.name, per_node, nodes, round(per_hour, 4),
+                    round(per_hour / (target_qps * SECONDS_PER_HOUR) * 1e6, 4))
 
 
 def plan_variant(model: str, throughput_low: float, batch_size: int, instances: int, threads: int,
                  rss_per_instance: int | None, target_qps: float, headroom: float = DEFAULT_HEADROOM,
                  memory_margin: float = DEFAULT_MEMORY_MARGIN, prices: list[InstanceType] = (),
-                 users: int | None = None, server_rss: int | None = None) -> dict:
-    """One variant's line of the plan (see the module docstring): {"model", "capacity_rps", "replicas",
-    "max_replicas" (for twice the target), "cores", "memory_bytes" (None without a footprint), "memory_mib",
-    "costs" (per instance type that fits, cheapest first), "cheapest" (or None)}."""
+                 users: int | None = None, server_rss: int | None = None) -> PlanLine:
+    """One variant's line of the plan (see the module docstring), costed on `prices`."""
     capacity = throughput_low / batch_size
     replicas = replicas_for(target_qps, capacity, headroom)
     cores = instances * threads
     memory = (math.ceil(instances * rss_per_instance * (1 + memory_margin) + (server_rss or 0))
               if rss_per_instance else None)
     mib = math.ceil(memory / MIB) if memory else None
-    costs = []
+    costs = ()
     if mib:
-        costs = sorted((c for c in (cost_on(k, replicas, cores, mib * MIB, target_qps) for k in prices) if c),
-                       key=lambda c: (c["usd_per_hour"], c["instance_type"]))
-    return {"model": model, "users": users, "capacity_rps": round(capacity, 1), "target_qps": target_qps,
-            "headroom": headroom, "replicas": replicas,
-            "max_replicas": replicas_for(2 * target_qps, capacity, headroom),
-            "instances": instances, "threads": threads, "cores": cores, "memory_bytes": memory, "memory_mib": mib,
-            "memory_margin": memory_margin, "server_rss_bytes": server_rss, "costs": costs, "cheapest": costs[0] if costs else None}
+        costs = tuple(sorted((c for c in (cost_on(k, replicas, cores, mib * MIB, target_qps) for k in prices) if c),
+                             key=lambda c: (c.usd_per_hour, c.instance_type)))
+    return PlanLine(model, round(capacity, 1), target_qps, headroom, replicas,
+                    replicas_for(2 * target_qps, capacity, headroom), instances, threads, cores, memory, mib,
+                    memory_margin, server_rss, costs, users=users)
 
 
-def cheapest(lines: list[dict]) -> dict | None:
+def cheapest(lines: list[PlanLine]) -> PlanLine | None:
     """The plan line with the lowest cost per hour (ties: fewer cores x replicas, then lower in-process `compute`
     where the lines carry it), or None without prices."""
-    priced = [line for line in lines if line["cheapest"]]
-    return min(priced, key=lambda l: (l["cheapest"]["usd_per_hour"], l["cores"] * l["replicas"],
-                                      l.get("compute") if l.get("compute") is not None else float("inf"))
+    priced = [line for line in lines if line.cheapest]
+    return min(priced, key=lambda l: (l.cheapest.usd_per_hour, l.cores * l.replicas,
+                                      l.compute if l.compute is not None else float("inf"))
                ) if priced else None
 
 

@@ -9,6 +9,7 @@ import pytest
 from builder import cli
 from loadtests import commands as loadtests_commands
 from loadtests.rollout.deploy import DeployError, choose_variant
+from loadtests.rollout.plan import Plan, plan_variant
 
 
 @pytest.mark.parametrize("table", [cli.COMMANDS, loadtests_commands.COMMANDS], ids=["builder", "loadtests"])
@@ -36,9 +37,12 @@ def row(model):
     return types.SimpleNamespace(triton_model=model, entry={})
 
 
+LINES = tuple(plan_variant(model, 100.0, 1, 1, 1, None, 100.0) for model in ("m_fp32", "m_int8"))
+
+
 def report(cheapest="m_int8", recommended="m_fp32"):
     return {"sources": ["m"], "rows": [row("m_fp32"), row("m_int8"), row("m_pruned")],
-            "plans": {"m": {"cheapest": cheapest, "lines": [{"model": "m_fp32"}, {"model": "m_int8"}]}},
+            "plans": {"m": Plan(LINES, cheapest)},
             "recommendations": {"m": {"model": recommended, "text": "no variant meets the SLO"}}}
 
 
@@ -46,7 +50,7 @@ def test_deploy_ships_the_cheapest_planned_variant_unless_told_otherwise():
     assert (choose_variant(report(), None, None, 50).model, choose_variant(report(), None, None, 50).why) == (
         "m_int8", "cheapest meeting SLO and budgets")
     chosen = choose_variant(report(), "m", "m_fp32", 50)
-    assert (chosen.model, chosen.why, chosen.line) == ("m_fp32", "chosen with --variant", {"model": "m_fp32"})
+    assert (chosen.model, chosen.why, chosen.line) == ("m_fp32", "chosen with --variant", LINES[0])
     assert choose_variant(report(cheapest=None), None, None, 50).why == "recommended"
     with pytest.raises(DeployError, match="`m_pruned` does not meet p99 <= 50 ms"):
         choose_variant(report(), None, "m_pruned", 50)  # built and served, but not within the SLO and budgets

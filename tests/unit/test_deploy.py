@@ -64,21 +64,21 @@ def test_overlay_renders_validates_and_matches_the_plan(overlay):
     with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
     deployment = find(documents, "Deployment")
-    assert deployment["metadata"]["name"] == "triton" and deployment["spec"]["replicas"] == LINE["replicas"] == 21
+    assert deployment["metadata"]["name"] == "triton" and deployment["spec"]["replicas"] == LINE.replicas == 21
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     loaded = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--load-model")]
     assert loaded == ["minilm_int8", "minilm_tokenizer", "minilm_postprocess", "minilm_int8_text"]
     resources = container["resources"]
-    assert resources["requests"] == resources["limits"] == {"cpu": "2", "memory": f"{LINE['memory_mib']}Mi"}
-    assert LINE["memory_mib"] == 450  # 300 MiB x 1.5
+    assert resources["requests"] == resources["limits"] == {"cpu": "2", "memory": f"{LINE.memory_mib}Mi"}
+    assert LINE.memory_mib == 450  # 300 MiB x 1.5
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["triton-kit/build-flags"] == "--instances 1 --threads 2"  # 1 x 2 = the 2 CPUs
     hpa = find(documents, "HorizontalPodAutoscaler")
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (LINE["replicas"], LINE["max_replicas"])
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (LINE.replicas, LINE.max_replicas)
     assert hpa["spec"]["scaleTargetRef"]["name"] == "triton"
     # the base's other resources come through unchanged
     assert {d["kind"] for d in documents} >= {"Service", "Deployment", "HorizontalPodAutoscaler"}
-    assert json.loads((overlay / "plan.json").read_text())["replicas"] == LINE["replicas"]
+    assert json.loads((overlay / "plan.json").read_text())["replicas"] == LINE.replicas
 
 
 @needs_kubectl
@@ -88,7 +88,7 @@ def test_keda_component_replaces_the_cpu_hpa(tmp_path):
     assert not [d for d in documents if d["kind"] == "HorizontalPodAutoscaler"]
     scaled = find(documents, "ScaledObject")  # a KEDA custom resource: structure only, no schema here
     assert scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["spec"]["scaleTargetRef"]["name"] == "triton"
-    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (21, LINE["max_replicas"])
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (21, LINE.max_replicas)
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metadata"]["threshold"] == "5000"
     assert 'nv_inference_queue_duration_us{model="minilm_int8"}' in trigger["metadata"]["query"]
