@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # `make demo-quick`: fp32 and int8 only, short load steps (a first look)
-.PHONY: install demo demo-quick test test-unit test-e2e bench clean
+.PHONY: install demo demo-quick test test-unit test-e2e test-avx2 bench bench-avx2 clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ test-e2e: install
 
 bench: install
 	$(BIN)/python -m loadtests bench
+
+# the suite and the benchmark as on an AVX2-only machine (CPUID faulting; refuses with one line where unavailable)
+test-avx2: install
+	$(BIN)/python -m loadtests.as_avx2 $(BIN)/python -m pytest tests
+
+bench-avx2: install
+	$(BIN)/python -m loadtests.as_avx2 $(BIN)/python -m loadtests bench
 
 clean:
 	rm -rf $(VENV) artifacts model_repository/*/ reports .pytest_cache

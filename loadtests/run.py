@@ -20,6 +20,7 @@ import time
 
 from builder.core.artifacts import find_record, read_records, request_batches
 from builder.core.errors import ArtifactsError, BuilderError, unknown_name
+from builder.core.machine import cpu_isa
 from builder.serving.footprint import FootprintError, find_stubs, measure_models, process_memory, write_footprint
 from builder.serving.server import free_port
 from client import ClientError, TritonClient
@@ -348,13 +349,10 @@ def scrape_model(target: Target, model: str) -> dict | None:
 def machine() -> dict:
     import platform
 
-    cpu = next((l.split(":", 1)[1].strip() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    flags = next((l.split(":", 1)[1].split() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("flags")), [])
-    isa = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags)  # speed figures depend on it
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
-            "host": platform.node()}
+    isa = cpu_isa()
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in isa["flags"])  # speed figures depend on it
+    return {"cpu": isa["model"] or platform.processor(), "cores": os.cpu_count(), "isa": flags,
+            "python": platform.python_version(), "host": platform.node()}
 
 
 def has_record(model: str, artifacts: pathlib.Path, skip: bool, progress) -> bool:

@@ -34,6 +34,7 @@ import numpy as np
 from builder.core.artifacts import find_record, request_batches
 from builder.core.errors import BuilderError, unknown_name
 from builder.core.files import atomic_write
+from builder.core.machine import cpu_isa
 from builder.serving.repository import list_models
 from builder.serving.server import EmbeddedServer, free_port
 from builder.serving.stubs import all_stubs, memory
@@ -226,7 +227,7 @@ def run_soak(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pat
         raise SoakError("a soak needs at least one model and --load in (0, 1]")
     requests = soak_requests(models, artifacts)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine() | {"isa": cpu_isa()}, "settings": dataclasses.asdict(settings), "models": models,
+    results = {"machine": machine() | {"isa": isa_flags()}, "settings": dataclasses.asdict(settings), "models": models,
                "protocol": "grpc", "load_generator": "asyncio gRPC client in this process, beside the server",
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False}
     progress(f"starting the embedded Triton server on {repository} ...")
@@ -264,10 +265,8 @@ def run_soak(models: list[str], repository: pathlib.Path, artifacts: pathlib.Pat
     return results
 
 
-def cpu_isa() -> list[str]:
-    flags = next((l.split(":", 1)[1].split() for l in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("flags")), [])
-    return sorted({"avx512_vnni", "avx512f", "avx2"} & set(flags))
+def isa_flags() -> list[str]:
+    return sorted({"avx512_vnni", "avx512f", "avx2"} & set(cpu_isa()["flags"]))
 
 
 def verdicts(results: dict) -> list[tuple[str, bool]]:
