@@ -393,8 +393,9 @@ def finish(folded, context, config: Config):
 
     info |= branched_beside_folded(branched, folded, context, validation, input_name)
     context.notes["reparam"] = info
-    context.progress(f"reparam: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f} "
-                     f"untrained -> {info['student_validation_accuracy']:.4f} distilled; folded "
+    context.progress(f"reparam: the student's accuracy on {len(validation)} validation examples "
+                     f"{info['student_untrained_validation_accuracy']:.4f} untrained -> "
+                     f"{info['student_validation_accuracy']:.4f} distilled; folded "
                      f"{len(blocks)} blocks (max abs diff {info['equivalence']['max_abs_diff']:.2g}); MACs {info['macs']['branched']} branched -> "
                      f"{info['macs']['folded']} folded (teacher {info['macs']['teacher']})")
     return folded

@@ -402,12 +402,14 @@ def train_student(model, context, config: Config, terms: dict | None = None):
     narrow.projections = None  # training-only: not part of the served model
     narrow.recorded = None
     info["student_validation_accuracy"] = torch_accuracy(model, spec, validation)
+    info["validation_examples"] = len(validation)
     return model.eval(), projections, info
 
 
 def apply(model, context, config: Config):
     student, _, info = train_student(model, context, config)
     context.notes["tinybert"] = info
-    context.progress(f"tinybert: validation accuracy of the student {info['student_untrained_validation_accuracy']:.4f}"
-                     f" untrained -> {info['student_validation_accuracy']:.4f} distilled")
+    context.progress(f"tinybert: the student's accuracy on {info['validation_examples']} validation examples "
+                     f"{info['student_untrained_validation_accuracy']:.4f} untrained -> "
+                     f"{info['student_validation_accuracy']:.4f} distilled")
     return student
