@@ -40,7 +40,7 @@ test-e2e: install
 bench: install
 	$(BIN)/python -m loadtests bench
 
-# the suite and the benchmark as on an AVX2-only machine (CPUID faulting; refuses with one line where unavailable)
+# the suite and the benchmark as on an AVX2-only machine (CPUID faulting; an error and a hint where unavailable)
 test-avx2: install
 	$(BIN)/python -m loadtests.as_avx2 $(BIN)/python -m pytest tests
 

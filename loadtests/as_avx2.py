@@ -23,11 +23,14 @@ import subprocess
 import sys
 import tempfile
 
+from builder.core.errors import KitError
+from builder.core.handler import run_command
+
 SOURCE = pathlib.Path(__file__).with_name("as_avx2.c")
 CACHE = pathlib.Path.home() / ".cache" / "triton-deploy-kit"
 
 
-class CannotHide(RuntimeError):
+class CannotHide(KitError):
     """AVX-512 cannot be hidden on this machine: the message says why and what to do instead."""
 
 
@@ -45,8 +48,8 @@ def shim() -> pathlib.Path:
         return target
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
-        raise CannotHide("as_avx2: needs a C compiler to build its CPUID shim; install one (apt-get install gcc) "
-                         "or set CC")
+        raise CannotHide("as_avx2: needs a C compiler to build its CPUID shim",
+                         hint="install one (apt-get install gcc) or set CC")
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         built = pathlib.Path(scratch) / target.name
@@ -61,10 +64,11 @@ def shim() -> pathlib.Path:
 def environment(base: dict | None = None) -> dict:
     """`base` (default: this process's) with the shim preloaded ahead of anything already preloaded."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
-        raise CannotHide("as_avx2: hides x86 CPU features, and this is not an x86-64 Linux machine")
+        raise CannotHide("as_avx2: hides x86 CPU features, and this is not an x86-64 Linux machine",
+                         hint="measure on a real AVX2 machine instead")
     if not can_fault_cpuid():
         raise CannotHide("as_avx2: this CPU or kernel cannot fault on CPUID (no `cpuid_fault` flag in "
-                         "/proc/cpuinfo), so AVX-512 cannot be hidden here; measure on a real AVX2 machine instead")
+                         "/proc/cpuinfo), so AVX-512 cannot be hidden here", hint="measure on a real AVX2 machine instead")
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(shim()), env.get("LD_PRELOAD", "")]))
     return env
@@ -77,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip().splitlines()[0])
         return 0 if argv else 2
-    try:
-        env = environment()
-    except CannotHide as e:
-        print(e, file=sys.stderr)
-        return 2
+    return run_command(lambda: run_hidden(argv))
+
+
+def run_hidden(argv: list[str]) -> int:
+    """Replace this process by `argv` with the shim preloaded; returns only by raising CannotHide."""
+    env = environment()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
-        print(f"as_avx2: cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr)
-        return 127
+        raise CannotHide(f"as_avx2: cannot run {argv[0]!r}: {e.strerror}",
+                         hint="give the command as it is run without as_avx2, e.g. .venv/bin/python -m pytest") from e
 
 
 if __name__ == "__main__":

@@ -53,11 +53,19 @@ def test_a_real_segfault_still_ends_the_process_and_reaches_its_own_handler():
     assert "Segmentation fault" in done.stderr  # Python's faulthandler ran: the program's handler was kept
 
 
-def test_without_cpuid_faulting_the_command_refuses_with_one_line(monkeypatch, capsys):
+def test_without_cpuid_faulting_the_command_refuses_with_an_error_and_a_hint(monkeypatch, capsys):
     monkeypatch.setattr(as_avx2, "can_fault_cpuid", lambda cpuinfo=None: False)
     assert as_avx2.main(["--", "true"]) == 2
-    message = capsys.readouterr().err.strip()
-    assert len(message.splitlines()) == 1 and "cpuid_fault" in message and "real AVX2 machine" in message
+    error, hint = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("error: ") and "cpuid_fault" in error
+    assert hint.startswith("hint: ") and "real AVX2 machine" in hint
+
+
+@needs_cpuid_faulting
+def test_a_command_that_does_not_exist_is_an_error_not_a_traceback():
+    done = run_hidden("no-such-command-here")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: as_avx2: cannot run 'no-such-command-here'")
 
 
 def test_cpuid_faulting_is_read_from_the_flags():
