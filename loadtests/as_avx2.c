@@ -73,11 +73,13 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
         program_handler.sa_sigaction(sig, info, context);
     } else if (program_handler.sa_handler != SIG_DFL && program_handler.sa_handler != SIG_IGN) {
         program_handler.sa_handler(sig);
-    } else { /* the default action: a fault repeats on return, a raised signal arrives once unblocked */
+    } else { /* the default action: a fault repeats on return; a sent signal is sent again, to arrive on return */
         struct sigaction default_action;
         memset(&default_action, 0, sizeof default_action);
         default_action.sa_handler = SIG_DFL;
         real_sigaction(SIGSEGV, &default_action, NULL);
+        if (info->si_code <= 0) /* SI_USER, SI_TKILL, SI_QUEUE: kill(), raise(), not a fault */
+            raise(sig);
     }
 }
 

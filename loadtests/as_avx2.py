@@ -25,6 +25,7 @@ import tempfile
 
 from builder.core.errors import KitError
 from builder.core.handler import run_command
+from builder.core.machine import read_cpuinfo
 
 SOURCE = pathlib.Path(__file__).with_name("as_avx2.c")
 CACHE = pathlib.Path.home() / ".cache" / "triton-deploy-kit"
@@ -35,9 +36,7 @@ class CannotHide(KitError):
 
 
 def can_fault_cpuid(cpuinfo: str | None = None) -> bool:
-    text = pathlib.Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "cpuid_fault" in flags
+    return "cpuid_fault" in read_cpuinfo(cpuinfo)[1]
 
 
 def shim() -> pathlib.Path:
@@ -61,15 +60,15 @@ def shim() -> pathlib.Path:
     return target
 
 
-def environment(base: dict | None = None) -> dict:
-    """`base` (default: this process's) with the shim preloaded ahead of anything already preloaded."""
+def environment() -> dict:
+    """This process's environment with the shim preloaded ahead of anything already preloaded."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
         raise CannotHide("as_avx2: hides x86 CPU features, and this is not an x86-64 Linux machine",
                          hint="measure on a real AVX2 machine instead")
     if not can_fault_cpuid():
         raise CannotHide("as_avx2: this CPU or kernel cannot fault on CPUID (no `cpuid_fault` flag in "
                          "/proc/cpuinfo), so AVX-512 cannot be hidden here", hint="measure on a real AVX2 machine instead")
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(shim()), env.get("LD_PRELOAD", "")]))
     return env
 

@@ -13,15 +13,15 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 HIDDEN_ENV = "KIT_CPUID_HIDDEN"
 
 
-def cpu_isa(cpuinfo: str | None = None) -> dict:
-    """{"model": CPU model name, "flags": the ISA_FLAGS present, "summary": e.g. "AVX-512 VNNI"} from
-    /proc/cpuinfo (or the given text); {"model": None, "flags": [], "summary": "unknown"} where it is unreadable.
-    Reading /proc/cpuinfo under loadtests.as_avx2, the flags CPUID hides are left out and the model says so."""
-    hidden = set()
+CPUINFO = pathlib.Path("/proc/cpuinfo")
+
+
+def read_cpuinfo(cpuinfo: str | None = None) -> tuple[str | None, set[str]]:
+    """(the CPU's model name, every flag of its first processor) from /proc/cpuinfo or the given text; (None,
+    set()) where it is unreadable."""
     if cpuinfo is None:
-        hidden = set(os.environ.get(HIDDEN_ENV, "").split())
         try:
-            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+            cpuinfo = CPUINFO.read_text()
         except OSError:
             cpuinfo = ""
     model, flags = None, set()
@@ -31,6 +31,15 @@ def cpu_isa(cpuinfo: str | None = None) -> dict:
             model = value.strip()
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
+    return model, flags
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict:
+    """{"model": CPU model name, "flags": the ISA_FLAGS present, "summary": e.g. "AVX-512 VNNI"} from
+    /proc/cpuinfo (or the given text); {"model": None, "flags": [], "summary": "unknown"} where it is unreadable.
+    Reading /proc/cpuinfo under loadtests.as_avx2, the flags CPUID hides are left out and the model says so."""
+    model, flags = read_cpuinfo(cpuinfo)
+    hidden = set(os.environ.get(HIDDEN_ENV, "").split()) if cpuinfo is None else set()
     if flags & hidden:
         flags -= hidden
         model = f"{model} (AVX-512 and VNNI hidden from CPUID)"
