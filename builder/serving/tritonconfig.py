@@ -70,10 +70,16 @@ class ServingConfig:
 
     def for_spec(self, spec) -> "ServingConfig":
         """This config with `instances` (as given, else the model spec's, else 1) and `slo_p99_ms` (as given, else
-        the model spec's, else 50) resolved."""
-        return dataclasses.replace(
+        the model spec's, else 50) resolved. Raises ConfigError where the batching delay alone spends the budget:
+        a lone request waits out the whole delay, so every one would miss it."""
+        resolved = dataclasses.replace(
             self, instances=self.instances if self.instances is not None else getattr(spec, "instances", None) or 1,
             slo_p99_ms=self.slo_p99_ms if self.slo_p99_ms is not None else getattr(spec, "slo_p99_ms", None) or 50.0)
+        if resolved.max_queue_delay_us / 1000 >= resolved.slo_p99_ms:
+            raise ConfigError(f"a batching delay of {resolved.max_queue_delay_us / 1000:g} ms leaves nothing of the "
+                              f"p99 latency budget of {resolved.slo_p99_ms:g} ms: a lone request waits out the delay",
+                              hint="lower --max-queue-delay-us, or raise --slo-p99-ms above the delay")
+        return resolved
 
     def threads(self) -> int:
         if self.intra_op_threads is not None:

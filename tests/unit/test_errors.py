@@ -32,6 +32,13 @@ def test_builder_error(capsys):
     assert_error_hint(capsys, cli.main(["build", "--model", "minlm"]), "unknown model `minlm`")
 
 
+def test_a_batching_delay_over_the_budget_is_refused_before_anything_is_written(capsys, tmp_path):
+    code = cli.main(["build", "--model", "digits", "--variant", "fp32", "--max-queue-delay-us", "60000",
+                     "--repository", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")])
+    assert_error_hint(capsys, code, "a batching delay of 60 ms leaves nothing of the p99 latency budget of 50 ms")
+    assert not (tmp_path / "r").exists()
+
+
 def test_builder_error_verbose_shows_the_traceback(capsys):
     assert cli.main(["--verbose", "build", "--model", "minlm"]) == EXIT_ERROR
     err = capsys.readouterr().err

@@ -137,9 +137,20 @@ def test_the_queue_policy_is_derived_from_the_latency_budget():
     assert default.default_timeout_microseconds == 25_000  # the 50 ms budget `loadtests run` judges by
     assert default.max_queue_size == 2 * digits.max_batch_size
     # a request the batcher holds for company is not late: the delay is added, or every lone request would time out
-    delayed = parse_text(to_text(build_config("d", digits, ServingConfig(max_queue_delay_us=200_000)))) \
+    delayed = parse_text(to_text(build_config("d", digits, ServingConfig(max_queue_delay_us=200_000,
+                                                                          slo_p99_ms=1000)))) \
         .dynamic_batching.default_queue_policy
-    assert delayed.default_timeout_microseconds == 225_000
+    assert delayed.default_timeout_microseconds == 700_000
+
+
+@pytest.mark.parametrize("delay_us, budget_ms", [(50_000, None), (200_000, 50), (200_000, 200)])
+def test_a_batching_delay_that_spends_the_latency_budget_is_refused(delay_us, budget_ms):
+    # a lone request waits out the whole delay: with nothing of the budget left every such request misses it, and
+    # its queue timeout (half the budget past the delay) gives a busy machine's stalls no room
+    with pytest.raises(ConfigError, match="leaves nothing of the p99 latency budget") as refused:
+        ServingConfig(max_queue_delay_us=delay_us, slo_p99_ms=budget_ms).for_spec(resolve_spec("digits"))
+    assert "--max-queue-delay-us" in refused.value.hint
+    assert ServingConfig(max_queue_delay_us=49_999).for_spec(resolve_spec("digits")).max_queue_delay_us == 49_999
 
 
 def test_the_latency_budget_comes_from_the_command_else_the_spec_else_50_ms():
