@@ -14,12 +14,12 @@ from builder.serving.tritonconfig import ServingConfig
 from client import TritonClient
 from tests.conftest import TINY_SPEC
 
-# The tiny model waits up to 200 ms for company in its queue, so concurrent requests are reliably batched together.
-TINY_QUEUE_DELAY_US = 200_000
-# Its latency budget, from which its queue timeout follows: the batching delay plus half the budget (queue_policy).
-# With the default 50 ms budget a request waiting out the 200 ms delay had 25 ms to spare, and a 40 ms stall of a busy
-# CI machine got perf_analyzer's requests rejected ("Request timeout expired"); 1 s leaves 500 ms for such stalls.
-TINY_SLO_P99_MS = 1000.0
+# The tiny models (here, and the text one of test_input_validation.py) wait up to 200 ms for company in their queue,
+# so concurrent requests are reliably batched together. Their latency budget sets their queue timeout: the delay plus
+# half the budget (queue_policy). With the default 50 ms budget a request waiting out the delay had 25 ms to spare,
+# and a 40 ms stall of a busy CI machine got perf_analyzer's requests rejected ("Request timeout expired"); a 1 s
+# budget leaves 500 ms for such stalls.
+BATCHING = ServingConfig(max_queue_delay_us=200_000, slo_p99_ms=1000.0)
 # minilm's fp32 is MiniLM fine-tuned end to end (builder/pipeline/sources/minilm.yaml: the full recipe). The tests' teacher
 # takes TEST_TEACHER_STEPS steps of batch 32 at lr 1e-4 from the frozen encoder's head instead (about a minute here);
 # every minilm variant of the e2e suite is measured against this one.
@@ -42,7 +42,7 @@ def built(tmp_path_factory) -> dict:
     specs = {"digits": resolve_spec("digits"), "minilm": minilm, "tiny": load_spec(TINY_SPEC)}
     records = {}
     for name, spec in specs.items():
-        serving = ServingConfig(max_queue_delay_us=TINY_QUEUE_DELAY_US, slo_p99_ms=TINY_SLO_P99_MS) if name == "tiny" else ServingConfig()
+        serving = BATCHING if name == "tiny" else ServingConfig()
         entry = build_variant(spec, "fp32", repository, artifacts, serving, command="tests")
         records[entry["triton_model"]] = entry
     return {"repository": repository, "artifacts": artifacts, "specs": specs, "records": records}

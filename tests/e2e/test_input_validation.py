@@ -23,14 +23,12 @@ from builder.pipeline.build import build_variant
 from builder.serving.server import EmbeddedServer, free_port
 from builder.core.spec import load_spec
 from builder.pipeline.torch2onnx import MAX_DYNAMIC_SIZE
-from builder.serving.tritonconfig import ServingConfig
 from tests.conftest import FIXTURES
+from tests.e2e.conftest import BATCHING
 
 pytestmark = pytest.mark.e2e
 
 TEXT = "tinytext_fp32"
-QUEUE_DELAY_US = 200_000  # the text model waits up to 200 ms for company, so concurrent requests share a batch
-SLO_P99_MS = 1000.0  # its queue timeout, 500 ms past the delay (queue_policy), rides out a busy machine's stalls
 IDS = np.array([[2, 4, 5, 3]], dtype=np.int64)  # [CLS] red green [SEP]
 
 
@@ -72,8 +70,8 @@ CASES = {
 def repository(built, tmp_path_factory):
     repository = tmp_path_factory.mktemp("validation") / "model_repository"
     spec = load_spec(FIXTURES / "tiny_text" / "tiny_text.yaml")
-    serving = ServingConfig(max_queue_delay_us=QUEUE_DELAY_US, slo_p99_ms=SLO_P99_MS)
-    build_variant(spec, "fp32", repository, built["artifacts"], serving, command="tests")
+    # BATCHING: the text model waits up to 200 ms for company, so concurrent requests share a batch
+    build_variant(spec, "fp32", repository, built["artifacts"], BATCHING, command="tests")
     for name in ("digits_fp32", "minilm_fp32"):
         shutil.copytree(built["repository"] / name, repository / name)
     return repository
